@@ -1,0 +1,40 @@
+# hfgi3d — `make help` lists the targets.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help venv test test-slow lint format demo clean
+
+help:  ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)  ## create .venv and install hfgi3d with its dev tools
+
+test: $(STAMP)  ## run the fast test suite (CPU, no downloads)
+	$(BIN)/pytest -m "not slow" -q
+
+test-slow: $(STAMP)  ## run only the slow tests (real-size FFHQ-512 generator on the CPU)
+	$(BIN)/pytest -m slow -q
+
+lint: $(STAMP)  ## ruff (lint + format check) and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)  ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+demo: $(STAMP)  ## render views of the tiny built-in generator to outputs/demo
+	$(BIN)/python -m hfgi3d render --generator tiny --seeds 0 1 2 --out outputs/demo --overwrite
+
+clean:  ## remove caches and outputs (keeps .venv)
+	rm -rf outputs .pytest_cache .mypy_cache .ruff_cache

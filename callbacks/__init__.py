@@ -1,0 +1,1 @@
+"""Lightning callbacks of hfgi3d (metrics and logging); installed as ``hfgi3d.callbacks``."""

@@ -1,0 +1,126 @@
+"""Command line: ``python -m hfgi3d <command>``.
+
+Commands:
+    convert-eg3d IN.pkl OUT.pt   convert an official EG3D network pickle to an hfgi3d checkpoint
+    render                       render views of a generator (official pickle, checkpoint or tiny)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+TINY_GENERATOR = "tiny"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hfgi3d", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    convert = commands.add_parser(
+        "convert-eg3d",
+        help="convert an official EG3D network pickle to an hfgi3d checkpoint",
+        description="Read G_ema from an official EG3D pickle (no code in it is executed) "
+        "and write an hfgi3d checkpoint that loads with torch.load(weights_only=True).",
+    )
+    convert.add_argument("input", type=Path, help="EG3D network pickle, e.g. ffhq512-128.pkl")
+    convert.add_argument("output", type=Path, help="hfgi3d checkpoint to write, e.g. ffhq512-128.pt")
+    convert.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    convert.set_defaults(run=_convert_eg3d)
+
+    render = commands.add_parser(
+        "render",
+        help="render a grid of views of a generator for some seeds",
+        description="Render each seed from a yaw × pitch grid of cameras (EG3D convention) "
+        "and write one image grid and one depth grid per seed.",
+    )
+    render.add_argument(
+        "--generator", default=TINY_GENERATOR,
+        help="EG3D .pkl, hfgi3d .pt, or 'tiny' for a small randomly initialised generator (default)",
+    )  # fmt: skip
+    render.add_argument("--seeds", type=int, nargs="+", default=[0], help="latent seeds (default: 0)")
+    render.add_argument("--truncation-psi", type=float, default=0.7, help="truncation towards w_avg (default 0.7)")
+    render.add_argument("--yaw-deg", type=float, default=20.0, help="max |yaw| of the grid in degrees (default 20)")
+    render.add_argument("--pitch-deg", type=float, default=14.0, help="max |pitch| of the grid in degrees (default 14)")
+    render.add_argument(
+        "--views", type=int, nargs=2, default=[5, 3], metavar=("YAW", "PITCH"), help="grid size (default 5 3)"
+    )
+    render.add_argument(
+        "--out", type=Path, default=Path("outputs/render"), help="output folder (default outputs/render)"
+    )
+    render.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    render.add_argument("--overwrite", action="store_true", help="replace existing images")
+    render.set_defaults(run=_render)
+
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _convert_eg3d(args: argparse.Namespace) -> int:
+    from hfgi3d.generator import load_generator, save_generator
+
+    if args.output.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
+    generator = load_generator(args.input)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    save_generator(generator, args.output)
+    config = generator.config
+    print(
+        f"wrote {args.output}: {config.img_resolution}² images, planes {config.plane_resolution}², "
+        f"{config.superresolution}, neural rendering {config.rendering.neural_rendering_resolution}²"
+    )
+    return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    from torchvision.utils import save_image
+    from tqdm import tqdm
+
+    from hfgi3d.cameras import frontal_c25, orbit_c25, yaw_pitch_grid
+
+    generator = _open_generator(args.generator).to(args.device)
+    num_yaw, num_pitch = args.views
+    yaw, pitch = yaw_pitch_grid(
+        (-math.radians(args.yaw_deg), math.radians(args.yaw_deg)),
+        (-math.radians(args.pitch_deg), math.radians(args.pitch_deg)),
+        num_yaw, num_pitch,
+    )  # fmt: skip
+    cameras = orbit_c25(yaw, pitch).to(args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for seed in tqdm(args.seeds, desc="render", unit="seed"):
+        image_path = args.out / f"seed{seed:04d}.png"
+        depth_path = args.out / f"seed{seed:04d}_depth.png"
+        if not args.overwrite and (image_path.exists() or depth_path.exists()):
+            raise FileExistsError(f"{image_path} exists; pass --overwrite or another --out")
+        z = torch.randn([1, generator.config.z_dim], generator=torch.Generator().manual_seed(seed)).to(args.device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            ws = generator.mapping(z, frontal_c25().to(args.device), truncation_psi=args.truncation_psi)
+            planes = generator.planes(ws)
+            views = [generator.render(planes, ws, cam[None]) for cam in cameras]
+        images = torch.cat([v["image"] for v in views]).clamp(-1, 1) * 0.5 + 0.5
+        depths = torch.cat([v["image_depth"] for v in views])
+        depths = (depths - depths.amin()) / (depths.amax() - depths.amin()).clamp_min(1e-8)
+        save_image(images, image_path, nrow=num_yaw)
+        save_image(1 - depths, depth_path, nrow=num_yaw)
+        tqdm.write(f"seed {seed}: {len(views)} views in {time.perf_counter() - start:.2f} s -> {image_path}")
+    return 0
+
+
+def _open_generator(spec: str) -> torch.nn.Module:
+    from hfgi3d.generator import TriPlaneGenerator, load_generator, tiny_config
+
+    if spec == TINY_GENERATOR:
+        torch.manual_seed(0)
+        return TriPlaneGenerator(tiny_config(plane_resolution=32)).eval()
+    return load_generator(spec)
