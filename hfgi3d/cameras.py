@@ -13,7 +13,7 @@ Convention:
 
     Yaw and pitch are offsets in radians from the frontal view, as in EG3D's
     ``LookAtPoseSampler.sample(pi/2 + yaw, pi/2 + pitch, ...)``: positive yaw moves the
-    camera towards ``-x`` world (the subject's left), positive pitch moves it down.
+    camera towards ``+x`` world, positive pitch moves it down (towards ``-y`` world).
 """
 
 from __future__ import annotations

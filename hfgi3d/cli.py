@@ -13,8 +13,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from hfgi3d.generator import TriPlaneGenerator
 
 TINY_GENERATOR = "tiny"
 
@@ -117,7 +121,7 @@ def _render(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_generator(spec: str) -> torch.nn.Module:
+def _open_generator(spec: str) -> TriPlaneGenerator:
     from hfgi3d.generator import TriPlaneGenerator, load_generator, tiny_config
 
     if spec == TINY_GENERATOR:

@@ -10,6 +10,7 @@ works with autograd, autocast and ``torch.compile``.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -168,7 +169,7 @@ class FullyConnectedLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weight.to(x.dtype) * self.weight_gain
-        b = self.bias
+        b: Tensor | None = self.bias
         if b is not None:
             b = b.to(x.dtype)
             if self.bias_gain != 1:
@@ -187,6 +188,8 @@ class MappingNetwork(nn.Module):
     ``z`` and the embedded camera are each normalized to unit second moment and
     concatenated, then passed through ``num_layers`` lrelu layers (lr multiplier 0.01).
     """
+
+    w_avg: Tensor
 
     def __init__(
         self, z_dim: int, c_dim: int, w_dim: int, num_ws: int, num_layers: int = 2, lr_multiplier: float = 0.01
@@ -212,7 +215,7 @@ class MappingNetwork(nn.Module):
             y = normalize_2nd_moment(self.embed(c.to(torch.float32)))
             x = torch.cat([x, y], dim=1)
         for idx in range(self.num_layers):
-            x = getattr(self, f"fc{idx}")(x)
+            x = cast(FullyConnectedLayer, getattr(self, f"fc{idx}"))(x)
         ws = x.unsqueeze(1).repeat([1, self.num_ws, 1])
         if truncation_psi != 1:
             cutoff = self.num_ws if truncation_cutoff is None else truncation_cutoff
@@ -223,6 +226,9 @@ class MappingNetwork(nn.Module):
 
 class SynthesisLayer(nn.Module):
     """Modulated 3×3 convolution + noise + bias + lrelu (EG3D ``SynthesisLayer``)."""
+
+    resample_filter: Tensor
+    noise_const: Tensor
 
     def __init__(
         self,
@@ -292,6 +298,8 @@ class SynthesisBlock(nn.Module):
     ``SynthesisBlockNoUp`` (the first block of the 2×/4× super-resolution modules).
     Each block consumes ``num_conv + num_torgb`` ws.
     """
+
+    resample_filter: Tensor
 
     def __init__(
         self,
@@ -372,7 +380,7 @@ class SynthesisNetwork(nn.Module):
         img: Tensor | None = None
         w_idx = 0
         for res in self.block_resolutions:
-            block = getattr(self, f"b{res}")
+            block = cast(SynthesisBlock, getattr(self, f"b{res}"))
             # Consecutive blocks share one w: a block's ToRGB uses the next block's first w.
             x, img = block(x, img, ws.narrow(1, w_idx, block.num_conv + block.num_torgb), noise_mode=noise_mode)
             w_idx += block.num_conv

@@ -6,6 +6,8 @@ input resolution, the output resolution and the channel widths.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -90,7 +92,7 @@ class SuperresolutionHybrid2X(_Superresolution):
         super().__init__(channels, (128, 64, False), 64, conv_clamp, sr_antialias, has_filter_buffer=True)
 
 
-SUPERRESOLUTION_MODULES: dict[str, type[_Superresolution]] = {
+SUPERRESOLUTION_MODULES: dict[str, Callable[[int, float | None, bool], _Superresolution]] = {
     cls.__name__: cls
     for cls in (SuperresolutionHybrid8XDC, SuperresolutionHybrid8X, SuperresolutionHybrid4X, SuperresolutionHybrid2X)
 }

@@ -1,0 +1,86 @@
+"""hfgi3d checkpoints, load_generator's error handling and the command line."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from hfgi3d.cli import main
+from hfgi3d.generator import GeneratorLoadError, TriPlaneGenerator, load_generator, save_generator, tiny_config
+from tests.eg3d_reference import load_reference, rebuild_state_dict
+
+
+@pytest.fixture(scope="module")
+def generator() -> TriPlaneGenerator:
+    generator = TriPlaneGenerator(tiny_config(plane_resolution=32))
+    generator.load_state_dict(rebuild_state_dict(load_reference("tiny_planes32")))
+    return generator.eval()
+
+
+def test_checkpoint_round_trip_is_exact(generator: TriPlaneGenerator, tmp_path: Path) -> None:
+    path = tmp_path / "tiny.pt"
+    save_generator(generator, path)
+    assert zipfile.is_zipfile(path)
+    payload = torch.load(path, weights_only=True)  # no code or custom classes inside
+    assert payload["format"] == "hfgi3d.generator"
+    loaded = load_generator(path)
+    assert not loaded.training
+    assert loaded.config == generator.config
+    for key, value in generator.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    z = torch.randn(1, 512)
+    c = load_reference("tiny").c("z0_c1")
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded(z, c, deterministic=True)["image"], generator(z, c, deterministic=True)["image"]
+        )
+
+
+def test_missing_file_names_it_and_says_where_to_get_weights(tmp_path: Path) -> None:
+    with pytest.raises(GeneratorLoadError, match=r"ffhq512-128\.pkl") as error:
+        load_generator(tmp_path / "ffhq512-128.pkl")
+    assert str(tmp_path / "ffhq512-128.pkl") in str(error.value)
+    assert "NGC" in str(error.value)
+
+
+def test_foreign_torch_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "weights.pt"
+    torch.save({"state_dict": {}}, path)
+    with pytest.raises(GeneratorLoadError, match="not an hfgi3d generator checkpoint"):
+        load_generator(path)
+
+
+def test_truncated_checkpoint_is_refused(generator: TriPlaneGenerator, tmp_path: Path) -> None:
+    path = tmp_path / "tiny.pt"
+    save_generator(generator, path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(GeneratorLoadError, match=str(path.name)):
+        load_generator(path)
+
+
+def test_architecture_mismatch_is_reported(generator: TriPlaneGenerator, tmp_path: Path) -> None:
+    path = tmp_path / "tiny.pt"
+    save_generator(generator, path)
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["channel_max"] = 16
+    torch.save(payload, path)
+    with pytest.raises(GeneratorLoadError, match="do not fit"):
+        load_generator(path)
+
+
+def test_render_command_writes_grids_and_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "render"
+    args = ["render", "--generator", "tiny", "--seeds", "3", "--views", "2", "1", "--out", str(out), "--device", "cpu"]
+    assert main(args) == 0
+    assert (out / "seed0003.png").is_file() and (out / "seed0003_depth.png").is_file()
+    assert main(args) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+
+
+def test_convert_command_reports_missing_input(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["convert-eg3d", str(tmp_path / "missing.pkl"), str(tmp_path / "out.pt")]) == 2
+    assert "missing.pkl" in capsys.readouterr().err
