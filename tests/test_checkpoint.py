@@ -10,7 +10,8 @@ import torch
 
 from hfgi3d.cli import main
 from hfgi3d.generator import GeneratorLoadError, TriPlaneGenerator, load_generator, save_generator, tiny_config
-from tests.eg3d_reference import load_reference, rebuild_state_dict
+from tests.eg3d_pickle_writer import marker_path_for, write_official_pickle
+from tests.eg3d_reference import eg3d_init_kwargs, load_reference, rebuild_state_dict
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +85,19 @@ def test_render_command_writes_grids_and_refuses_to_overwrite(tmp_path: Path, ca
 def test_convert_command_reports_missing_input(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["convert-eg3d", str(tmp_path / "missing.pkl"), str(tmp_path / "out.pt")]) == 2
     assert "missing.pkl" in capsys.readouterr().err
+
+
+def test_convert_command_turns_an_official_pickle_into_a_checkpoint(tmp_path: Path) -> None:
+    reference = load_reference("tiny_planes32")
+    state = rebuild_state_dict(reference)
+    init_kwargs, rendering_kwargs = eg3d_init_kwargs(reference)
+    pickle_path = tmp_path / "network-snapshot.pkl"
+    write_official_pickle(pickle_path, state, init_kwargs, rendering_kwargs, reference.neural_rendering_resolution)
+    out = tmp_path / "converted.pt"
+    assert main(["convert-eg3d", str(pickle_path), str(out)]) == 0
+    converted = load_generator(out)
+    for key, value in state.items():
+        assert torch.equal(converted.state_dict()[key], value), key
+    assert converted.config.rendering.neural_rendering_resolution == 32
+    assert main(["convert-eg3d", str(pickle_path), str(out)]) == 2  # refuses to overwrite
+    assert not marker_path_for(pickle_path).exists()

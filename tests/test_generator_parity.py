@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from hfgi3d.cameras import pixel_rays, split_c25
-from hfgi3d.generator import TriPlaneGenerator, tiny_config
+from hfgi3d.generator import TriPlaneGenerator, load_generator, tiny_config
 from hfgi3d.generator.renderer import sample_from_planes
-from tests.eg3d_reference import RUNS, TOLERANCES, Reference, load_reference, rebuild_state_dict
+from tests.eg3d_pickle_writer import marker_path_for, write_official_pickle
+from tests.eg3d_reference import RUNS, TOLERANCES, Reference, eg3d_init_kwargs, load_reference, rebuild_state_dict
 
 VARIANTS = ("tiny", "tiny_planes32")
 
@@ -24,10 +25,22 @@ def reference(request: pytest.FixtureRequest) -> Reference:
     return load_reference(request.param)
 
 
-@pytest.fixture(scope="module")
-def generator(reference: Reference) -> TriPlaneGenerator:
-    generator = TriPlaneGenerator(tiny_config(plane_resolution=reference.plane_resolution))
-    generator.load_state_dict(rebuild_state_dict(reference), strict=True)
+@pytest.fixture(scope="module", params=["state_dict", "official_pickle"])
+def generator(
+    request: pytest.FixtureRequest, reference: Reference, tmp_path_factory: pytest.TempPathFactory
+) -> TriPlaneGenerator:
+    """The reference weights, put in directly or read by ``load_generator`` from an official-format pickle."""
+    state = rebuild_state_dict(reference)
+    if request.param == "state_dict":
+        generator = TriPlaneGenerator(tiny_config(plane_resolution=reference.plane_resolution))
+        generator.load_state_dict(state, strict=True)
+    else:
+        path = tmp_path_factory.mktemp(reference.name) / "network-snapshot.pkl"
+        init_kwargs, rendering_kwargs = eg3d_init_kwargs(reference)
+        write_official_pickle(path, state, init_kwargs, rendering_kwargs, reference.neural_rendering_resolution)
+        generator = load_generator(path)
+        assert not marker_path_for(path).exists(), "code embedded in the pickle was executed"
+        assert generator.config == tiny_config(plane_resolution=reference.plane_resolution)
     return generator.eval().requires_grad_(False)
 
 
