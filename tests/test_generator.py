@@ -182,3 +182,11 @@ def test_ffhq512_forward_on_cpu() -> None:
     assert out["image_raw"].shape == (1, 3, 128, 128) and out["image_depth"].shape == (1, 1, 128, 128)
     assert torch.isfinite(out["image"]).all() and torch.isfinite(out["image_depth"]).all()
     print(f"FFHQ-512 forward on CPU (batch 1, 128² neural rendering, 48+48 samples): {seconds:.2f} s")
+
+
+def test_torch_compile_traces_without_graph_breaks() -> None:
+    generator = TriPlaneGenerator(tiny_config(plane_resolution=32)).eval()
+    z, c = _inputs()
+    explanation = torch._dynamo.explain(generator)(z, c)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
