@@ -1,0 +1,466 @@
+"""Depth-map geometry for pseudo-multi-view construction: lift, project, test visibility, warp, blend.
+
+Every function is pure, batched and runs wherever its tensors are (CPU or GPU).
+
+Convention:
+    Cameras are EG3D ``c25`` labels (see :mod:`hfgi3d.cameras`): OpenCV ``cam2world``
+    (x right, y down, z forward) and normalized intrinsics. A depth map is EG3D's
+    ``image_depth``: for each pixel, the *distance along the unit ray* from the camera
+    centre through the pixel centre (not the camera-space ``z``), so the pixel's 3D point is
+    ``X = o + depth · r`` with ``(o, r)`` from :func:`hfgi3d.cameras.pixel_rays`. Depth maps
+    are square, ``B×1×R×R``, as EG3D renders them; images and masks may be any ``H×W``.
+    Pixel ``(col, row)`` has its centre at normalized coordinates ``((col + 0.5) / R,
+    (row + 0.5) / R)``, i.e. at pixel coordinates ``(col, row)``; ``grid_sample`` coordinates
+    are ``2 · normalized − 1`` and are always used with ``align_corners=False``. Masks are
+    ``B×1×H×W`` floats in ``{0, 1}`` (1 = keep / visible).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from kornia.filters import gaussian_blur2d
+from torch import Tensor
+
+from hfgi3d.cameras import pixel_rays, split_c25
+
+_OUTSIDE_GRID = -2.0  # grid_sample coordinate given to points behind the camera: off the image
+_MIN_Z_CAM = 1e-6  # points closer to the camera plane than this (world units) count as behind it
+_SMOOTH_RATIO = 2.0  # forward/backward differences within this length ratio lie on one surface
+
+
+class Projection(NamedTuple):
+    """World points projected into a camera (see :func:`project_points`)."""
+
+    uv_px: Tensor
+    """``B×2×H×W`` pixel coordinates ``(col, row)``; pixel centres are at integers."""
+    grid: Tensor
+    """``B×H×W×2`` ``grid_sample`` coordinates (``align_corners=False``); ``-2`` behind the camera."""
+    distance: Tensor
+    """``B×1×H×W`` distance from the camera centre to each point (world units)."""
+    inside: Tensor
+    """``B×1×H×W`` bool: the point is in front of the camera and projects into the image."""
+
+
+def _cameras(c25: Tensor, batch: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    """``cam2world`` ``B×4×4`` and intrinsics ``B×3×3`` in ``like``'s dtype/device; ``1×25`` broadcasts."""
+    cam2world, intrinsics = split_c25(c25.to(like))
+    if len(cam2world) not in (1, batch):
+        raise ValueError(f"camera labels hold {len(cam2world)} cameras for a batch of {batch}: pass 1 or {batch}")
+    return cam2world.expand(batch, 4, 4), intrinsics.expand(batch, 3, 3)
+
+
+def _square_resolution(depth: Tensor) -> int:
+    if depth.ndim != 4 or depth.shape[1] != 1 or depth.shape[2] != depth.shape[3]:
+        raise ValueError(f"expected a square depth map of shape B×1×R×R, got {tuple(depth.shape)}")
+    return depth.shape[-1]
+
+
+def unproject_depth(depth: Tensor, c25: Tensor) -> Tensor:
+    """Lift a depth map to world points, ``X = o + depth · r`` at every pixel centre.
+
+    Args:
+        depth: ``B×1×R×R`` distance along each pixel's unit ray (EG3D's ``image_depth``),
+            world units, positive.
+        c25: ``B×25`` or ``1×25`` camera labels the depth was rendered from.
+
+    Returns:
+        ``B×3×R×R`` world points.
+
+    Convention:
+        Square images only, because the rays are those of :func:`hfgi3d.cameras.pixel_rays`
+        (pixel centres at ``(i + 0.5) / R``, row-major).
+    """
+    resolution = _square_resolution(depth)
+    batch = len(depth)
+    cam2world, intrinsics = _cameras(c25, batch, depth)
+    origins_world, directions_world = pixel_rays(cam2world, intrinsics, resolution)  # B×R²×3 each
+    origins_world = origins_world.transpose(1, 2).reshape(batch, 3, resolution, resolution)
+    directions_world = directions_world.transpose(1, 2).reshape(batch, 3, resolution, resolution)
+    return origins_world + depth * directions_world  # B×3×R×R
+
+
+def project_points(points_world: Tensor, c25: Tensor, resolution: int) -> Projection:
+    """Project world points into a camera whose image is ``resolution × resolution`` pixels.
+
+    Args:
+        points_world: ``B×3×H×W`` world points (any layout; ``H×W`` need not be square).
+        c25: ``B×25`` or ``1×25`` camera labels.
+        resolution: ``R``, the camera's square image size in pixels; only ``uv_px`` and
+            ``inside`` depend on it (``grid`` is resolution-free).
+
+    Returns:
+        A :class:`Projection`: pixel coordinates, ``grid_sample`` coordinates, the distance from
+        the camera centre (comparable with a depth map of that camera) and the ``inside`` flag.
+
+    Convention:
+        Normalized image coordinates are ``K · (x/z, y/z, 1)`` with camera-space ``(x, y, z)``
+        (the exact inverse of :func:`hfgi3d.cameras.pixel_rays`, skew included); pixel
+        coordinates are ``normalized · R − 0.5`` so a pixel centre lands on an integer. A point
+        is ``inside`` when ``z > 1e-6`` and its projection lies in the image rectangle
+        ``[-0.5, R − 0.5]²`` (pixel coordinates), i.e. ``grid ∈ [-1, 1]²``. Points behind the
+        camera get ``grid = -2`` so sampling them never reads the image.
+    """
+    batch = len(points_world)
+    cam2world, intrinsics = _cameras(c25, batch, points_world)
+    rotation, origin_world = cam2world[:, :3, :3], cam2world[:, :3, 3]
+    offsets_world = points_world - origin_world[:, :, None, None]  # B×3×H×W
+    distance = torch.linalg.vector_norm(offsets_world, dim=1, keepdim=True)  # B×1×H×W
+    # world2cam rotation is the transpose of cam2world's (orthonormal look-at frames)
+    points_cam = torch.einsum("bji,bjhw->bihw", rotation, offsets_world)  # B×3×H×W
+    z_cam = points_cam[:, 2:3]
+    in_front = z_cam > _MIN_Z_CAM
+    xy_over_z = points_cam[:, :2] / torch.where(in_front, z_cam, torch.ones_like(z_cam))  # B×2×H×W
+    homogeneous = torch.cat((xy_over_z, torch.ones_like(z_cam)), dim=1)  # B×3×H×W
+    uv_ndc = torch.einsum("bij,bjhw->bihw", intrinsics[:, :2], homogeneous)  # B×2×H×W in [0, 1] on the image
+    uv_px = uv_ndc * resolution - 0.5
+    grid = torch.where(in_front, 2 * uv_ndc - 1, torch.full_like(uv_ndc, _OUTSIDE_GRID))  # B×2×H×W
+    inside = in_front & (grid.abs() <= 1).all(dim=1, keepdim=True)
+    return Projection(uv_px, grid.permute(0, 2, 3, 1), distance, inside)
+
+
+def point_normals(points_world: Tensor) -> Tensor:
+    """Unit surface normals of an image-shaped point map by edge-aware finite differences.
+
+    Args:
+        points_world: ``B×3×H×W`` points lifted from a depth map (``H, W ≥ 2``).
+
+    Returns:
+        ``B×3×H×W`` unit normals ``(∂X/∂row) × (∂X/∂col)``, zero where the point map is flat
+        (both differences vanish).
+
+    Convention:
+        Along each image axis the central difference is used where the forward and backward
+        differences are within a factor 2 in length; elsewhere the shorter one-sided difference
+        is used, so normals next to a depth discontinuity are taken from the surface the pixel
+        belongs to rather than across the jump. At the image border the only available side
+        is used. With OpenCV cameras (x right, y down) the normal of a surface seen from
+        the front points towards the camera the points were lifted from.
+    """
+    if points_world.shape[-1] < 2 or points_world.shape[-2] < 2:
+        raise ValueError(f"point map must be at least 2×2 to take differences, got {tuple(points_world.shape)}")
+
+    def difference(dim: int) -> Tensor:
+        diff = points_world.diff(dim=dim)  # one shorter along dim
+        forward = torch.cat((diff, diff.narrow(dim, -1, 1)), dim=dim)  # B×3×H×W, last repeats
+        backward = torch.cat((diff.narrow(dim, 0, 1), diff), dim=dim)
+        lengths = torch.stack((forward.norm(dim=1, keepdim=True), backward.norm(dim=1, keepdim=True)))  # 2×B×1×H×W
+        shorter = torch.where(lengths[0] <= lengths[1], forward, backward)
+        smooth = lengths.amax(dim=0) <= _SMOOTH_RATIO * lengths.amin(dim=0)
+        return torch.where(smooth, (forward + backward) / 2, shorter)  # central where smooth
+
+    d_row, d_col = difference(2), difference(3)  # B×3×H×W each
+    return F.normalize(torch.linalg.cross(d_row, d_col, dim=1), dim=1)
+
+
+def visibility_mask(
+    depth_src: Tensor,
+    c25_src: Tensor,
+    depth_dst: Tensor,
+    c25_dst: Tensor,
+    rel_tol: float = 0.01,
+    grazing_cos: float = 0.1,
+) -> Tensor:
+    """Which pixels of a novel view (dst) show surface that the input view (src) sees.
+
+    Each dst pixel is lifted to ``X`` with ``depth_dst`` and projected into src. It is visible
+    when (1) the projection is inside the src image and in front of the camera, (2) the
+    distance from the src camera centre to ``X`` agrees with ``depth_src`` sampled bilinearly
+    at the projection, ``|dist − d| ≤ rel_tol · d`` (a z-buffer test), and (3) the surface is
+    not grazing for src: ``−n · r_src ≥ grazing_cos`` with ``n`` from :func:`point_normals`
+    of the dst point map and ``r_src`` the unit ray from the src camera to ``X``.
+
+    Args:
+        depth_src: ``B×1×S×S`` depth of the input view (EG3D ``image_depth``), world units.
+        c25_src: ``B×25`` or ``1×25`` input camera.
+        depth_dst: ``B×1×R×R`` depth of the novel view; ``R`` may differ from ``S``.
+        c25_dst: ``B×25`` or ``1×25`` novel camera.
+        rel_tol: relative depth tolerance of the z-buffer test (0.01 = 1 %).
+        grazing_cos: smallest cosine between the surface normal and the reversed src ray
+            (0.1 ≈ 84°); surfaces facing away from src (negative cosine) always fail unless
+            ``grazing_cos ≤ -1``, which disables the test.
+
+    Returns:
+        ``B×1×R×R`` float mask in ``{0, 1}`` (1 = visible from src), dtype of ``depth_dst``.
+
+    Convention:
+        Bilinear sampling of ``depth_src`` blends the two layers at its depth discontinuities,
+        so points projecting within a pixel of a src silhouette fail the z-buffer test: the
+        mask errs towards "occluded". ``depth_src`` is sampled with border padding; pixels in
+        the half-pixel band at the image edge are inside.
+    """
+    resolution_src = _square_resolution(depth_src)
+    points_world = unproject_depth(depth_dst, c25_dst)  # B×3×R×R
+    projection = project_points(points_world, c25_src, resolution_src)
+    sampled_depth = F.grid_sample(
+        depth_src.to(depth_dst).expand(len(depth_dst), -1, -1, -1),
+        projection.grid,
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=False,
+    )  # B×1×R×R
+    depth_agrees = (projection.distance - sampled_depth).abs() <= rel_tol * sampled_depth
+    cam2world_src, _ = _cameras(c25_src, len(depth_dst), depth_dst)
+    rays_src = F.normalize(points_world - cam2world_src[:, :3, 3, None, None], dim=1)  # B×3×R×R
+    facing_cos = -(point_normals(points_world) * rays_src).sum(dim=1, keepdim=True)  # B×1×R×R
+    visible = projection.inside & depth_agrees & (facing_cos >= grazing_cos)
+    return visible.to(depth_dst.dtype)
+
+
+def backward_warp(image_src: Tensor, depth_dst: Tensor, c25_dst: Tensor, c25_src: Tensor) -> tuple[Tensor, Tensor]:
+    """Render the input image at a novel camera by sampling it where the novel pixels' points project.
+
+    Args:
+        image_src: ``B×C×H×H`` image of the src camera (any square size; ``1×C×H×H`` broadcasts).
+        depth_dst: ``B×1×R×R`` depth of the dst view (the warped image has this size).
+        c25_dst: ``B×25`` or ``1×25`` dst (novel) camera.
+        c25_src: ``B×25`` or ``1×25`` src (input) camera.
+
+    Returns:
+        ``(warped, inside)``: ``B×C×R×R`` samples of ``image_src`` (bilinear ``grid_sample``,
+        ``align_corners=False``, border padding), set to 0 where ``inside`` is 0; ``inside`` is
+        the ``B×1×R×R`` float mask of points in front of src that project into its image.
+        Occlusion is not handled here: combine with :func:`visibility_mask`.
+
+    Convention:
+        Differentiable with respect to ``image_src`` (and ``depth_dst`` away from the border).
+    """
+    if image_src.ndim != 4 or image_src.shape[-1] != image_src.shape[-2]:
+        raise ValueError(f"expected a square image of shape B×C×H×H, got {tuple(image_src.shape)}")
+    points_world = unproject_depth(depth_dst, c25_dst)  # B×3×R×R
+    projection = project_points(points_world, c25_src, image_src.shape[-1])
+    warped = F.grid_sample(
+        image_src.expand(len(depth_dst), -1, -1, -1),
+        projection.grid.to(image_src.dtype),
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=False,
+    )  # B×C×R×R
+    inside = projection.inside.to(image_src.dtype)
+    return warped * inside, inside
+
+
+def erode_mask(mask: Tensor, pixels: int = 1) -> Tensor:
+    """Erode a mask with a ``(2·pixels + 1)²`` square structuring element (a min filter).
+
+    Args:
+        mask: ``B×1×H×W`` (or ``B×C×H×W``) mask; binary input gives a binary output, soft
+            input is eroded grey-scale.
+        pixels: erosion radius in pixels (Chebyshev distance); 0 returns ``mask``.
+
+    Returns:
+        Same shape and dtype: a pixel keeps its value only if every pixel within ``pixels``
+        (in both axes) is set, so a filled rectangle loses exactly a ``pixels``-wide border.
+
+    Convention:
+        Pixels outside the image are ignored (the "geodesic" border of
+        ``kornia.morphology.erosion``): a mask that touches the image border is not eroded
+        from that side.
+    """
+    if pixels < 0:
+        raise ValueError(f"erosion radius must be ≥ 0 pixels, got {pixels}")
+    if pixels == 0:
+        return mask
+    size = 2 * pixels + 1
+    # max-pool pads with -inf, so outside pixels never win: the complement's dilation is geodesic
+    complement = F.max_pool2d(1 - mask, (1, size), stride=1, padding=(0, pixels))  # separable square
+    complement = F.max_pool2d(complement, (size, 1), stride=1, padding=(pixels, 0))
+    return 1 - complement
+
+
+def feather_mask(mask: Tensor, radius: int) -> Tensor:
+    """Soften the inside edge of a binary mask: 0 outside, a Gaussian ramp inside, 1 in the interior.
+
+    The mask is eroded by ``radius`` pixels and blurred with a Gaussian of standard deviation
+    ``radius / 3`` truncated at ``radius`` (kernel ``2·radius + 1``), then cut to the original
+    support: ``feather = mask · (1 − blur(1 − erode(mask, radius)))``.
+
+    Args:
+        mask: ``B×1×H×W`` mask, thresholded at 0.5 (not differentiable).
+        radius: feathering radius in pixels; 0 returns the thresholded mask.
+
+    Returns:
+        ``B×1×H×W`` alpha in ``[0, 1]``, dtype of ``mask``.
+
+    Convention:
+        At a straight edge the alpha is 1/2 at ``radius`` pixels inside the mask's edge (the
+        line between the last outside and the first inside pixel). It is
+        exactly 0 outside the mask and exactly 1 at pixels farther than ``2·radius``
+        (Chebyshev distance) from any pixel outside it; the feather never grows the mask.
+        The image border is not an edge (geodesic erosion, replicate padding for the blur).
+    """
+    if radius < 0:
+        raise ValueError(f"feathering radius must be ≥ 0 pixels, got {radius}")
+    binary = (mask > 0.5).to(mask.dtype)
+    if radius == 0:
+        return binary
+    size = 2 * radius + 1
+    sigma = radius / 3
+    # blurring the complement keeps the interior exactly 1 (a blur of zeros is exactly zero)
+    outside = gaussian_blur2d(1 - erode_mask(binary, radius), (size, size), (sigma, sigma), border_type="replicate")
+    return binary * (1 - outside).clamp(0, 1)
+
+
+def _bilinear_taps(size_in: int, size_out: int, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Source indices ``i0``, ``i1`` and weight of ``i1`` for one axis, as ``F.interpolate(bilinear)``."""
+    scale = size_in / size_out
+    real = ((torch.arange(size_out, device=like.device, dtype=like.dtype) + 0.5) * scale - 0.5).clamp(min=0)
+    index0 = real.floor().long().clamp(max=size_in - 1)
+    index1 = (index0 + 1).clamp(max=size_in - 1)
+    return index0, index1, real - index0
+
+
+def upsample_depth(
+    depth: Tensor, size: int | tuple[int, int], image: Tensor | None = None, rel_tol: float = 0.01
+) -> Tensor:
+    """Upsample a depth map without blending foreground and background at depth discontinuities.
+
+    Each output pixel looks at the 2×2 source pixels that bilinear interpolation would use.
+    Where they are smooth (``max ≤ (1 + rel_tol) · min``) the output is exactly
+    ``F.interpolate(depth, size, mode="bilinear", align_corners=False)``. Elsewhere it copies
+    one of the four source depths, so no depth between two layers is ever created: the
+    nearest one, or, if ``image`` is given, the one whose colour (``image`` area-downsampled to
+    the depth resolution) is closest in L2 to the output pixel's colour, so that the
+    discontinuity follows the image's edge (a joint, guided nearest-neighbour).
+
+    Args:
+        depth: ``B×1×h×w`` positive depth (e.g. rendered at the neural rendering resolution).
+        size: output size, ``int`` for square or ``(H, W)``; meant for ``H ≥ h``, ``W ≥ w``.
+        image: optional ``B×C×H×W`` guidance image at the output size.
+        rel_tol: relative depth spread within a 2×2 neighbourhood still treated as smooth.
+
+    Returns:
+        ``B×1×H×W`` depth.
+    """
+    height, width = (size, size) if isinstance(size, int) else size
+    if image is not None and tuple(image.shape[-2:]) != (height, width):
+        raise ValueError(f"guidance image must have the output size {(height, width)}, got {tuple(image.shape[-2:])}")
+    row0, row1, weight_row = _bilinear_taps(depth.shape[-2], height, depth)
+    col0, col1, weight_col = _bilinear_taps(depth.shape[-1], width, depth)
+
+    def tap(source: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+        return source[:, :, rows][:, :, :, cols]  # B×C×H×W
+
+    taps = torch.stack(
+        (tap(depth, row0, col0), tap(depth, row0, col1), tap(depth, row1, col0), tap(depth, row1, col1))
+    )  # 4×B×1×H×W
+    w_row, w_col = weight_row[:, None], weight_col[None, :]  # H×1, 1×W
+    weights = torch.stack(((1 - w_row) * (1 - w_col), (1 - w_row) * w_col, w_row * (1 - w_col), w_row * w_col))
+    bilinear = (weights[:, None, None] * taps).sum(dim=0)  # B×1×H×W
+    if image is None:
+        choice = weights.argmax(dim=0).expand_as(bilinear)  # B×1×H×W, index of the nearest tap
+    else:
+        image_low = F.interpolate(image, size=depth.shape[-2:], mode="area")  # B×C×h×w
+        colours = torch.stack(
+            (
+                tap(image_low, row0, col0),
+                tap(image_low, row0, col1),
+                tap(image_low, row1, col0),
+                tap(image_low, row1, col1),
+            )
+        )  # 4×B×C×H×W
+        choice = (colours - image).square().sum(dim=2, keepdim=True).argmin(dim=0)  # B×1×H×W
+    nearest = taps.gather(0, choice[None]).squeeze(0)  # B×1×H×W
+    smooth = taps.amax(dim=0) <= (1 + rel_tol) * taps.amin(dim=0)
+    return torch.where(smooth, bilinear, nearest)
+
+
+def alpha_blend(visible: Tensor, occluded: Tensor, mask: Tensor, radius: int = 10) -> Tensor:
+    """Gaussian-feathered alpha blending: ``α · visible + (1 − α) · occluded``, ``α = feather_mask(mask, radius)``.
+
+    Args:
+        visible: ``B×C×H×W`` image used where ``mask`` is 1 (e.g. the warped input ``V_i``).
+        occluded: ``B×C×H×W`` image used elsewhere (e.g. ``O_i``).
+        mask: ``B×1×H×W`` visibility mask, thresholded at 0.5.
+        radius: feathering radius in pixels (see :func:`feather_mask`).
+
+    Returns:
+        ``B×C×H×W``; equals ``occluded`` exactly outside the mask and ``visible`` exactly farther
+        than ``2·radius`` pixels inside it, a convex combination in between.
+    """
+    alpha = feather_mask(mask, radius)  # B×1×H×W
+    return alpha * visible + (1 - alpha) * occluded
+
+
+def _neighbour_sum(x: Tensor) -> Tensor:
+    """Sum of the 4-neighbours of every pixel, zero outside the image. ``x``: ``N×1×H×W``."""
+    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]], dtype=x.dtype, device=x.device)
+    return F.conv2d(x, kernel[None, None], padding=1)
+
+
+def poisson_blend(visible: Tensor, occluded: Tensor, mask: Tensor, iterations: int = 2000, tol: float = 1e-5) -> Tensor:
+    """Seamless cloning (Pérez et al. 2003) of ``visible`` into ``occluded`` inside ``mask``.
+
+    Solves, for every pixel ``p`` of ``Ω = {mask > 0.5}``,
+    ``|N_p| f_p − Σ_{q∈N_p∩Ω} f_q = Σ_{q∈N_p} (v_p − v_q) + Σ_{q∈N_p∖Ω} o_q``,
+    i.e. ``Δf = Δv`` in ``Ω`` with ``f = o`` on the pixels outside ``Ω`` (Dirichlet), where
+    ``N_p`` are the 4-neighbours of ``p`` inside the image, ``v = visible`` and ``o = occluded``.
+    The system is solved by conjugate gradients (5-point stencil by ``conv2d``), batched over
+    ``B`` and ``C``, starting from ``f = v``.
+
+    Args:
+        visible: ``B×C×H×W`` source (guidance field).
+        occluded: ``B×C×H×W`` target, kept outside the mask.
+        mask: ``B×1×H×W``, thresholded at 0.5 (not differentiable).
+        iterations: maximum number of CG iterations.
+        tol: stop once every system's residual norm is at most ``tol`` times its initial one.
+
+    Returns:
+        ``B×C×H×W`` blend; exactly ``occluded`` outside the mask. Computed in at least float32.
+
+    Convention:
+        The image border is not a boundary: a pixel of ``Ω`` on it simply has fewer
+        neighbours (zero normal derivative there). A component of ``Ω`` that touches no pixel
+        outside ``Ω`` has no Dirichlet data and keeps ``visible`` (e.g. an all-ones mask).
+    """
+    out_dtype = torch.promote_types(visible.dtype, occluded.dtype)
+    dtype = torch.promote_types(out_dtype, torch.float32)
+    batch, channels, height, width = visible.shape
+    visible = visible.to(dtype).reshape(batch * channels, 1, height, width)  # N×1×H×W systems
+    occluded = occluded.to(dtype).reshape(batch * channels, 1, height, width)
+    inside = (mask > 0.5).to(dtype).expand(batch, channels, height, width).reshape(batch * channels, 1, height, width)
+    degree = _neighbour_sum(torch.ones_like(inside[:1]))  # 1×1×H×W, neighbours inside the image
+
+    def laplacian(x: Tensor) -> Tensor:  # the SPD operator restricted to Ω (x is zero outside Ω)
+        return inside * (degree * x - _neighbour_sum(x))
+
+    def dot(a: Tensor, b: Tensor) -> Tensor:
+        return (a * b).sum(dim=(1, 2, 3), keepdim=True)  # N×1×1×1
+
+    rhs = inside * (degree * visible - _neighbour_sum(visible) + _neighbour_sum((1 - inside) * occluded))
+    x = inside * visible
+    residual = rhs - laplacian(x)
+    direction = residual
+    residual_sq = dot(residual, residual)
+    threshold_sq = tol**2 * residual_sq
+    for _ in range(iterations):
+        if bool((residual_sq <= threshold_sq).all()):
+            break
+        operator_direction = laplacian(direction)
+        curvature = dot(direction, operator_direction)
+        step = torch.where(curvature > 0, residual_sq / curvature.clamp_min(torch.finfo(dtype).tiny), 0)
+        x = x + step * direction
+        residual = residual - step * operator_direction
+        new_residual_sq = dot(residual, residual)
+        beta = torch.where(residual_sq > 0, new_residual_sq / residual_sq.clamp_min(torch.finfo(dtype).tiny), 0)
+        direction = residual + beta * direction
+        residual_sq = new_residual_sq
+    blended = x + (1 - inside) * occluded
+    return blended.reshape(batch, channels, height, width).to(out_dtype)
+
+
+def difference_mask(x: Tensor, y: Tensor, threshold: float) -> Tensor:
+    """In-distribution mask of SPEC §4 step 4: 1 where ``‖x − y‖₂ ≤ threshold`` over channels.
+
+    Args:
+        x: ``B×C×H×W`` image (e.g. the input photo, EG3D range ``[-1, 1]``).
+        y: ``B×C×H×W`` image in the same units (e.g. ``G(w_e, p0)``).
+        threshold: ``θ``, in the images' units.
+
+    Returns:
+        ``B×1×H×W`` float mask in ``{0, 1}``, dtype of ``x``.
+    """
+    distance = torch.linalg.vector_norm(x - y, dim=1, keepdim=True)  # B×1×H×W
+    return (distance <= threshold).to(x.dtype)
