@@ -46,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     render.add_argument(
         "--generator", default=TINY_GENERATOR,
-        help="EG3D .pkl, hfgi3d .pt, or 'tiny' for a small randomly initialised generator (default)",
+        help="EG3D .pkl, hfgi3d .pt, a GeneratorConfig .yaml (random weights, e.g. configs/generator/ffhq512.yaml) "
+        "or 'tiny' for the small random generator of configs/generator/tiny.yaml (default)",
     )  # fmt: skip
     render.add_argument("--seeds", type=int, nargs="+", default=[0], help="latent seeds (default: 0)")
     render.add_argument("--truncation-psi", type=float, default=0.7, help="truncation towards w_avg (default 0.7)")
@@ -122,9 +123,19 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _open_generator(spec: str) -> TriPlaneGenerator:
-    from hfgi3d.generator import TriPlaneGenerator, load_generator, tiny_config
+    """A generator from a weights file, or randomly initialised (seed 0) from an architecture."""
+    import yaml
+
+    from hfgi3d.generator import GeneratorConfig, TriPlaneGenerator, load_generator, tiny_config
 
     if spec == TINY_GENERATOR:
-        torch.manual_seed(0)
-        return TriPlaneGenerator(tiny_config(plane_resolution=32)).eval()
-    return load_generator(spec)
+        config = tiny_config(plane_resolution=32)
+    elif spec.endswith((".yaml", ".yml")):
+        path = Path(spec)
+        if not path.is_file():
+            raise FileNotFoundError(f"generator config not found: {path}")
+        config = GeneratorConfig.from_dict(yaml.safe_load(path.read_text()))
+    else:
+        return load_generator(spec)
+    torch.manual_seed(0)
+    return TriPlaneGenerator(config).eval()

@@ -101,3 +101,20 @@ def test_convert_command_turns_an_official_pickle_into_a_checkpoint(tmp_path: Pa
     assert converted.config.rendering.neural_rendering_resolution == 32
     assert main(["convert-eg3d", str(pickle_path), str(out)]) == 2  # refuses to overwrite
     assert not marker_path_for(pickle_path).exists()
+
+
+def test_generator_config_presets_build_the_documented_architectures() -> None:
+    import yaml
+
+    from hfgi3d.generator import GeneratorConfig, ffhq512_config
+
+    root = Path(__file__).parents[1] / "configs" / "generator"
+    assert GeneratorConfig.from_dict(yaml.safe_load((root / "tiny.yaml").read_text())) == tiny_config(32)
+    assert GeneratorConfig.from_dict(yaml.safe_load((root / "ffhq512.yaml").read_text())) == ffhq512_config()
+
+
+def test_render_command_accepts_an_architecture_yaml(tmp_path: Path) -> None:
+    config = str(Path(__file__).parents[1] / "configs" / "generator" / "tiny.yaml")
+    args = ["render", "--generator", config, "--seeds", "0", "--views", "1", "1", "--out", str(tmp_path)]
+    assert main([*args, "--device", "cpu"]) == 0
+    assert (tmp_path / "seed0000.png").is_file()
