@@ -36,8 +36,8 @@ format: $(STAMP)  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-demo: $(STAMP)  ## render views of the tiny built-in generator to outputs/demo
-	$(BIN)/python -m hfgi3d render --generator tiny --seeds 0 1 2 --out outputs/demo --overwrite
+demo: $(STAMP)  ## invert the bundled sample photo with the tiny generator (configs/demo.yaml) into outputs/demo
+	$(BIN)/python -m hfgi3d fit --config configs/demo.yaml --output_dir outputs/demo --overwrite true
 
 clean:  ## remove caches and outputs (keeps .venv)
 	rm -rf outputs .pytest_cache .mypy_cache .ruff_cache

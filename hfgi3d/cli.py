@@ -1,6 +1,7 @@
 """Command line: ``python -m hfgi3d <command>``.
 
 Commands:
+    fit                          invert one photo (LightningCLI; see hfgi3d/fit.py and configs/)
     convert-eg3d IN.pkl OUT.pt   convert an official EG3D network pickle to an hfgi3d checkpoint
     render                       render views of a generator (official pickle, checkpoint or tiny)
 """
@@ -24,8 +25,14 @@ TINY_GENERATOR = "tiny"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "fit":
+        from hfgi3d.fit import main as fit_main
+
+        return fit_main(argv)
     parser = argparse.ArgumentParser(prog="python -m hfgi3d", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("fit", help="invert one photo (`python -m hfgi3d fit --help` lists every option)")
 
     convert = commands.add_parser(
         "convert-eg3d",

@@ -1,0 +1,317 @@
+"""Pseudo-multi-view inversion of one photo (SPEC §3–§5) as a LightningModule.
+
+Two scheduled stages, with manual optimization:
+
+* ``estimate`` (steps ``[0, estimate_steps)``): G frozen; the latent (``w`` or ``W+``) starts
+  at ``w_avg`` and is fitted to the input view with LPIPS + L2. The result is ``w_e``.
+* hand-over (once, before the first stage-2 step): ``w_o`` is fitted to the in-distribution
+  part of the input (``D = ‖x − G(w_e, p0)‖₂ ≤ θ``) and the DataModule builds the pseudo views
+  from ``w_e`` and ``w_o``.
+* ``pseudo_multiview`` (the next ``pseudo_multiview_steps`` steps): G unfrozen (PTI-style),
+  latent optionally frozen; each step adds the occluded and visible losses of one auxiliary
+  view to the input-view loss (SPEC §5). ``use_pseudo_views=False`` gives the PTI baseline.
+
+Log keys are slash-namespaced by stage (``estimate/loss_lpips``, ``pseudo_multiview/loss_visible``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from hfgi3d.cameras import frontal_c25
+from hfgi3d.data.datamodule import PseudoViewDataModule
+from hfgi3d.generator import GeneratorConfig, TriPlaneGenerator, load_generator, tiny_config
+from hfgi3d.geometry import difference_mask
+from hfgi3d.losses import LPIPS, reconstruction_loss
+
+ESTIMATE = "estimate"
+PSEUDO_MULTIVIEW = "pseudo_multiview"
+TINY_GENERATOR = "tiny"
+
+
+def open_generator(spec: str, seed: int = 0) -> TriPlaneGenerator:
+    """A generator from an EG3D ``.pkl`` / hfgi3d ``.pt`` file, a GeneratorConfig ``.yaml``
+    (random weights), or ``"tiny"`` (the random tiny generator of configs/generator/tiny.yaml)."""
+    import yaml
+
+    if spec == TINY_GENERATOR:
+        config = tiny_config(plane_resolution=32)
+    elif spec.endswith((".yaml", ".yml")):
+        path = Path(spec)
+        if not path.is_file():
+            raise FileNotFoundError(f"generator config not found: {path}")
+        config = GeneratorConfig.from_dict(yaml.safe_load(path.read_text()))
+    else:
+        return load_generator(spec)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return TriPlaneGenerator(config).eval()
+
+
+def learning_rate(step: int, total: int, peak: float, rampup: float, rampdown: float) -> float:
+    """Peak lr with a linear warm-up over ``rampup``·total steps and a cosine ramp-down over the
+    last ``rampdown``·total steps (the PTI/EG3D projector schedule; 0 disables either ramp)."""
+    t = step / max(total, 1)
+    factor = 1.0
+    if rampdown > 0:
+        factor *= 0.5 - 0.5 * math.cos(min(1.0, (1.0 - t) / rampdown) * math.pi)
+    if rampup > 0:
+        factor *= min(1.0, t / rampup)
+    return peak * factor
+
+
+class InversionModule(L.LightningModule):
+    """Invert one photo into EG3D with pseudo-multi-view optimization.
+
+    Args:
+        generator: EG3D ``.pkl``, hfgi3d ``.pt``, GeneratorConfig ``.yaml`` or ``tiny``.
+        latent_space: ``w`` (one 512-d vector) or ``w+`` (one per layer).
+        w_avg_samples: samples for the starting latent and its spread (frontal camera).
+        estimate_steps, estimate_lr: stage-1 length and peak learning rate.
+        estimate_lr_rampup, estimate_lr_rampdown: fractions of stage 1 for the lr ramps.
+        estimate_noise, estimate_noise_ramp: latent noise ``w_std·noise`` decaying to 0 over
+            that fraction of stage 1 (quadratically, as the PTI projector).
+        occluded_steps, occluded_lr: optimization of ``w_o`` (G frozen, from ``w_e``).
+        difference_threshold: θ of the in-distribution mask, per-pixel RGB L2 in [-1, 1] units.
+        pseudo_multiview_steps, pseudo_multiview_lr: stage-2 length and Adam learning rate.
+        freeze_latent: keep the latent fixed in stage 2 (the authors' release).
+        use_pseudo_views: False gives the PTI baseline (input view only).
+        lambda_l2, lambda_lpips: weights of ``L_rec``'s terms.
+        lambda_occluded, lambda_visible: weights of the two auxiliary terms.
+        lpips_resize: LPIPS input size (the projectors use 256); None keeps the render size.
+        lpips_weights: explicit LPIPS weights file (see :mod:`hfgi3d.losses`).
+        neural_rendering_resolution: override of the generator's (None keeps it).
+        seed: generator init (random architectures) and latent sampling.
+    """
+
+    w_std: Tensor
+    ws_occluded: Tensor
+    latent_ready: Tensor
+    handed_over: Tensor
+
+    def __init__(
+        self,
+        generator: str = TINY_GENERATOR,
+        latent_space: Literal["w", "w+"] = "w",
+        w_avg_samples: int = 600,
+        estimate_steps: int = 1000,
+        estimate_lr: float = 5e-3,
+        estimate_lr_rampup: float = 0.0,
+        estimate_lr_rampdown: float = 0.0,
+        estimate_noise: float = 0.0,
+        estimate_noise_ramp: float = 0.75,
+        occluded_steps: int = 200,
+        occluded_lr: float = 5e-3,
+        difference_threshold: float = 0.25,
+        pseudo_multiview_steps: int = 3000,
+        pseudo_multiview_lr: float = 3e-4,
+        freeze_latent: bool = False,
+        use_pseudo_views: bool = True,
+        lambda_l2: float = 1.0,
+        lambda_lpips: float = 1.0,
+        lambda_occluded: float = 1.0,
+        lambda_visible: float = 1.0,
+        lpips_resize: int | None = 256,
+        lpips_weights: str | None = None,
+        neural_rendering_resolution: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.G = open_generator(generator, seed)
+        self.G.requires_grad_(False)
+        # Held in a tuple so that the frozen VGG16 is not a submodule: it stays out of
+        # checkpoints (its weights come from the LPIPS sources) and is moved in on_fit_start.
+        self._lpips = (LPIPS(resize_to=lpips_resize, weights=lpips_weights),)
+        num_ws = 1 if latent_space == "w" else self.G.num_ws
+        self.latent = nn.Parameter(torch.zeros(1, num_ws, self.G.config.w_dim))
+        self.register_buffer("w_std", torch.zeros(()))
+        self.register_buffer("ws_occluded", torch.zeros(1, self.G.num_ws, self.G.config.w_dim))
+        # Stage flags live in buffers so they are restored with the weights, before
+        # on_fit_start (Lightning restores global_step only afterwards).
+        self.register_buffer("latent_ready", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("handed_over", torch.zeros((), dtype=torch.bool))
+        self._step_started = 0.0
+
+    # Helpers ------------------------------------------------------------------------------
+
+    @property
+    def hp(self) -> Any:
+        """The constructor arguments (``self.hparams``, typed loosely for attribute access)."""
+        return self.hparams
+
+    @property
+    def datamodule(self) -> PseudoViewDataModule:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if not isinstance(datamodule, PseudoViewDataModule):
+            raise TypeError("InversionModule needs a PseudoViewDataModule")
+        return datamodule
+
+    @property
+    def total_steps(self) -> int:
+        return self.hp.estimate_steps + self.hp.pseudo_multiview_steps
+
+    def stage_at(self, step: int) -> str:
+        return ESTIMATE if step < self.hp.estimate_steps else PSEUDO_MULTIVIEW
+
+    def ws(self) -> Tensor:
+        """The current latent broadcast to ``1×num_ws×w_dim``."""
+        return self.latent.expand(-1, self.G.num_ws, -1)
+
+    def render(self, ws: Tensor, c25: Tensor) -> dict[str, Tensor]:
+        return self.G.synthesis(ws, c25, neural_rendering_resolution=self.hp.neural_rendering_resolution)
+
+    @property
+    def lpips(self) -> LPIPS:
+        return self._lpips[0]
+
+    def _rec(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
+        return reconstruction_loss(
+            pred, target, mask, self.lpips, lambda_l2=self.hp.lambda_l2, lambda_lpips=self.hp.lambda_lpips
+        )
+
+    # Lightning hooks ----------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        self.datamodule.load_input(self.G.config.img_resolution)
+
+    def on_fit_start(self) -> None:
+        max_steps = self.trainer.max_steps
+        if max_steps != self.total_steps:
+            raise ValueError(
+                f"trainer.max_steps is {max_steps} but the two stages take {self.total_steps} steps "
+                "(estimate_steps + pseudo_multiview_steps); `python -m hfgi3d fit` sets it for you"
+            )
+        self.lpips.to(self.device)
+        if not bool(self.latent_ready):
+            self._init_latent()
+        if bool(self.handed_over):
+            self._enter_stage_two()
+
+    @torch.no_grad()
+    def _init_latent(self) -> None:
+        """``latent = w_avg`` of ``w_avg_samples`` mappings under the frontal camera."""
+        generator = torch.Generator(device="cpu").manual_seed(self.hp.seed)
+        z = torch.randn(self.hp.w_avg_samples, self.G.config.z_dim, generator=generator).to(self.device)
+        c = frontal_c25().to(self.device).expand(len(z), -1)
+        w = self.G.mapping(z, c)[:, 0]  # S×w_dim
+        w_avg = w.mean(0)
+        self.w_std.copy_(((w - w_avg).square().sum() / len(w)).sqrt())
+        self.latent.copy_(w_avg.expand_as(self.latent))
+        self.latent_ready.fill_(True)
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        latent_opt = torch.optim.Adam([self.latent], lr=self.hp.estimate_lr, betas=(0.9, 0.999))
+        params = list(self.G.parameters()) + ([] if self.hp.freeze_latent else [self.latent])
+        tune_opt = torch.optim.Adam(params, lr=self.hp.pseudo_multiview_lr)
+        return [latent_opt, tune_opt]
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        step = self.global_step  # manual optimization: counts optimizer steps
+        self._step_started = time.perf_counter()
+        if self.stage_at(step) == ESTIMATE:
+            return self._estimate_step(batch, step)
+        if not bool(self.handed_over):
+            self._hand_over()
+            # This step's batch was assembled before the pseudo views existed: draw again.
+            batch = self.datamodule.on_after_batch_transfer({"draw": torch.tensor(step, device=self.device)}, 0)
+        return self._pseudo_multiview_step(batch, step)
+
+    def _estimate_step(self, batch: dict[str, Tensor], step: int) -> Tensor:
+        hp = self.hp
+        latent_opt = self._optimizer(0)
+        lr = learning_rate(step, hp.estimate_steps, hp.estimate_lr, hp.estimate_lr_rampup, hp.estimate_lr_rampdown)
+        for group in latent_opt.param_groups:
+            group["lr"] = lr
+        ws = self.ws()
+        if hp.estimate_noise > 0:
+            fade = max(0.0, 1.0 - step / (hp.estimate_noise_ramp * hp.estimate_steps))
+            ws = ws + torch.randn_like(ws) * self.w_std * hp.estimate_noise * fade**2
+        losses = self._rec(self.render(ws, batch["c25"])["image"], batch["image"])
+        self._optimize(latent_opt, losses["loss"], ESTIMATE, step)
+        self._log(ESTIMATE, losses, lr)
+        return losses["loss"]
+
+    def _pseudo_multiview_step(self, batch: dict[str, Tensor], step: int) -> Tensor:
+        hp = self.hp
+        tune_opt = self._optimizer(1)
+        ws = self.ws()
+        input_losses = self._rec(self.render(ws, batch["c25"])["image"], batch["image"])
+        losses = {name.replace("loss", "loss_input", 1): value for name, value in input_losses.items()}
+        loss = losses["loss_input"]
+        if hp.use_pseudo_views:
+            aux = self.render(ws, batch["aux_c25"])["image"]
+            occluded = self._rec(aux, batch["aux_occluded"], batch["aux_mask_occluded"])["loss"]
+            visible = self._rec(aux, batch["aux_visible"], batch["aux_mask_visible"])["loss"]
+            losses.update(loss_occluded=occluded, loss_visible=visible)
+            loss = loss + hp.lambda_occluded * occluded + hp.lambda_visible * visible
+        losses["loss"] = loss
+        self._optimize(tune_opt, loss, PSEUDO_MULTIVIEW, step)
+        self._log(PSEUDO_MULTIVIEW, losses, tune_opt.param_groups[0]["lr"])
+        return loss
+
+    def _optimizer(self, index: int) -> Any:
+        optimizers = self.optimizers()
+        assert isinstance(optimizers, list)
+        return optimizers[index]
+
+    def _optimize(self, optimizer: Any, loss: Tensor, stage: str, step: int) -> None:
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite loss ({loss.item()}) in stage '{stage}' at step {step}; "
+                "the last checkpoint on disk is the last good state"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        optimizer.step()
+
+    def _log(self, stage: str, losses: dict[str, Tensor], lr: float) -> None:
+        values = {f"{stage}/{name}": value.detach() for name, value in losses.items()}
+        values[f"{stage}/lr"] = torch.tensor(lr)
+        values[f"{stage}/step_time_s"] = torch.tensor(time.perf_counter() - self._step_started)
+        self.log_dict(values, on_step=True, prog_bar=False, batch_size=1)
+        self.log("loss", losses["loss"].detach(), prog_bar=True, batch_size=1)
+
+    # Stage 1 → stage 2 ----------------------------------------------------------------------
+
+    def _hand_over(self) -> None:
+        """Fit ``w_o``, build the pseudo views and unfreeze G (runs once)."""
+        ws_estimate = self.ws().detach()
+        if self.hp.use_pseudo_views:
+            self.ws_occluded.copy_(self._fit_occluded_latent(ws_estimate))
+            self.datamodule.prepare_pseudo_views(self.G, ws_estimate, self.ws_occluded)
+        self.handed_over.fill_(True)
+        self._enter_stage_two()
+
+    def _enter_stage_two(self) -> None:
+        self.G.requires_grad_(True)
+        self.G.train()
+        if self.hp.freeze_latent:
+            self.latent.requires_grad_(False)
+        if self.hp.use_pseudo_views and not self.datamodule.ready:
+            self.datamodule.prepare_pseudo_views(self.G, self.ws().detach(), self.ws_occluded)
+
+    @torch.enable_grad()
+    def _fit_occluded_latent(self, ws_estimate: Tensor) -> Tensor:
+        """``w_o``: from ``w_e``, fit ``G(w, p0)·D`` to ``x·D`` with G frozen (SPEC §4 step 4)."""
+        assert self.datamodule.image is not None and self.datamodule.c25 is not None
+        image, c25 = self.datamodule.image.to(self.device), self.datamodule.c25.to(self.device)
+        with torch.no_grad():
+            rendered = self.render(ws_estimate, c25)["image"]
+        mask = difference_mask(image, rendered, self.hp.difference_threshold)
+        ws = ws_estimate.clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([ws], lr=self.hp.occluded_lr)
+        for _ in range(self.hp.occluded_steps):
+            loss = self._rec(self.render(ws, c25)["image"] * mask, image * mask)["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return ws.detach()

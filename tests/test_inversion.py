@@ -1,0 +1,206 @@
+"""The two-stage inversion: schedule, freezing, hand-over, resume, failure handling, end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hfgi3d.cameras import orbit_c25
+from hfgi3d.cli import main
+from hfgi3d.data import pseudo_views
+from hfgi3d.data.datamodule import PseudoViewDataModule
+from hfgi3d.data.pseudo_views import PseudoViewConfig
+from hfgi3d.inversion import ESTIMATE, PSEUDO_MULTIVIEW, InversionModule, open_generator
+
+FAST_MODEL = {
+    "generator": "tiny", "w_avg_samples": 16, "estimate_steps": 3, "occluded_steps": 2, "pseudo_multiview_steps": 3,
+    "estimate_lr": 0.01, "pseudo_multiview_lr": 1e-3, "lpips_resize": None,
+}  # fmt: skip
+FAST_VIEWS = PseudoViewConfig(poisson_iterations=50)
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A photo the tiny generator can represent: its own render at a random latent, and the camera."""
+    folder = tmp_path_factory.mktemp("target")
+    generator = open_generator("tiny")
+    c25 = orbit_c25(0.15, -0.05)
+    with torch.no_grad():
+        z = torch.randn(1, 512, generator=torch.Generator().manual_seed(11))
+        image = generator(z, c25, deterministic=True)["image"].clamp(-1, 1)
+    pixels = ((image[0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()
+    Image.fromarray(pixels).save(folder / "target.png")
+    (folder / "target.json").write_text(json.dumps(c25[0].tolist()))
+    return folder / "target.png", folder / "target.json"
+
+
+class StageRecorder(L.Callback):
+    def __init__(self) -> None:
+        self.stages: list[str] = []
+        self.generator_trainable: list[bool] = []
+        self.snapshots: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self.stages.append(pl_module.stage_at(trainer.global_step))
+        self.snapshots[trainer.global_step] = {k: v.clone() for k, v in pl_module.G.state_dict().items()}
+        self.snapshots[trainer.global_step]["latent"] = pl_module.latent.detach().clone()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.generator_trainable.append(any(p.requires_grad for p in pl_module.G.parameters()))
+
+
+def _trainer(tmp_path: Path, steps: int, callbacks: list[L.Callback]) -> L.Trainer:
+    return L.Trainer(
+        max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=tmp_path, callbacks=callbacks, enable_checkpointing=any(
+            isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks
+        ),
+    )  # fmt: skip
+
+
+def _datamodule(target: tuple[Path, Path], **kwargs: Any) -> PseudoViewDataModule:
+    return PseudoViewDataModule(str(target[0]), str(target[1]), num_views=2, pseudo_views=FAST_VIEWS, **kwargs)
+
+
+def test_stages_switch_once_and_freeze_then_train_the_generator(
+    target: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    builds: list[int] = []
+    original = pseudo_views.build_pseudo_views
+    monkeypatch.setattr(
+        "hfgi3d.data.datamodule.build_pseudo_views", lambda *a, **k: builds.append(1) or original(*a, **k)
+    )
+    module = InversionModule(**FAST_MODEL)
+    recorder = StageRecorder()
+    _trainer(tmp_path, module.total_steps, [recorder]).fit(module, datamodule=_datamodule(target))
+
+    assert recorder.stages == [ESTIMATE] * 3 + [PSEUDO_MULTIVIEW] * 3
+    assert recorder.generator_trainable == [False] * 3 + [True] * 3
+    assert len(builds) == 1  # the pseudo views are built exactly once, at the hand-over
+    snaps = recorder.snapshots
+    weights = [k for k in snaps[0] if k != "latent"]
+    assert all(torch.equal(snaps[0][k], snaps[3][k]) for k in weights)  # G frozen during stage 1
+    assert not torch.equal(snaps[0]["latent"], snaps[3]["latent"])  # the latent moved in stage 1
+    final = module.G.state_dict()
+    changed = [k for k in weights if not torch.equal(snaps[3][k], final[k])]
+    assert len(changed) > 0.5 * len(weights)  # G is tuned in stage 2
+    assert torch.isfinite(module.latent).all()
+
+
+def test_pti_baseline_uses_no_pseudo_views(target: tuple[Path, Path], tmp_path: Path) -> None:
+    module = InversionModule(**{**FAST_MODEL, "use_pseudo_views": False})
+    datamodule = _datamodule(target)
+    _trainer(tmp_path, module.total_steps, []).fit(module, datamodule=datamodule)
+    assert datamodule.views is None and bool(module.handed_over)
+
+
+class Killed(Exception):
+    """Stands in for a run killed from outside."""
+
+
+class StopAt(L.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            raise Killed
+
+
+def test_resume_mid_stage_two_reuses_the_pseudo_views(
+    target: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = {**FAST_MODEL, "pseudo_multiview_steps": 4}
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True)
+    first = InversionModule(**model)
+    with pytest.raises(Killed):
+        _trainer(tmp_path, first.total_steps, [checkpoint, StopAt(5)]).fit(first, datamodule=_datamodule(target))
+    last = tmp_path / "ckpt" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == 5
+
+    monkeypatch.setattr("hfgi3d.data.datamodule.build_pseudo_views", _fail_build)
+    second = InversionModule(**model)
+    datamodule = _datamodule(target)
+    recorder = StageRecorder()
+    trainer = _trainer(tmp_path, second.total_steps, [recorder])
+    trainer.fit(second, datamodule=datamodule, ckpt_path=last)
+    assert trainer.global_step == 7 and recorder.stages == [PSEUDO_MULTIVIEW] * 2
+    assert datamodule.views is not None and len(datamodule.views) == 2
+    assert torch.equal(recorder.snapshots[5]["latent"], torch.load(last, weights_only=False)["state_dict"]["latent"])
+
+
+def _fail_build(*args: Any, **kwargs: Any) -> None:
+    raise AssertionError("pseudo views were rebuilt on resume")
+
+
+def test_resume_during_stage_one_keeps_the_latent(target: tuple[Path, Path], tmp_path: Path) -> None:
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True)
+    first = InversionModule(**FAST_MODEL)
+    with pytest.raises(Killed):
+        _trainer(tmp_path, first.total_steps, [checkpoint, StopAt(2)]).fit(first, datamodule=_datamodule(target))
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["state_dict"]["latent"]
+    second = InversionModule(**FAST_MODEL)
+    recorder = StageRecorder()
+    _trainer(tmp_path, second.total_steps, [recorder]).fit(
+        second, datamodule=_datamodule(target), ckpt_path=tmp_path / "ckpt" / "last.ckpt"
+    )
+    assert torch.equal(recorder.snapshots[2]["latent"], saved)
+
+
+def test_non_finite_loss_names_stage_and_step_and_keeps_the_checkpoint(
+    target: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = InversionModule(**FAST_MODEL)
+    render = module.render
+
+    def poisoned(ws: torch.Tensor, c25: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = render(ws, c25)
+        if module.global_step == 4:
+            out = {**out, "image": out["image"] * float("nan")}
+        return out
+
+    monkeypatch.setattr(module, "render", poisoned)
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True)
+    with pytest.raises(FloatingPointError, match=r"stage 'pseudo_multiview' at step 4"):
+        _trainer(tmp_path, module.total_steps, [checkpoint]).fit(module, datamodule=_datamodule(target))
+    assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["global_step"] == 4
+
+
+def test_missing_camera_is_a_clear_error(target: tuple[Path, Path]) -> None:
+    datamodule = PseudoViewDataModule(str(target[0]), None)
+    with pytest.raises(ValueError, match=r"no camera for .*target\.png: pass --data\.camera"):
+        datamodule.load_input(128)
+
+
+def test_fit_command_end_to_end(target: tuple[Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "result"
+    args = [
+        "fit", "--config", "configs/demo.yaml", "--data.image", str(target[0]), "--data.camera", str(target[1]),
+        "--model.w_avg_samples", "16", "--model.estimate_steps", "25", "--model.pseudo_multiview_steps", "25",
+        "--model.occluded_steps", "3", "--data.num_views", "2", "--data.pseudo_views.poisson_iterations", "50",
+        "--outputs.orbit_frames", "4", "--outputs.mesh_resolution", "24", "--output_dir", str(out),
+        "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip
+    assert main(args) == 0
+    for name in ("input.png", "reconstruction.png", "novel_views.png", "orbit.mp4", "pseudo_views.png",
+                 "mesh.ply", "latent.pt", "metrics.json"):  # fmt: skip
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert not (out / "generator.pt").exists()  # off by default
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 50 and np.isfinite(metrics["psnr"])
+    rows = list(csv.DictReader(next(out.glob("lightning_logs/version_*/metrics.csv")).open()))
+    estimate = [float(r["estimate/loss"]) for r in rows if r.get("estimate/loss")]
+    tuned = [float(r["pseudo_multiview/loss_input"]) for r in rows if r.get("pseudo_multiview/loss_input")]
+    assert len(estimate) >= 2 and len(tuned) >= 2
+    assert tuned[-1] < estimate[0]  # the input-view loss went down
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        main(args)
+    assert main([*args, "--overwrite", "true"]) == 0
