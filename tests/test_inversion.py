@@ -95,6 +95,25 @@ def test_stages_switch_once_and_freeze_then_train_the_generator(
     assert torch.isfinite(module.latent).all()
 
 
+def test_on_the_fly_mode_builds_a_view_per_step(
+    target: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cameras: list[torch.Tensor] = []
+    original = pseudo_views.build_pseudo_views
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        cameras.append(args[5])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr("hfgi3d.data.datamodule.build_pseudo_views", spy)
+    module = InversionModule(**FAST_MODEL)
+    datamodule = _datamodule(target, mode="on_the_fly")
+    _trainer(tmp_path, module.total_steps, []).fit(module, datamodule=datamodule)
+    assert len(cameras) == 3 and all(len(c) == 1 for c in cameras)  # one fresh view per stage-2 step
+    assert len({tuple(c.flatten().tolist()) for c in cameras}) == 3
+    assert datamodule.views is None
+
+
 def test_pti_baseline_uses_no_pseudo_views(target: tuple[Path, Path], tmp_path: Path) -> None:
     module = InversionModule(**{**FAST_MODEL, "use_pseudo_views": False})
     datamodule = _datamodule(target)
