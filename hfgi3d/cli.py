@@ -14,14 +14,8 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
-
-if TYPE_CHECKING:
-    from hfgi3d.generator import TriPlaneGenerator
-
-TINY_GENERATOR = "tiny"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "and write one image grid and one depth grid per seed.",
     )
     render.add_argument(
-        "--generator", default=TINY_GENERATOR,
+        "--generator", default="tiny",
         help="EG3D .pkl, hfgi3d .pt, a GeneratorConfig .yaml (random weights, e.g. configs/generator/ffhq512.yaml) "
         "or 'tiny' for the small random generator of configs/generator/tiny.yaml (default)",
     )  # fmt: skip
@@ -99,8 +93,9 @@ def _render(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from hfgi3d.cameras import frontal_c25, orbit_c25, yaw_pitch_grid
+    from hfgi3d.generator import open_generator
 
-    generator = _open_generator(args.generator).to(args.device)
+    generator = open_generator(args.generator).to(args.device)
     num_yaw, num_pitch = args.views
     yaw, pitch = yaw_pitch_grid(
         (-math.radians(args.yaw_deg), math.radians(args.yaw_deg)),
@@ -127,22 +122,3 @@ def _render(args: argparse.Namespace) -> int:
         save_image(1 - depths, depth_path, nrow=num_yaw)
         tqdm.write(f"seed {seed}: {len(views)} views in {time.perf_counter() - start:.2f} s -> {image_path}")
     return 0
-
-
-def _open_generator(spec: str) -> TriPlaneGenerator:
-    """A generator from a weights file, or randomly initialised (seed 0) from an architecture."""
-    import yaml
-
-    from hfgi3d.generator import GeneratorConfig, TriPlaneGenerator, load_generator, tiny_config
-
-    if spec == TINY_GENERATOR:
-        config = tiny_config(plane_resolution=32)
-    elif spec.endswith((".yaml", ".yml")):
-        path = Path(spec)
-        if not path.is_file():
-            raise FileNotFoundError(f"generator config not found: {path}")
-        config = GeneratorConfig.from_dict(yaml.safe_load(path.read_text()))
-    else:
-        return load_generator(spec)
-    torch.manual_seed(0)
-    return TriPlaneGenerator(config).eval()

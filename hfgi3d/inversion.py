@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -27,32 +26,13 @@ from torch import Tensor, nn
 
 from hfgi3d.cameras import frontal_c25
 from hfgi3d.data.datamodule import PseudoViewDataModule
-from hfgi3d.generator import GeneratorConfig, TriPlaneGenerator, load_generator, tiny_config
+from hfgi3d.generator import open_generator
+from hfgi3d.generator.checkpoint import TINY_GENERATOR
 from hfgi3d.geometry import difference_mask
 from hfgi3d.losses import LPIPS, reconstruction_loss
 
 ESTIMATE = "estimate"
 PSEUDO_MULTIVIEW = "pseudo_multiview"
-TINY_GENERATOR = "tiny"
-
-
-def open_generator(spec: str, seed: int = 0) -> TriPlaneGenerator:
-    """A generator from an EG3D ``.pkl`` / hfgi3d ``.pt`` file, a GeneratorConfig ``.yaml``
-    (random weights), or ``"tiny"`` (the random tiny generator of configs/generator/tiny.yaml)."""
-    import yaml
-
-    if spec == TINY_GENERATOR:
-        config = tiny_config(plane_resolution=32)
-    elif spec.endswith((".yaml", ".yml")):
-        path = Path(spec)
-        if not path.is_file():
-            raise FileNotFoundError(f"generator config not found: {path}")
-        config = GeneratorConfig.from_dict(yaml.safe_load(path.read_text()))
-    else:
-        return load_generator(spec)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return TriPlaneGenerator(config).eval()
 
 
 def learning_rate(step: int, total: int, peak: float, rampup: float, rampdown: float) -> float:

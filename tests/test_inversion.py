@@ -18,7 +18,8 @@ from hfgi3d.cli import main
 from hfgi3d.data import pseudo_views
 from hfgi3d.data.datamodule import PseudoViewDataModule
 from hfgi3d.data.pseudo_views import PseudoViewConfig
-from hfgi3d.inversion import ESTIMATE, PSEUDO_MULTIVIEW, InversionModule, open_generator
+from hfgi3d.generator import open_generator
+from hfgi3d.inversion import ESTIMATE, PSEUDO_MULTIVIEW, InversionModule
 
 FAST_MODEL = {
     "generator": "tiny", "w_avg_samples": 16, "estimate_steps": 3, "occluded_steps": 2, "pseudo_multiview_steps": 3,

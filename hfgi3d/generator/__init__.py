@@ -6,7 +6,7 @@
 >>> out = G.synthesis(ws, c, noise_mode="const")              # doctest: +SKIP
 """
 
-from hfgi3d.generator.checkpoint import GeneratorLoadError, load_generator, save_generator
+from hfgi3d.generator.checkpoint import GeneratorLoadError, load_generator, open_generator, save_generator
 from hfgi3d.generator.config import GeneratorConfig, RenderingConfig, ffhq512_config, tiny_config
 from hfgi3d.generator.triplane import TriPlaneGenerator
 
@@ -17,6 +17,7 @@ __all__ = [
     "TriPlaneGenerator",
     "ffhq512_config",
     "load_generator",
+    "open_generator",
     "save_generator",
     "tiny_config",
 ]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from hfgi3d.generator.config import GeneratorConfig, config_from_eg3d
+from hfgi3d.generator.config import GeneratorConfig, config_from_eg3d, tiny_config
 from hfgi3d.generator.triplane import TriPlaneGenerator
 
 CHECKPOINT_FORMAT = "hfgi3d.generator"
@@ -26,6 +26,7 @@ EG3D_DOWNLOAD_HINT = (
     "`python -m hfgi3d convert-eg3d ffhq512-128.pkl ffhq512-128.pt`"
 )
 _BLOCK_KEY = re.compile(r"^backbone\.synthesis\.b(\d+)\.")
+TINY_GENERATOR = "tiny"
 
 
 class GeneratorLoadError(ValueError):
@@ -60,6 +61,30 @@ def load_generator(path: str | os.PathLike[str], device: str | torch.device = "c
     else:
         generator = _load_eg3d_pickle(path)
     return generator.eval().to(device)
+
+
+def open_generator(spec: str, seed: int = 0) -> TriPlaneGenerator:
+    """A generator from a weights file, or randomly initialised from an architecture.
+
+    ``spec`` is an EG3D ``.pkl`` or hfgi3d ``.pt`` file (see :func:`load_generator`), a
+    :class:`GeneratorConfig` ``.yaml`` (e.g. configs/generator/ffhq512.yaml), or ``"tiny"``
+    (configs/generator/tiny.yaml). Random weights are drawn with ``seed`` without touching
+    the global RNG.
+    """
+    import yaml
+
+    if spec == TINY_GENERATOR:
+        config = tiny_config(plane_resolution=32)
+    elif spec.endswith((".yaml", ".yml")):
+        path = Path(spec)
+        if not path.is_file():
+            raise FileNotFoundError(f"generator config not found: {path}")
+        config = GeneratorConfig.from_dict(yaml.safe_load(path.read_text()))
+    else:
+        return load_generator(spec)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return TriPlaneGenerator(config).eval()
 
 
 def plane_resolution_of(state_dict: dict[str, torch.Tensor]) -> int:
