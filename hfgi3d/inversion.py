@@ -72,6 +72,7 @@ class InversionModule(L.LightningModule):
     """
 
     w_std: Tensor
+    ws_estimate: Tensor
     ws_occluded: Tensor
     latent_ready: Tensor
     handed_over: Tensor
@@ -114,6 +115,8 @@ class InversionModule(L.LightningModule):
         num_ws = 1 if latent_space == "w" else self.G.num_ws
         self.latent = nn.Parameter(torch.zeros(1, num_ws, self.G.config.w_dim))
         self.register_buffer("w_std", torch.zeros(()))
+        # w_e and w_o are kept (and checkpointed) so that a resumed run builds views from them.
+        self.register_buffer("ws_estimate", torch.zeros(1, self.G.num_ws, self.G.config.w_dim))
         self.register_buffer("ws_occluded", torch.zeros(1, self.G.num_ws, self.G.config.w_dim))
         # Stage flags live in buffers so they are restored with the weights, before
         # on_fit_start (Lightning restores global_step only afterwards).
@@ -202,7 +205,7 @@ class InversionModule(L.LightningModule):
         if not bool(self.handed_over):
             self._hand_over()
             # This step's batch was assembled before the pseudo views existed: draw again.
-            batch = self.datamodule.on_after_batch_transfer({"draw": torch.tensor(step, device=self.device)}, 0)
+            batch = self.datamodule.assemble(step, self.device)
         return self._pseudo_multiview_step(batch, step)
 
     def _estimate_step(self, batch: dict[str, Tensor], step: int) -> Tensor:
@@ -263,21 +266,21 @@ class InversionModule(L.LightningModule):
     # Stage 1 → stage 2 ----------------------------------------------------------------------
 
     def _hand_over(self) -> None:
-        """Fit ``w_o``, build the pseudo views and unfreeze G (runs once)."""
-        ws_estimate = self.ws().detach()
+        """Keep ``w_e``, fit ``w_o``, then enter stage 2 (runs once)."""
+        self.ws_estimate.copy_(self.ws().detach())
         if self.hp.use_pseudo_views:
-            self.ws_occluded.copy_(self._fit_occluded_latent(ws_estimate))
-            self.datamodule.prepare_pseudo_views(self.G, ws_estimate, self.ws_occluded)
+            self.ws_occluded.copy_(self._fit_occluded_latent(self.ws_estimate))
         self.handed_over.fill_(True)
         self._enter_stage_two()
 
     def _enter_stage_two(self) -> None:
+        """Unfreeze G and make the pseudo views available (at the hand-over or on resume)."""
         self.G.requires_grad_(True)
         self.G.train()
         if self.hp.freeze_latent:
             self.latent.requires_grad_(False)
         if self.hp.use_pseudo_views and not self.datamodule.ready:
-            self.datamodule.prepare_pseudo_views(self.G, self.ws().detach(), self.ws_occluded)
+            self.datamodule.prepare_pseudo_views(self.G, self.ws_estimate, self.ws_occluded)
 
     @torch.enable_grad()
     def _fit_occluded_latent(self, ws_estimate: Tensor) -> Tensor:

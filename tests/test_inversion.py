@@ -157,6 +157,35 @@ def test_resume_mid_stage_two_reuses_the_pseudo_views(
     assert torch.equal(recorder.snapshots[5]["latent"], torch.load(last, weights_only=False)["state_dict"]["latent"])
 
 
+def test_on_the_fly_resume_builds_from_the_stage_one_latent(
+    target: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = {**FAST_MODEL, "pseudo_multiview_steps": 4}
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True)
+    first = InversionModule(**model)
+    with pytest.raises(Killed):
+        _trainer(tmp_path, first.total_steps, [checkpoint, StopAt(5)]).fit(
+            first, datamodule=_datamodule(target, mode="on_the_fly")
+        )
+    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["state_dict"]
+    assert not torch.equal(state["latent"].expand_as(state["ws_estimate"]), state["ws_estimate"])  # latent moved on
+
+    geometry_latents: list[torch.Tensor] = []
+    original = pseudo_views.build_pseudo_views
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        geometry_latents.append(args[1].cpu())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr("hfgi3d.data.datamodule.build_pseudo_views", spy)
+    second = InversionModule(**model)
+    _trainer(tmp_path, second.total_steps, []).fit(
+        second, datamodule=_datamodule(target, mode="on_the_fly"), ckpt_path=tmp_path / "ckpt" / "last.ckpt"
+    )
+    assert len(geometry_latents) == 2
+    assert all(torch.equal(ws, state["ws_estimate"]) for ws in geometry_latents)
+
+
 def _fail_build(*args: Any, **kwargs: Any) -> None:
     raise AssertionError("pseudo views were rebuilt on resume")
 

@@ -6,9 +6,9 @@ and, from stage 2 on, one auxiliary view drawn at random: ``aux_c25`` (``p_i``),
 ``aux_mask_visible`` (``M_v``) and ``aux_mask_occluded`` (``M_o``).
 
 The DataLoader only yields the step's random choice; the tensors are attached in
-:meth:`PseudoViewDataModule.on_after_batch_transfer`, i.e. right before the step runs, so the
-batch a step sees always reflects the pseudo views built so far (Lightning prefetches one
-batch ahead).
+:meth:`PseudoViewDataModule.on_after_batch_transfer` (by :meth:`~PseudoViewDataModule.assemble`),
+i.e. right before the step runs, so the batch a step sees always reflects the pseudo views
+built so far (Lightning prefetches one batch ahead).
 """
 
 from __future__ import annotations
@@ -116,13 +116,17 @@ class PseudoViewDataModule(L.LightningDataModule):
         )  # fmt: skip
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> dict[str, Tensor]:
+        return self.assemble(int(batch["draw"]), batch["draw"].device)
+
+    def assemble(self, draw_seed: int, device: torch.device) -> dict[str, Tensor]:
+        """The step's batch: the input view, plus one auxiliary view drawn with ``draw_seed``
+        once pseudo views are available (see the module docstring for the keys)."""
         if self.image is None or self.c25 is None:
             raise RuntimeError("the input was not loaded; the LightningModule's setup loads it")
-        device = batch["draw"].device
         out = {"image": self.image.to(device), "c25": self.c25.to(device)}
         if not self.ready:
             return out
-        draw = torch.Generator().manual_seed(int(batch["draw"]))
+        draw = torch.Generator().manual_seed(draw_seed)
         if self.views is not None:
             index = int(torch.randint(0, len(self.views), (1,), generator=draw))
             view = self.views.select(index).to(device)
