@@ -40,8 +40,8 @@ class InversionOutputs(L.Callback):
         orbit_fps: frame rate of the orbit video.
         grid_yaw_rad, grid_pitch_rad, grid_size: the novel-view grid (half-ranges, yaw×pitch count).
         mesh_resolution: marching-cubes grid resolution (voxels per side); 0 skips the mesh.
-        mesh_level: density-logit level of the surface; ``None`` uses the grid's 90th percentile
-            when the generator's logits never reach EG3D's level 10 (random tiny generators).
+        mesh_level: density-logit level of the surface (EG3D uses 10). ``None``, or a level the
+            grid never crosses (random tiny generators), uses the grid's 90th percentile.
     """
 
     def __init__(
