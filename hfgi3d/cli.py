@@ -114,11 +114,11 @@ def _render(args: argparse.Namespace) -> int:
         with torch.no_grad():
             ws = generator.mapping(z, frontal_c25().to(args.device), truncation_psi=args.truncation_psi)
             planes = generator.planes(ws)
-            views = [generator.render(planes, ws, cam[None]) for cam in cameras]
-        images = torch.cat([v["image"] for v in views]).clamp(-1, 1) * 0.5 + 0.5
-        depths = torch.cat([v["image_depth"] for v in views])
+            views = generator.render_cameras(planes, ws, cameras)
+        images = views["image"].clamp(-1, 1) * 0.5 + 0.5
+        depths = views["image_depth"]
         depths = (depths - depths.amin()) / (depths.amax() - depths.amin()).clamp_min(1e-8)
         save_image(images, image_path, nrow=num_yaw)
         save_image(1 - depths, depth_path, nrow=num_yaw)
-        tqdm.write(f"seed {seed}: {len(views)} views in {time.perf_counter() - start:.2f} s -> {image_path}")
+        tqdm.write(f"seed {seed}: {len(cameras)} views in {time.perf_counter() - start:.2f} s -> {image_path}")
     return 0

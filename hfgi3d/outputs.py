@@ -96,8 +96,7 @@ class InversionOutputs(L.Callback):
         planes = generator.planes(ws)
 
         def render(cameras: Tensor) -> Tensor:
-            frames = [generator.render(planes, ws, cam[None], deterministic=True)["image"] for cam in cameras]
-            return torch.cat(frames).clamp(-1, 1)
+            return generator.render_cameras(planes, ws, cameras, deterministic=True)["image"].clamp(-1, 1)
 
         reconstruction = render(c25)
         save_image_grid(image, out / "input.png", nrow=1)

@@ -190,3 +190,16 @@ def test_torch_compile_traces_without_graph_breaks() -> None:
     explanation = torch._dynamo.explain(generator)(z, c)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
+
+
+def test_render_cameras_equals_one_render_per_camera(reference_generator: TriPlaneGenerator) -> None:
+    z, _ = _inputs()
+    cameras = orbit_c25(torch.tensor([-0.3, 0.0, 0.3]), torch.tensor([0.1, 0.0, -0.1]))
+    with torch.no_grad():
+        ws = reference_generator.mapping(z, frontal_c25())
+        planes = reference_generator.planes(ws)
+        batched = reference_generator.render_cameras(planes, ws, cameras, batch_size=2, deterministic=True)
+        single = [reference_generator.render(planes, ws, cam[None], deterministic=True) for cam in cameras]
+    assert set(batched) == set(single[0])
+    for key in batched:
+        torch.testing.assert_close(batched[key], torch.cat([s[key] for s in single]), atol=1e-4, rtol=1e-4)

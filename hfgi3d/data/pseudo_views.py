@@ -135,15 +135,8 @@ def render_views(generator: TriPlaneGenerator, ws: Tensor, c25: Tensor, batch_si
 
     ``ws`` is ``1×num_ws×w_dim``; the tri-planes are computed once and rendered in batches.
     """
-    planes = generator.planes(ws)
-    images, depths = [], []
-    for chunk in c25.split(batch_size):
-        out = generator.render(
-            planes.expand(len(chunk), -1, -1, -1, -1), ws.expand(len(chunk), -1, -1), chunk, deterministic=True
-        )
-        images.append(out["image"])
-        depths.append(upsample_depth(out["image_depth"], out["image"].shape[-1]))
-    return torch.cat(images), torch.cat(depths)
+    out = generator.render_cameras(generator.planes(ws), ws, c25, batch_size, deterministic=True)
+    return out["image"], upsample_depth(out["image_depth"], out["image"].shape[-1])
 
 
 @torch.no_grad()

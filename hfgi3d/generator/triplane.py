@@ -96,6 +96,19 @@ class TriPlaneGenerator(nn.Module):
             "image_weights": out["weights_sum"].permute(0, 2, 1).reshape(n, 1, res, res),
         }
 
+    def render_cameras(
+        self, planes: Tensor, ws: Tensor, c: Tensor, batch_size: int = 4, deterministic: bool = False
+    ) -> dict[str, Tensor]:
+        """Render one latent's tri-planes (1×3×32×R×R, ``ws`` 1×num_ws×w_dim) from K cameras
+        ``c`` (K×25), ``batch_size`` at a time to bound memory; same keys as :meth:`render`."""
+        outputs = []
+        for chunk in c.split(batch_size):
+            k = len(chunk)
+            outputs.append(
+                self.render(planes.expand(k, -1, -1, -1, -1), ws.expand(k, -1, -1), chunk, deterministic=deterministic)
+            )
+        return {key: torch.cat([out[key] for out in outputs]) for key in outputs[0]}
+
     def synthesis(
         self,
         ws: Tensor,
