@@ -1,4 +1,4 @@
-"""Shape extraction: density on a voxel grid, marching cubes, vertex colours and PLY files.
+"""Shape extraction: density on a voxel grid, marching cubes, vertex colours, PLY and GLB files.
 
 Convention:
     Everything is in world units (see :mod:`hfgi3d.cameras`: y-up, head near the origin).
@@ -15,7 +15,9 @@ Convention:
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -254,6 +256,85 @@ def write_ply(mesh: Mesh, path: str | os.PathLike[str]) -> None:
             f.write(header.encode("ascii"))
             f.write(vertices.tobytes())
             f.write(faces.tobytes())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+_GLB_MAGIC = 0x46546C67  # "glTF"
+_GLB_VERSION = 2
+_GLB_CHUNK_JSON = 0x4E4F534A  # "JSON"
+_GLB_CHUNK_BIN = 0x004E4942  # "BIN\0"
+_GL_FLOAT, _GL_UNSIGNED_INT = 5126, 5125
+_GL_ARRAY_BUFFER, _GL_ELEMENT_ARRAY_BUFFER = 34962, 34963
+_GL_TRIANGLES = 4
+_SRGB_KNEE, _SRGB_LINEAR_SLOPE, _SRGB_OFFSET, _SRGB_GAMMA = 0.04045, 12.92, 0.055, 2.4
+
+
+def _srgb_to_linear(colors_uint8: np.ndarray) -> np.ndarray:
+    """sRGB-encoded ``uint8`` colours → linear ``float32`` in ``[0, 1]`` (glTF's ``COLOR_0`` is linear)."""
+    c = colors_uint8.astype(np.float32) / 255
+    curve = ((c + _SRGB_OFFSET) / (1 + _SRGB_OFFSET)) ** _SRGB_GAMMA
+    return np.where(c <= _SRGB_KNEE, c / _SRGB_LINEAR_SLOPE, curve).astype(np.float32)
+
+
+def _pad4(data: bytes, fill: bytes) -> bytes:
+    return data + fill * (-len(data) % 4)
+
+
+def write_glb(mesh: Mesh, path: str | os.PathLike[str]) -> None:
+    """Write a binary glTF 2.0 (``.glb``) triangle mesh with vertex colours, atomically.
+
+    One buffer holds ``POSITION`` (float32 VEC3, world units, y-up as glTF expects),
+    ``COLOR_0`` (float32 VEC3, linear; the mesh's sRGB colours are decoded) and ``uint32``
+    indices; faces stay counter-clockwise from outside (glTF's front faces). Browsers,
+    Blender and W&B's ``Object3D`` viewer open it.
+    """
+    path = Path(path)
+    positions = np.ascontiguousarray(mesh.vertices_world, dtype="<f4")
+    colors = np.ascontiguousarray(_srgb_to_linear(mesh.vertex_colors), dtype="<f4")
+    indices = np.ascontiguousarray(mesh.faces, dtype="<u4")
+    blobs = [positions.tobytes(), colors.tobytes(), indices.tobytes()]
+    offsets = np.cumsum([0] + [len(blob) for blob in blobs])
+    targets = (_GL_ARRAY_BUFFER, _GL_ARRAY_BUFFER, _GL_ELEMENT_ARRAY_BUFFER)
+    views = [
+        {"buffer": 0, "byteOffset": int(offset), "byteLength": len(blob), "target": target}
+        for offset, blob, target in zip(offsets, blobs, targets, strict=False)
+    ]
+    has_vertices = len(positions) > 0
+    accessors = [
+        {
+            "bufferView": 0,
+            "componentType": _GL_FLOAT,
+            "count": len(positions),
+            "type": "VEC3",
+            "min": positions.min(0).tolist() if has_vertices else [0.0] * 3,
+            "max": positions.max(0).tolist() if has_vertices else [0.0] * 3,
+        },
+        {"bufferView": 1, "componentType": _GL_FLOAT, "count": len(colors), "type": "VEC3"},
+        {"bufferView": 2, "componentType": _GL_UNSIGNED_INT, "count": indices.size, "type": "SCALAR"},
+    ]
+    document = {
+        "asset": {"version": "2.0", "generator": "hfgi3d"},
+        "scene": 0,
+        "scenes": [{"nodes": [0]}],
+        "nodes": [{"mesh": 0}],
+        "meshes": [
+            {"primitives": [{"attributes": {"POSITION": 0, "COLOR_0": 1}, "indices": 2, "mode": _GL_TRIANGLES}]}
+        ],
+        "buffers": [{"byteLength": int(offsets[-1])}],
+        "bufferViews": views,
+        "accessors": accessors,
+    }
+    json_chunk = _pad4(json.dumps(document, separators=(",", ":")).encode("utf-8"), b" ")
+    bin_chunk = _pad4(b"".join(blobs), b"\0")
+    total = 12 + 8 + len(json_chunk) + 8 + len(bin_chunk)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<III", _GLB_MAGIC, _GLB_VERSION, total))
+            f.write(struct.pack("<II", len(json_chunk), _GLB_CHUNK_JSON) + json_chunk)
+            f.write(struct.pack("<II", len(bin_chunk), _GLB_CHUNK_BIN) + bin_chunk)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import json
+import struct
 from collections import Counter
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from hfgi3d.mesh import (
     extract_mesh,
     mesh_from_field,
     read_ply,
+    write_glb,
     write_ply,
 )
 from hfgi3d.video import save_image_grid, write_video
@@ -173,6 +176,42 @@ def test_ply_round_trip_is_exact(sphere: Mesh, tmp_path: Path) -> None:
         assert actual.dtype == expected.dtype
         np.testing.assert_array_equal(actual, expected)
     assert [p.name for p in tmp_path.iterdir()] == ["sphere.ply"]  # no temporary file left
+
+
+def test_glb_follows_the_gltf_binary_layout(sphere: Mesh, tmp_path: Path) -> None:
+    """Parse the file by the glTF 2.0 spec (header, JSON chunk, BIN chunk, accessors) and compare."""
+    path = tmp_path / "sphere.glb"
+    write_glb(sphere, path)
+    data = path.read_bytes()
+    magic, version, total = struct.unpack_from("<III", data, 0)
+    assert (magic, version, total) == (0x46546C67, 2, len(data)) and total % 4 == 0
+    json_length, json_type = struct.unpack_from("<II", data, 12)
+    assert json_type == 0x4E4F534A and json_length % 4 == 0
+    document = json.loads(data[20 : 20 + json_length])
+    bin_length, bin_type = struct.unpack_from("<II", data, 20 + json_length)
+    assert bin_type == 0x004E4942
+    binary = data[28 + json_length : 28 + json_length + bin_length]
+    primitive = document["meshes"][0]["primitives"][0]
+    assert primitive["mode"] == 4  # triangles
+
+    def read(accessor_index: int, dtype: str, width: int) -> np.ndarray:
+        accessor = document["accessors"][accessor_index]
+        view = document["bufferViews"][accessor["bufferView"]]
+        components = {"VEC3": 3, "SCALAR": 1}[accessor["type"]]
+        values = np.frombuffer(binary, dtype, accessor["count"] * components, view["byteOffset"])
+        return values.reshape(-1, width)
+
+    positions = read(primitive["attributes"]["POSITION"], "<f4", 3)
+    np.testing.assert_array_equal(positions, sphere.vertices_world)
+    accessor = document["accessors"][primitive["attributes"]["POSITION"]]
+    np.testing.assert_allclose(accessor["min"], sphere.vertices_world.min(0))
+    np.testing.assert_array_equal(read(primitive["indices"], "<u4", 3), sphere.faces)
+    colors = read(primitive["attributes"]["COLOR_0"], "<f4", 3)
+    assert colors.min() >= 0 and colors.max() <= 1
+    srgb = sphere.vertex_colors.astype(np.float64) / 255
+    brighter = srgb > 0.5
+    assert (colors[brighter] < srgb[brighter]).all()  # linear values lie below their sRGB encodings
+    assert [p.name for p in tmp_path.iterdir()] == ["sphere.glb"]
 
 
 def test_read_ply_rejects_ascii(tmp_path: Path) -> None:
