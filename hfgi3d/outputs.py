@@ -1,29 +1,32 @@
 """Writing an inversion's results to one folder per image (a Lightning callback).
 
 Files: ``input.png``, ``reconstruction.png``, ``novel_views.png`` (yaw × pitch grid),
-``orbit.mp4``, ``pseudo_views.png`` (rows: v_i, V_i, O_i, M_v), ``mesh.ply`` (world units,
-vertex colours), ``latent.pt`` (``ws`` 1×num_ws×w_dim and ``ws_occluded``), ``generator.pt``
-(optional, the tuned generator) and ``metrics.json``.
+``depth.png`` (the same grid's depth, near = bright), ``orbit.mp4``, ``pseudo_views.png``
+(rows: v_i, V_i, O_i, M_v), ``pseudo_view_masks.png`` (v_i tinted green where ``M_v``, red where
+``M_o``), ``mesh.ply`` and ``mesh.glb`` (world units, vertex colours), ``latent.pt`` (``ws``
+1×num_ws×w_dim and ``ws_occluded``) and ``generator.pt`` (optional, the tuned generator). The
+evaluation callback (:mod:`hfgi3d.callbacks.evaluation`) adds ``metrics.json`` to the folder.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from hfgi3d.cameras import orbit_c25, yaw_pitch_grid, yaw_pitch_orbit
+from hfgi3d.data.pseudo_views import PseudoViews
 from hfgi3d.generator import save_generator
-from hfgi3d.mesh import VoxelGrid, generator_field, mesh_from_grid, sample_grid, write_ply
+from hfgi3d.mesh import VoxelGrid, generator_field, mesh_from_grid, sample_grid, write_glb, write_ply
 from hfgi3d.video import save_image_grid, write_video
+
+MASK_TINT_VISIBLE = (-1.0, 1.0, -1.0)  # green, in [-1, 1]
+MASK_TINT_OCCLUDED = (1.0, -1.0, -1.0)  # red
+MASK_TINT_ALPHA = 0.4
 
 RESULT_FILES = ("metrics.json", "reconstruction.png")
 """Files whose presence means a folder already holds results (guarded by ``overwrite``)."""
@@ -67,7 +70,6 @@ class InversionOutputs(L.Callback):
         self.grid_size = grid_size
         self.mesh_resolution = mesh_resolution
         self.mesh_level = mesh_level
-        self._started = 0.0
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.output_dir is None:
@@ -78,9 +80,6 @@ class InversionOutputs(L.Callback):
                 f"{self.output_dir} already holds results ({', '.join(existing)}); "
                 "pass --overwrite to replace them or choose another --output_dir"
             )
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._started = time.perf_counter()
 
     @torch.no_grad()
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -95,44 +94,40 @@ class InversionOutputs(L.Callback):
         ws = module.ws().detach()
         planes = generator.planes(ws)
 
-        def render(cameras: Tensor) -> Tensor:
-            return generator.render_cameras(planes, ws, cameras, deterministic=True)["image"].clamp(-1, 1)
+        def render(cameras: Tensor) -> dict[str, Tensor]:
+            return generator.render_cameras(planes, ws, cameras, deterministic=True)
 
-        reconstruction = render(c25)
+        reconstruction = render(c25)["image"].clamp(-1, 1)
         save_image_grid(image, out / "input.png", nrow=1)
         save_image_grid(reconstruction, out / "reconstruction.png", nrow=1)
         num_yaw, num_pitch = self.grid_size
         yaw, pitch = yaw_pitch_grid(
             (-self.grid_yaw_rad, self.grid_yaw_rad), (-self.grid_pitch_rad, self.grid_pitch_rad), num_yaw, num_pitch
         )
-        save_image_grid(render(orbit_c25(yaw, pitch).to(device)), out / "novel_views.png", nrow=num_yaw)
+        grid = render(orbit_c25(yaw, pitch).to(device))
+        save_image_grid(grid["image"].clamp(-1, 1), out / "novel_views.png", nrow=num_yaw)
+        rendering = generator.config.rendering
+        save_image_grid(
+            depth_image(grid["image_depth"], rendering.ray_start, rendering.ray_end), out / "depth.png", nrow=num_yaw
+        )
         if self.orbit_frames > 0:
             yaw, pitch = yaw_pitch_orbit(self.orbit_frames, self.grid_yaw_rad, self.grid_pitch_rad)
-            write_video(render(orbit_c25(yaw, pitch).to(device)).cpu(), out / "orbit.mp4", fps=self.orbit_fps)
+            frames = render(orbit_c25(yaw, pitch).to(device))["image"].clamp(-1, 1)
+            write_video(frames.cpu(), out / "orbit.mp4", fps=self.orbit_fps)
         views = datamodule.views
         if views is not None:
             shown = views.select(torch.arange(min(len(views), 8)))
             rows = [shown.pseudo, shown.visible, shown.occluded, shown.mask_visible.expand_as(shown.pseudo) * 2 - 1]
             save_image_grid(torch.cat(rows).clamp(-1, 1), out / "pseudo_views.png", nrow=len(shown))
-        mesh_written = False
+            save_image_grid(mask_overlay(shown), out / "pseudo_view_masks.png", nrow=len(shown))
         if self.mesh_resolution > 0:
-            mesh_written = self._write_mesh(generator, ws, out / "mesh.ply")
+            self._write_mesh(generator, ws, out / "mesh.ply")
         torch.save({"ws": ws.cpu(), "ws_occluded": module.ws_occluded.cpu()}, out / "latent.pt")
         if self.save_generator:
             save_generator(generator, out / "generator.pt")
-        metrics = {
-            "image_id": datamodule.image_id,
-            "psnr": float(peak_signal_noise_ratio(reconstruction, image, data_range=2.0)),
-            "ssim": float(_as_tensor(structural_similarity_index_measure(reconstruction, image, data_range=2.0))),
-            "lpips": float(module.lpips(reconstruction, image).mean()),
-            "seconds": time.perf_counter() - self._started,
-            "steps": trainer.global_step,
-            "mesh": mesh_written,
-        }
-        _write_json(out / "metrics.json", metrics)
 
     def _write_mesh(self, generator: Any, ws: Tensor, path: Path) -> bool:
-        """Write the mesh; returns False when the density field has no usable level."""
+        """Write the mesh (``.ply`` and ``.glb``); returns False when the density field has no usable level."""
         field = generator_field(generator, ws)
         grid = VoxelGrid(generator.config.rendering.box_warp, self.mesh_resolution)
         sigma = sample_grid(field, grid, device=ws.device)
@@ -142,16 +137,21 @@ class InversionOutputs(L.Callback):
             level = float(torch.quantile(sigma.flatten()[:: max(1, sigma.numel() // 2**20)], 0.9))
         if not math.isfinite(level) or not float(sigma.min()) < level < float(sigma.max()):
             return False
-        write_ply(mesh_from_grid(sigma, grid, level, field, device=ws.device), path)
+        mesh = mesh_from_grid(sigma, grid, level, field, device=ws.device)
+        write_ply(mesh, path)
+        write_glb(mesh, path.with_suffix(".glb"))
         return True
 
 
-def _write_json(path: Path, values: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(values, indent=2) + "\n")
-    os.replace(tmp, path)
+def depth_image(depth: Tensor, near: float, far: float) -> Tensor:
+    """``B×1×R×R`` ray depths → ``B×3×R×R`` grey images in ``[-1, 1]``: ``near`` white, ``far`` black."""
+    closeness = ((far - depth) / (far - near)).clamp(0, 1)  # B×1×R×R, 1 at the near plane
+    return (closeness * 2 - 1).expand(-1, 3, -1, -1)
 
 
-def _as_tensor(value: Tensor | tuple[Tensor, Tensor]) -> Tensor:
-    """torchmetrics' SSIM returns a tensor unless asked for the full map as well."""
-    return value[0] if isinstance(value, tuple) else value
+def mask_overlay(views: PseudoViews) -> Tensor:
+    """``K×3×H×W`` pseudo views tinted green where ``M_v`` (input texture) and red where ``M_o``."""
+    visible = views.pseudo.new_tensor(MASK_TINT_VISIBLE).view(1, 3, 1, 1)
+    occluded = views.pseudo.new_tensor(MASK_TINT_OCCLUDED).view(1, 3, 1, 1)
+    tint = views.mask_visible * visible + views.mask_occluded * occluded  # K×3×H×W
+    return ((1 - MASK_TINT_ALPHA) * views.pseudo + MASK_TINT_ALPHA * tint).clamp(-1, 1)

@@ -239,8 +239,8 @@ def test_fit_command_end_to_end(target: tuple[Path, Path], tmp_path: Path) -> No
         "--trainer.enable_progress_bar", "false",
     ]  # fmt: skip
     assert main(args) == 0
-    for name in ("input.png", "reconstruction.png", "novel_views.png", "orbit.mp4", "pseudo_views.png",
-                 "mesh.ply", "latent.pt", "metrics.json"):  # fmt: skip
+    for name in ("input.png", "reconstruction.png", "novel_views.png", "depth.png", "orbit.mp4", "pseudo_views.png",
+                 "pseudo_view_masks.png", "mesh.ply", "mesh.glb", "latent.pt", "metrics.json"):  # fmt: skip
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert not (out / "generator.pt").exists()  # off by default
     metrics = json.loads((out / "metrics.json").read_text())

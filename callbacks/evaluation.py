@@ -1,0 +1,193 @@
+"""The evaluation callback: input-view metrics during the fit, the paper's evaluation at its end.
+
+During the fit (every ``every_n_steps`` steps and at the last step of each stage) it logs the
+input-view ``{stage}/psnr``, ``{stage}/ssim`` and ``{stage}/lpips`` (AlexNet) of the current
+latent and generator. When the fit ends it runs :func:`hfgi3d.metrics.evaluation.evaluate`,
+writes ``metrics.json`` to the output folder and logs every number as ``eval/<metric>`` to each
+attached logger (CSV, TensorBoard, W&B, …). With a W&B logger it also puts them in the run
+summary and logs a one-row ``wandb.Table`` (``eval/table``: image id, every metric, runtime,
+peak GPU memory) so a benchmark group can be sorted and filtered as one table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from hfgi3d.metrics.evaluation import (
+    METRIC_KEYS,
+    EvaluationConfig,
+    EvaluationNetworks,
+    evaluate,
+    load_networks,
+)
+from hfgi3d.metrics.fidelity import psnr, ssim
+
+RUN_KEYS = ("seconds", "eval_seconds", "steps", "peak_gpu_memory_mb")
+"""Run statistics stored and logged next to the metrics."""
+TABLE_COLUMNS = ("image_id", *METRIC_KEYS, *RUN_KEYS)
+_MIB = 2**20
+
+
+class Evaluation(L.Callback):
+    """Evaluate an :class:`~hfgi3d.inversion.InversionModule` fit (SPEC §7); see the module docstring.
+
+    Args:
+        output_dir: where ``metrics.json`` goes; ``None`` lets the ``fit`` command use the run's folder.
+        every_n_steps: input-view metrics during the fit every so many steps (0: only at stage ends).
+        lpips_resize … seed: see :class:`hfgi3d.metrics.evaluation.EvaluationConfig`.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | None = None,
+        every_n_steps: int = 100,
+        lpips_resize: int | None = 256,
+        lpips_weights_vgg: str | None = None,
+        lpips_weights_alex: str | None = None,
+        arcface_checkpoint: str | None = None,
+        arcface_arch: str | None = None,
+        facenet: bool = False,
+        identity_views: int = 1,
+        novel_yaw_rad: float = 0.35,
+        novel_pitch_rad: float = 0.25,
+        ibrnet_checkpoint: str | None = None,
+        ibrnet_resolution: int | None = None,
+        ibrnet_samples: int = 64,
+        ibrnet_importance: int = 64,
+        ibrnet_chunk_rays: int = 1024,
+        warp_rel_tol: float = 0.01,
+        warp_grazing_cos: float = 0.1,
+        strict: bool = False,
+        seed: int = 0,
+    ) -> None:
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.every_n_steps = every_n_steps
+        arguments = locals()
+        self.config = EvaluationConfig(**{f.name: arguments[f.name] for f in fields(EvaluationConfig)})
+        self._networks: EvaluationNetworks | None = None
+        self._started = 0.0
+        self.metrics: dict[str, Any] | None = None
+        """The last evaluation's ``metrics.json`` content (``None`` before the fit ends)."""
+
+    # Lightning hooks ----------------------------------------------------------------------
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.output_dir is None:
+            raise ValueError("Evaluation needs an output_dir")
+        if self._networks is None:
+            # Loaded before the fit so that a wrong file fails in seconds, not after the inversion.
+            self._networks = load_networks(self.config)
+            if self._networks.skipped:
+                rank_zero_warn(f"evaluation will skip {_grouped(self._networks.skipped)}")
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = time.perf_counter()
+        if pl_module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+
+    @torch.no_grad()
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        module: Any = pl_module
+        step = trainer.global_step  # steps done, this one included
+        stage = module.stage_at(step - 1)
+        stage_ends = step in (module.hp.estimate_steps, module.total_steps)
+        if not stage_ends and not (self.every_n_steps > 0 and step % self.every_n_steps == 0):
+            return
+        assert self._networks is not None
+        datamodule: Any = trainer.datamodule  # type: ignore[attr-defined]
+        image, c25 = datamodule.image.to(module.device), datamodule.c25.to(module.device)
+        was_training = module.G.training
+        module.G.eval()
+        pred = module.G.synthesis(module.ws(), c25, deterministic=True)["image"].clamp(-1, 1)
+        module.G.train(was_training)
+        lpips = self._networks.lpips_alex.to(module.device)
+        values = {
+            f"{stage}/psnr": float(psnr(pred, image)[0]),
+            f"{stage}/ssim": float(ssim(pred, image)[0]),
+            f"{stage}/lpips": float(lpips(pred, image)[0]),
+        }
+        # Straight to the loggers: `self.log` would repeat these values at every later step.
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=step)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        seconds = time.perf_counter() - self._started
+        if not trainer.is_global_zero:
+            return
+        assert self._networks is not None and self.output_dir is not None
+        module: Any = pl_module
+        datamodule: Any = trainer.datamodule  # type: ignore[attr-defined]
+        device = module.device
+        started = time.perf_counter()
+        networks = self._networks.to(device)
+        generator = module.G.eval()
+        metrics, skipped = evaluate(
+            generator,
+            module.ws().detach(),
+            datamodule.image.to(device),
+            datamodule.c25.to(device),
+            networks,
+            self.config,
+        )
+        run = {
+            "seconds": seconds,
+            "eval_seconds": time.perf_counter() - started,
+            "steps": trainer.global_step,
+            "peak_gpu_memory_mb": torch.cuda.max_memory_allocated(device) / _MIB if device.type == "cuda" else None,
+        }
+        self.metrics = {"image_id": datamodule.image_id, **metrics, **run, "skipped": skipped}
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(self.output_dir / "metrics.json", self.metrics)
+        self._log(trainer, self.metrics)
+        shown = ", ".join(f"{key} {value:.4g}" for key, value in metrics.items() if value is not None)
+        rank_zero_info(f"evaluation of {datamodule.image_id}: {shown} (metrics.json in {self.output_dir})")
+
+    # Logging ------------------------------------------------------------------------------
+
+    def _log(self, trainer: L.Trainer, row: dict[str, Any]) -> None:
+        numbers = {
+            f"eval/{key}": float(value)
+            for key, value in row.items()
+            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        }
+        for logger in trainer.loggers:
+            logger.log_metrics(numbers, step=trainer.global_step)
+            if isinstance(logger, WandbLogger):
+                _log_wandb_table(logger, row, numbers)
+            logger.save()
+
+
+def _log_wandb_table(logger: WandbLogger, row: dict[str, Any], numbers: dict[str, float]) -> None:
+    """The per-image row as a one-row ``wandb.Table``, and the numbers in the run summary."""
+    import wandb  # the logger exists, so wandb is installed
+
+    table = wandb.Table(columns=list(TABLE_COLUMNS), data=[[row.get(column) for column in TABLE_COLUMNS]])
+    logger.experiment.log({"eval/table": table})
+    logger.experiment.summary.update(numbers)
+
+
+def _grouped(skipped: dict[str, str]) -> str:
+    """``"a, b (reason 1); c (reason 2)"``: one notice however many metrics share a reason."""
+    by_reason: dict[str, list[str]] = {}
+    for key, reason in skipped.items():
+        by_reason.setdefault(reason, []).append(key)
+    return "; ".join(f"{', '.join(keys)} ({reason})" for reason, keys in by_reason.items())
+
+
+def _write_json(path: Path, values: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(values, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)

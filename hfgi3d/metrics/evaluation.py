@@ -1,0 +1,317 @@
+"""The paper's evaluation of one inversion (SPEC §7) plus hfgi3d's model-free consistency.
+
+:func:`load_networks` reads every network the evaluation can use once (and says which metrics
+must be skipped, and why); :func:`evaluate` scores an inverted latent + generator against the
+input photo. The Lightning callback :class:`hfgi3d.callbacks.Evaluation` and the benchmarks call
+these two functions.
+
+Metrics (``metrics.json`` keys; ``None`` when skipped, with the reason under ``skipped``):
+
+* input view: ``psnr`` (dB), ``ssim``, ``ms_ssim``, ``lpips_alex``, ``lpips_vgg``;
+* identity: ``id_arcface`` (ArcFace cosine between the input and ``identity_views`` random
+  novel views, yaw ±0.35 / pitch ±0.25 rad around the frontal camera), ``id_facenet`` (the same
+  with FaceNet, optional);
+* 3D consistency (paper): ``ibrnet_psnr``, ``ibrnet_ssim``, ``ibrnet_lpips`` (AlexNet) of the
+  input view predicted by IBRNet from 5 renders (canonical + the 4 corners of yaw ±0.35, pitch
+  ±0.25 rad);
+* 3D consistency (model-free, hfgi3d): ``warp_psnr``, ``warp_lpips`` (AlexNet),
+  ``warp_coverage``: the same 5 renders warped back into the input view with rendered depth
+  (:mod:`hfgi3d.metrics.consistency`), averaged over views;
+* ``pose_error``: needs a pose estimator from the preprocessing command; skipped until then.
+
+Convention:
+    Images ``B×3×H×W`` in ``[-1, 1]``, cameras ``c25`` (:mod:`hfgi3d.cameras`). Novel cameras
+    share the input camera's intrinsics. LPIPS inputs are area-resized to ``lpips_resize``
+    (EG3D/PTI practice) when set.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hfgi3d.cameras import make_c25, orbit_cam2world, split_c25
+from hfgi3d.faces import NoFaceError, make_detector
+from hfgi3d.generator import TriPlaneGenerator
+from hfgi3d.losses import LPIPS
+from hfgi3d.metrics.arcface import facenet_similarity, identity_similarity, load_arcface, load_facenet
+from hfgi3d.metrics.consistency import warp_consistency
+from hfgi3d.metrics.fidelity import MS_SSIM_MIN_SIZE_PX, ms_ssim, psnr, ssim
+from hfgi3d.metrics.ibrnet import load_ibrnet, render_ibrnet
+
+METRIC_KEYS = (
+    "psnr",
+    "ssim",
+    "ms_ssim",
+    "lpips_alex",
+    "lpips_vgg",
+    "id_arcface",
+    "id_facenet",
+    "ibrnet_psnr",
+    "ibrnet_ssim",
+    "ibrnet_lpips",
+    "warp_psnr",
+    "warp_lpips",
+    "warp_coverage",
+    "pose_error",
+)
+"""Every metric :func:`evaluate` reports, in table order."""
+
+POSE_SKIP_REASON = "pose accuracy needs a pose estimator (from `hfgi3d preprocess`), not available yet"
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """What to evaluate and how (the callback's config entries).
+
+    Args:
+        lpips_resize: LPIPS input size (256 as EG3D/PTI); ``None`` keeps the image size.
+        lpips_weights_vgg, lpips_weights_alex: explicit LPIPS weight files (see :mod:`hfgi3d.losses`).
+        arcface_checkpoint: insightface arcface_torch ``backbone.pth`` (IResNet50/100); ``None`` skips identity.
+        arcface_arch: ``r50`` / ``r100``; ``None`` infers it from the file.
+        facenet: also report FaceNet (facenet-pytorch VGGFace2) identity; its weights must be cached.
+        identity_views: random novel views compared with the input (the paper uses 1).
+        novel_yaw_rad, novel_pitch_rad: half-ranges of the novel views (identity draws, IBRNet corners).
+        ibrnet_checkpoint: IBRNet's released ``model_255000.pth``; ``None`` skips the IBRNet metric.
+        ibrnet_resolution: size of IBRNet's source and target views; ``None`` keeps the image size.
+        ibrnet_samples, ibrnet_importance: coarse and fine samples per ray (released model: 64 + 64).
+        ibrnet_chunk_rays: rays per IBRNet chunk (memory).
+        warp_rel_tol, warp_grazing_cos: visibility test of the model-free consistency.
+        strict: fail (instead of skipping with a notice) when a metric's network file is not given
+            or cannot be used.
+        seed: draws of the identity views.
+    """
+
+    lpips_resize: int | None = 256
+    lpips_weights_vgg: str | None = None
+    lpips_weights_alex: str | None = None
+    arcface_checkpoint: str | None = None
+    arcface_arch: str | None = None
+    facenet: bool = False
+    identity_views: int = 1
+    novel_yaw_rad: float = 0.35
+    novel_pitch_rad: float = 0.25
+    ibrnet_checkpoint: str | None = None
+    ibrnet_resolution: int | None = None
+    ibrnet_samples: int = 64
+    ibrnet_importance: int = 64
+    ibrnet_chunk_rays: int = 1024
+    warp_rel_tol: float = 0.01
+    warp_grazing_cos: float = 0.1
+    strict: bool = False
+    seed: int = 0
+
+
+@dataclass
+class EvaluationNetworks:
+    """Frozen networks of the evaluation, and why the missing ones are missing."""
+
+    lpips_alex: LPIPS
+    lpips_vgg: LPIPS
+    arcface: Any = None
+    facenet: Any = None
+    detector: Any = None
+    ibrnet: Any = None
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Metric key → reason, for metrics that cannot be computed with these networks."""
+
+    def to(self, device: torch.device | str) -> EvaluationNetworks:
+        for network in (self.lpips_alex, self.lpips_vgg, self.arcface, self.facenet, self.ibrnet):
+            if network is not None:
+                network.to(device)
+        if self.detector is not None:
+            self.detector.to(device)
+            self.detector.device = torch.device(device)  # MTCNN moves its inputs to this
+        return self
+
+
+def _unavailable(config: EvaluationConfig, keys: tuple[str, ...], reason: str, skipped: dict[str, str]) -> None:
+    if config.strict:
+        raise FileNotFoundError(f"evaluation.strict is true but {', '.join(keys)} cannot be computed: {reason}")
+    skipped.update(dict.fromkeys(keys, reason))
+
+
+def load_networks(config: EvaluationConfig) -> EvaluationNetworks:
+    """Load every network the config asks for (on the CPU); record the metrics that will be skipped.
+
+    A file that is given but wrong is always an error; a file that is not given skips its metrics
+    (or raises with ``strict``).
+    """
+    skipped: dict[str, str] = {}
+    networks = EvaluationNetworks(
+        lpips_alex=LPIPS(resize_to=config.lpips_resize, weights=config.lpips_weights_alex, net="alex"),
+        lpips_vgg=LPIPS(resize_to=config.lpips_resize, weights=config.lpips_weights_vgg, net="vgg"),
+        skipped=skipped,
+    )
+    identity = ("id_arcface",)
+    if config.arcface_checkpoint is None:
+        _unavailable(
+            config,
+            identity,
+            "no ArcFace file: set evaluation.arcface_checkpoint to insightface's arcface_torch backbone.pth",
+            skipped,
+        )
+    else:
+        networks.arcface = load_arcface(config.arcface_checkpoint, config.arcface_arch)  # type: ignore[arg-type]
+    if not config.facenet:
+        skipped["id_facenet"] = "FaceNet identity is off (evaluation.facenet: false)"
+    else:
+        try:
+            networks.facenet = load_facenet()
+        except (FileNotFoundError, RuntimeError) as error:
+            _unavailable(config, ("id_facenet",), str(error), skipped)
+    if networks.arcface is not None or networks.facenet is not None:
+        networks.detector = make_detector()
+    if config.ibrnet_checkpoint is None:
+        _unavailable(
+            config,
+            ("ibrnet_psnr", "ibrnet_ssim", "ibrnet_lpips"),
+            "no IBRNet file: set evaluation.ibrnet_checkpoint to IBRNet's released model_255000.pth",
+            skipped,
+        )
+    else:
+        networks.ibrnet = load_ibrnet(Path(config.ibrnet_checkpoint))
+    skipped["pose_error"] = POSE_SKIP_REASON
+    return networks
+
+
+def novel_cameras(c25: Tensor, yaw_rad: Tensor, pitch_rad: Tensor) -> Tensor:
+    """``N×25`` orbit cameras at the given offsets with the intrinsics of the ``1×25`` camera ``c25``."""
+    _, intrinsics = split_c25(c25)
+    return make_c25(orbit_cam2world(yaw_rad.cpu(), pitch_rad.cpu()).to(c25), intrinsics)
+
+
+def consistency_cameras(c25: Tensor, yaw_rad: float, pitch_rad: float) -> Tensor:
+    """The paper's 5 views: canonical (yaw = pitch = 0) and the 4 corners ``(±yaw, ±pitch)``."""
+    yaw = torch.tensor([0.0, -yaw_rad, yaw_rad, -yaw_rad, yaw_rad])
+    pitch = torch.tensor([0.0, -pitch_rad, -pitch_rad, pitch_rad, pitch_rad])
+    return novel_cameras(c25, yaw, pitch)
+
+
+def identity_cameras(c25: Tensor, count: int, yaw_rad: float, pitch_rad: float, seed: int) -> Tensor:
+    """``count`` novel cameras drawn uniformly in ``yaw ∈ ±yaw_rad``, ``pitch ∈ ±pitch_rad`` (seeded)."""
+    generator = torch.Generator().manual_seed(seed)
+    yaw = (torch.rand(count, generator=generator) * 2 - 1) * yaw_rad
+    pitch = (torch.rand(count, generator=generator) * 2 - 1) * pitch_rad
+    return novel_cameras(c25, yaw, pitch)
+
+
+def optical_axis_near(c25: Tensor, ray_start: float) -> float:
+    """Nearest camera-``z`` of a point ``ray_start`` along any pixel ray (the corner rays are the most oblique)."""
+    _, intrinsics = split_c25(c25)
+    fx, fy = float(intrinsics[0, 0, 0]), float(intrinsics[0, 1, 1])
+    cx, cy = float(intrinsics[0, 0, 2]), float(intrinsics[0, 1, 2])
+    half_x = max(cx, 1 - cx) / fx  # tangent of the widest horizontal angle (normalized intrinsics)
+    half_y = max(cy, 1 - cy) / fy
+    return ray_start / math.sqrt(1 + half_x**2 + half_y**2)
+
+
+def _resize(images: Tensor, size: int) -> Tensor:
+    if images.shape[-1] == size:
+        return images
+    return torch.nn.functional.interpolate(images, size=(size, size), mode="area")
+
+
+def _mean(values: Tensor) -> float | None:
+    finite = values[torch.isfinite(values)] if values.is_floating_point() else values
+    return float(finite.mean()) if len(finite) else None
+
+
+@torch.no_grad()
+def evaluate(
+    generator: TriPlaneGenerator,
+    ws: Tensor,
+    image: Tensor,
+    c25: Tensor,
+    networks: EvaluationNetworks,
+    config: EvaluationConfig,
+) -> tuple[dict[str, float | None], dict[str, str]]:
+    """Score one inversion; returns ``(metrics, skipped)`` (see the module docstring for the keys).
+
+    Args:
+        generator: the (tuned) generator, in eval mode.
+        ws: ``1×num_ws×w_dim`` inverted latent.
+        image: ``1×3×H×W`` input photo in ``[-1, 1]`` (``H`` = the generator's output size).
+        c25: ``1×25`` input camera.
+        networks: from :func:`load_networks`, on ``image``'s device.
+        config: the evaluation settings.
+    """
+    skipped = dict(networks.skipped)
+    metrics: dict[str, float | None] = dict.fromkeys(METRIC_KEYS)
+    planes = generator.planes(ws)
+
+    def render(cameras: Tensor) -> dict[str, Tensor]:
+        out = generator.render_cameras(planes, ws, cameras, deterministic=True)
+        return {"image": out["image"].clamp(-1, 1), "image_depth": out["image_depth"]}
+
+    reconstruction = render(c25)
+    pred = reconstruction["image"]
+    metrics["psnr"] = float(psnr(pred, image)[0])
+    metrics["ssim"] = float(ssim(pred, image)[0])
+    if min(image.shape[-2:]) >= MS_SSIM_MIN_SIZE_PX:
+        metrics["ms_ssim"] = float(ms_ssim(pred, image)[0])
+    else:
+        skipped["ms_ssim"] = f"MS-SSIM needs images of at least {MS_SSIM_MIN_SIZE_PX} px, these are {image.shape[-1]}"
+    metrics["lpips_alex"] = float(networks.lpips_alex(pred, image)[0])
+    metrics["lpips_vgg"] = float(networks.lpips_vgg(pred, image)[0])
+
+    views_c25 = consistency_cameras(c25, config.novel_yaw_rad, config.novel_pitch_rad)
+    views = render(views_c25)
+    warp = warp_consistency(
+        image,
+        reconstruction["image_depth"],
+        c25,
+        views["image"],
+        views["image_depth"],
+        views_c25,
+        lpips=networks.lpips_alex,
+        rel_tol=config.warp_rel_tol,
+        grazing_cos=config.warp_grazing_cos,
+    )
+    metrics["warp_psnr"] = _mean(warp.psnr)
+    metrics["warp_lpips"] = None if warp.lpips is None else _mean(warp.lpips)
+    metrics["warp_coverage"] = float(warp.coverage.mean())
+
+    if networks.ibrnet is not None:
+        size = config.ibrnet_resolution or image.shape[-1]
+        rendering = generator.config.rendering
+        predicted = render_ibrnet(
+            networks.ibrnet,
+            _resize(views["image"], size),
+            views_c25,
+            c25,
+            resolution=size,
+            near=optical_axis_near(c25, rendering.ray_start),
+            far=rendering.ray_end,
+            n_samples=config.ibrnet_samples,
+            n_importance=config.ibrnet_importance,
+            chunk_rays=config.ibrnet_chunk_rays,
+        )["rgb"]
+        target = _resize(image, size)
+        metrics["ibrnet_psnr"] = float(psnr(predicted, target)[0])
+        metrics["ibrnet_ssim"] = float(ssim(predicted, target)[0])
+        metrics["ibrnet_lpips"] = float(networks.lpips_alex(predicted, target)[0])
+
+    if networks.arcface is not None or networks.facenet is not None:
+        identity_c25 = identity_cameras(
+            c25, config.identity_views, config.novel_yaw_rad, config.novel_pitch_rad, config.seed
+        )
+        novel = render(identity_c25)["image"]
+        inputs = image.expand(len(novel), -1, -1, -1)
+        for key, network, similarity in (
+            ("id_arcface", networks.arcface, identity_similarity),
+            ("id_facenet", networks.facenet, facenet_similarity),
+        ):
+            if network is None:
+                continue
+            try:
+                values = similarity(network, networks.detector, inputs, novel, names=("input", "novel view"))
+                metrics[key] = float(values.mean())
+            except NoFaceError as error:
+                skipped[key] = str(error)
+    return metrics, skipped

@@ -1,0 +1,146 @@
+"""Evaluation and W&B callbacks: a tiny fit logged offline and read back, metrics without W&B, skips."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hfgi3d.callbacks.wandb_logging import WandbLogger, resolve_mode
+from hfgi3d.cameras import orbit_c25
+from hfgi3d.cli import main
+from hfgi3d.generator import open_generator
+from hfgi3d.metrics.evaluation import METRIC_KEYS, EvaluationConfig, evaluate, load_networks
+from tests.ibrnet_checkpoint_writer import write_official_checkpoint
+from tests.wandb_offline import read_offline_run
+
+TINY_FIT = [
+    "fit", "--config", "configs/demo.yaml",
+    "--model.w_avg_samples", "16", "--model.estimate_steps", "6", "--model.pseudo_multiview_steps", "6",
+    "--model.occluded_steps", "2", "--data.num_views", "2", "--data.pseudo_views.poisson_iterations", "20",
+    "--outputs.orbit_frames", "4", "--outputs.mesh_resolution", "24", "--evaluation.every_n_steps", "4",
+    "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
+]  # fmt: skip
+STAGE_KEYS = (
+    "estimate/loss", "estimate/loss_l2", "estimate/loss_lpips", "estimate/lr", "estimate/step_time_s",
+    "estimate/psnr", "estimate/ssim", "estimate/lpips",
+    "pseudo_multiview/loss_input", "pseudo_multiview/loss_occluded", "pseudo_multiview/loss_visible",
+    "pseudo_multiview/lr", "pseudo_multiview/step_time_s", "pseudo_multiview/psnr",
+)  # fmt: skip
+MEDIA_TYPES = {
+    "media/novel_views": "image-file",
+    "media/depth": "image-file",
+    "media/pseudo_views": "image-file",
+    "media/pseudo_view_masks": "image-file",
+    "media/orbit": "video-file",
+    "media/mesh": "object3D-file",
+}
+
+
+def test_wandb_mode_is_offline_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert resolve_mode(None) == "offline"
+    assert resolve_mode("online") == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert resolve_mode(None) == "disabled"
+    assert WandbLogger(save_dir="unused")._wandb_init["mode"] == "disabled"
+    with pytest.raises(ValueError, match="log_model needs an online"):
+        WandbLogger(mode="offline", log_model=True)
+
+
+def test_tiny_fit_logs_metrics_media_and_table_to_an_offline_wandb_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # the preset must be offline by itself
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    args = [
+        *TINY_FIT, "--config", "configs/logger/wandb.yaml", "--output_dir", str(out),
+        "--trainer.logger.init_args.group", "unit-test", "--trainer.logger.init_args.tags", "[tiny, ci]",
+    ]  # fmt: skip
+    assert main(args) == 0
+    (folder,) = (out / "wandb").glob("offline-run-*")
+    run = read_offline_run(folder)
+    assert (run.project, run.group, run.name, run.tags) == ("hfgi3d", "unit-test", "sample_face", ["tiny", "ci"])
+    # The resolved config, not only the module's hyperparameters.
+    assert run.config["data"]["num_views"] == 2 and run.config["evaluation"]["every_n_steps"] == 4
+    for key in STAGE_KEYS:
+        assert run.logged(key), key
+    assert len(run.logged("estimate/psnr")) == 2  # steps 4 and 6 (the end of stage 1)
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("psnr", "ssim", "lpips_alex", "lpips_vgg", "warp_psnr", "warp_lpips", "warp_coverage", "seconds"):
+        assert run.logged(f"eval/{key}") == [pytest.approx(metrics[key])], key
+        assert run.summary[f"eval/{key}"] == pytest.approx(metrics[key]), key
+    for key, kind in MEDIA_TYPES.items():
+        (value,) = run.logged(f"{key}/_type")
+        assert value == kind, key
+        (path,) = run.logged(f"{key}/path")
+        assert (folder / "files" / path).stat().st_size > 0, key
+    (pair,) = run.logged("media/input_vs_reconstruction/count")
+    assert pair == 2
+    (table_type,) = run.logged("eval/table/_type")
+    assert table_type == "table-file"
+    (table_path,) = run.logged("eval/table/path")
+    table = json.loads((folder / "files" / table_path).read_text())
+    assert table["columns"][0] == "image_id" and set(METRIC_KEYS) <= set(table["columns"])
+    (row,) = table["data"]
+    values = dict(zip(table["columns"], row, strict=True))
+    assert values["image_id"] == "sample_face" and values["steps"] == 12
+    assert values["psnr"] == pytest.approx(metrics["psnr"]) and values["id_arcface"] is None
+
+
+def test_fit_without_wandb_writes_every_metric_and_the_reasons_for_skips(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main([*TINY_FIT, "--output_dir", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(METRIC_KEYS) <= set(metrics)
+    assert metrics["image_id"] == "sample_face" and metrics["steps"] == 12
+    assert metrics["peak_gpu_memory_mb"] is None  # CPU run
+    skipped = metrics["skipped"]
+    for key in METRIC_KEYS:
+        assert (metrics[key] is None) == (key in skipped), key
+    assert "evaluation.arcface_checkpoint" in skipped["id_arcface"]
+    assert "model_255000.pth" in skipped["ibrnet_psnr"]
+    assert "161" in skipped["ms_ssim"]  # the tiny generator renders 128²
+    assert "pose estimator" in skipped["pose_error"]
+    assert 0 < metrics["warp_coverage"] <= 1 and metrics["lpips_alex"] > 0
+    assert not list(out.glob("wandb"))
+
+
+def test_strict_evaluation_fails_before_the_fit(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(FileNotFoundError, match="arcface_checkpoint"):
+        main([*TINY_FIT, "--output_dir", str(out), "--evaluation.strict", "true"])
+    assert not (out / "metrics.json").exists()
+
+
+def test_wrong_network_files_fail_before_the_fit(tmp_path: Path) -> None:
+    bad = tmp_path / "backbone.pth"
+    torch.save({"not": torch.zeros(1)}, bad)
+    with pytest.raises(ValueError, match=r"backbone\.pth"):
+        main([*TINY_FIT, "--output_dir", str(tmp_path / "a"), "--evaluation.arcface_checkpoint", str(bad)])
+    with pytest.raises(FileNotFoundError, match=r"model_255000\.pth"):
+        main([*TINY_FIT, "--output_dir", str(tmp_path / "b"), "--evaluation.ibrnet_checkpoint", "nowhere.pth"])
+
+
+def test_evaluate_runs_ibrnet_on_the_five_views(tmp_path: Path) -> None:
+    """With an IBRNet file (random weights in the released format) the paper's consistency is computed."""
+    write_official_checkpoint(tmp_path / "model_255000.pth")
+    config = EvaluationConfig(
+        lpips_resize=None, ibrnet_checkpoint=str(tmp_path / "model_255000.pth"), ibrnet_resolution=32,
+        ibrnet_samples=8, ibrnet_importance=8,
+    )  # fmt: skip
+    networks = load_networks(config)
+    generator = open_generator("tiny").eval()
+    c25 = orbit_c25(0.1, 0.0)
+    with torch.no_grad():
+        ws = generator.mapping(torch.randn(1, 512, generator=torch.Generator().manual_seed(0)), c25)
+        image = generator.synthesis(ws, c25, deterministic=True)["image"].clamp(-1, 1)
+    metrics, skipped = evaluate(generator, ws, image, c25, networks, config)
+    assert metrics["psnr"] is not None and metrics["psnr"] > 40  # the image is the generator's own render
+    for key in ("ibrnet_psnr", "ibrnet_ssim", "ibrnet_lpips"):
+        assert metrics[key] is not None and key not in skipped, key
+    assert metrics["ibrnet_psnr"] < metrics["psnr"]  # a random IBRNet predicts the view poorly
+    assert set(skipped) == {"id_arcface", "id_facenet", "ms_ssim", "pose_error"}
