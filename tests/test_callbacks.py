@@ -14,6 +14,7 @@ from hfgi3d.cli import main
 from hfgi3d.generator import open_generator
 from hfgi3d.metrics.evaluation import METRIC_KEYS, EvaluationConfig, evaluate, load_networks
 from tests.ibrnet_checkpoint_writer import write_official_checkpoint
+from tests.test_arcface import synthetic_checkpoint
 from tests.wandb_offline import read_offline_run
 
 TINY_FIT = [
@@ -125,14 +126,20 @@ def test_wrong_network_files_fail_before_the_fit(tmp_path: Path) -> None:
         main([*TINY_FIT, "--output_dir", str(tmp_path / "b"), "--evaluation.ibrnet_checkpoint", "nowhere.pth"])
 
 
-def test_evaluate_runs_ibrnet_on_the_five_views(tmp_path: Path) -> None:
-    """With an IBRNet file (random weights in the released format) the paper's consistency is computed."""
+def test_evaluate_runs_ibrnet_on_the_five_views_and_skips_faceless_identity(tmp_path: Path) -> None:
+    """With IBRNet and ArcFace files (random weights, released formats) every network is used.
+
+    IBRNet predicts the input view from the 5 renders; the random tiny generator draws no face, so
+    identity is skipped with a reason that names the view MTCNN found no face in.
+    """
     write_official_checkpoint(tmp_path / "model_255000.pth")
+    torch.save(synthetic_checkpoint("r50"), tmp_path / "backbone.pth")
     config = EvaluationConfig(
         lpips_resize=None, ibrnet_checkpoint=str(tmp_path / "model_255000.pth"), ibrnet_resolution=32,
-        ibrnet_samples=8, ibrnet_importance=8,
+        ibrnet_samples=8, ibrnet_importance=8, arcface_checkpoint=str(tmp_path / "backbone.pth"),
     )  # fmt: skip
     networks = load_networks(config)
+    assert networks.arcface is not None and networks.detector is not None
     generator = open_generator("tiny").eval()
     c25 = orbit_c25(0.1, 0.0)
     with torch.no_grad():
@@ -144,3 +151,4 @@ def test_evaluate_runs_ibrnet_on_the_five_views(tmp_path: Path) -> None:
         assert metrics[key] is not None and key not in skipped, key
     assert metrics["ibrnet_psnr"] < metrics["psnr"]  # a random IBRNet predicts the view poorly
     assert set(skipped) == {"id_arcface", "id_facenet", "ms_ssim", "pose_error"}
+    assert metrics["id_arcface"] is None and "no face" in skipped["id_arcface"]
