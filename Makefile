@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-slow lint format demo clean
+.PHONY: help venv test test-slow lint format demo benchmark-synthetic clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ format: $(STAMP)  ## apply ruff's fixes and formatting
 
 demo: $(STAMP)  ## invert the bundled sample photo with the tiny generator (configs/demo.yaml) into outputs/demo
 	$(BIN)/python -m hfgi3d fit --config configs/demo.yaml --output_dir outputs/demo --overwrite true
+
+benchmark-synthetic: $(STAMP)  ## ground-truth benchmark, CI size (tiny generator, 3 images × 5 methods, CPU) into benchmarks/results/synthetic-ci
+	$(BIN)/python -m hfgi3d.benchmarks synthetic --out benchmarks/results/synthetic-ci --images 3
 
 clean:  ## remove caches and outputs (keeps .venv)
 	rm -rf outputs .pytest_cache .mypy_cache .ruff_cache

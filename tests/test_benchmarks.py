@@ -1,0 +1,122 @@
+"""Benchmark runner: JSONL store, aggregation, resume after a killed run, 2-process sharding."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hfgi3d.benchmarks.__main__ import main as benchmarks_main
+from hfgi3d.benchmarks.aggregate import markdown_table, summarize
+from hfgi3d.benchmarks.runner import Job, shard
+from hfgi3d.benchmarks.store import MERGED_FILE, append_row, finished, merge, read_rows
+
+REPO = Path(__file__).resolve().parents[1]
+MICRO_PROFILE = """
+model: {generator: tiny, w_avg_samples: 16, estimate_steps: 4, estimate_lr: 0.01, occluded_steps: 2,
+        pseudo_multiview_steps: 4, pseudo_multiview_lr: 0.01, lpips_resize: null}
+data: {num_views: 2, pseudo_views: {poisson_iterations: 20}}
+outputs: {orbit_frames: 0, mesh_resolution: 0}
+evaluation: {every_n_steps: 0, lpips_resize: null}
+trainer: {accelerator: cpu, log_every_n_steps: 4, callbacks: []}
+"""
+NUMBER_KEYS = ("novel_psnr", "novel_ssim", "novel_lpips", "psnr", "ssim", "lpips_alex", "warp_psnr")
+
+
+@pytest.fixture
+def profile(tmp_path: Path) -> Path:
+    path = tmp_path / "micro.yaml"
+    path.write_text(MICRO_PROFILE)
+    return path
+
+
+def test_store_appends_skips_a_cut_last_line_and_merges(tmp_path: Path) -> None:
+    append_row(tmp_path / "results.rank0.jsonl", {"image_id": "a", "method": "m", "psnr": 1.0})
+    append_row(tmp_path / "results.rank1.jsonl", {"image_id": "b", "method": "m", "psnr": float("nan")})
+    append_row(tmp_path / "results.rank1.jsonl", {"image_id": "c", "method": "m", "error": "ValueError: x"})
+    with (tmp_path / "results.rank0.jsonl").open("a") as handle:
+        handle.write('{"image_id": "d", "method": "m", "ps')  # a crash in the middle of a line
+    assert finished(tmp_path) == {("a", "m"), ("b", "m"), ("c", "m")}
+    assert finished(tmp_path, include_errors=False) == {("a", "m"), ("b", "m")}
+    rows = merge(tmp_path, [("c", "m"), ("b", "m"), ("a", "m")])
+    assert [row["image_id"] for row in rows] == ["c", "b", "a"]
+    assert rows[1]["psnr"] is None  # NaN is stored as null
+    assert read_rows(tmp_path / MERGED_FILE) == rows
+    append_row(tmp_path / "results.rank0.jsonl", {"image_id": "c", "method": "m", "psnr": 2.0})  # retried
+    assert [row for row in merge(tmp_path) if row["image_id"] == "c"] == [{"image_id": "c", "method": "m", "psnr": 2.0}]
+
+
+def test_shard_keeps_an_image_in_one_process() -> None:
+    jobs = [Job(image, method) for image in "abcde" for method in ("x", "y")]
+    shards = [shard(jobs, rank, 2) for rank in range(2)]
+    assert sorted(job.key for part in shards for job in part) == sorted(job.key for job in jobs)
+    assert {job.image_id for job in shards[0]} == {"a", "c", "e"} and {job.image_id for job in shards[1]} == {"b", "d"}
+
+
+def test_summary_is_mean_and_std_next_to_the_paper() -> None:
+    rows = [
+        {"image_id": "a", "method": "hfgi3d", "psnr": 30.0, "id_arcface": None},
+        {"image_id": "b", "method": "hfgi3d", "psnr": 28.0, "id_arcface": 0.5},
+        {"image_id": "a", "method": "pti", "psnr": 25.0},
+    ]
+    summary = summarize(rows, ["psnr", "id_arcface", "ibrnet_psnr"])
+    assert summary["hfgi3d"]["psnr"] == (29.0, 1.0, 2)
+    assert summary["hfgi3d"]["id_arcface"] == (0.5, 0.0, 1)
+    table = markdown_table(summary, ["psnr", "id_arcface", "ibrnet_psnr"])
+    assert "| hfgi3d | 2 | 29 ± 1 | 0.5 ± 0 (n=1) |" in table
+    assert "| paper: hfgi3d | 1500 | 29.43 | 0.744 |" in table and "| paper: pti | 1500 | 26.64 | 0.657 |" in table
+    assert "ibrnet_psnr" not in table  # no row has it
+
+
+def _synthetic_args(out: Path, profile: Path, *extra: str) -> list[str]:
+    return ["synthetic", "--out", str(out), "--images", "2", "--methods", "pti", "--profile", str(profile), *extra]
+
+
+def test_two_cpu_processes_produce_the_rows_of_one(tmp_path: Path, profile: Path) -> None:
+    """Sharded over 2 gloo processes, every (image, method) row is the one a single process makes.
+
+    Both runs use one thread per process (Lightning gives each of N CPU processes 1/N of the
+    cores), so their floating-point sums are done in the same order and the rows agree exactly.
+    """
+    one, two = tmp_path / "one", tmp_path / "two"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    for out, extra in ((one, ()), (two, ("--devices", "2"))):
+        command = [sys.executable, "-m", "hfgi3d.benchmarks", *_synthetic_args(out, profile, *extra)]
+        subprocess.run(command, check=True, cwd=REPO, env=env, capture_output=True, timeout=600)
+    assert {path.name for path in two.glob("results.rank*.jsonl")} == {"results.rank0.jsonl", "results.rank1.jsonl"}
+    rows_one, rows_two = read_rows(one / MERGED_FILE), read_rows(two / MERGED_FILE)
+    assert [(r["image_id"], r["method"]) for r in rows_one] == [(r["image_id"], r["method"]) for r in rows_two]
+    assert {r["rank"] for r in rows_one} == {0} and {r["rank"] for r in rows_two} == {0, 1}
+    for a, b in zip(rows_one, rows_two, strict=True):
+        assert "error" not in a and "error" not in b, (a.get("error"), b.get("error"))
+        for key in NUMBER_KEYS:
+            assert b[key] == pytest.approx(a[key], rel=1e-5), key
+    assert "| pti | 2 |" in (two / "summary.md").read_text()
+
+
+def test_a_killed_run_resumes_without_redoing_finished_jobs(tmp_path: Path, profile: Path) -> None:
+    out = tmp_path / "bench"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "hfgi3d.benchmarks", *_synthetic_args(out, profile)]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = out / "results.rank0.jsonl"
+    deadline = time.monotonic() + 300
+    while not (results.is_file() and results.read_text().count("\n") >= 1):
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    first = read_rows(results)
+    assert len(first) == 1 and not (out / MERGED_FILE).exists()
+    assert benchmarks_main(_synthetic_args(out, profile)) == 0
+    rows = read_rows(out / MERGED_FILE)
+    assert [r["image_id"] for r in rows] == ["synthetic_0000", "synthetic_0001"]
+    assert rows[0] == first[0]  # the finished job was kept, not run again
+    assert len(read_rows(results)) == 2
+    assert all("error" not in row for row in rows)
