@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-slow lint format demo benchmark-synthetic clean
+.PHONY: help venv test test-slow lint format demo benchmark benchmark-synthetic clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ format: $(STAMP)  ## apply ruff's fixes and formatting
 
 demo: $(STAMP)  ## invert the bundled sample photo with the tiny generator (configs/demo.yaml) into outputs/demo
 	$(BIN)/python -m hfgi3d fit --config configs/demo.yaml --output_dir outputs/demo --overwrite true
+
+benchmark: $(STAMP)  ## the paper's protocol: HFGI3D_CELEBAHQ=DIR HFGI3D_EG3D=ffhq512-128.pkl [BENCHMARK_ARGS="--accelerator gpu --devices 8 --wandb GROUP"]
+	$(BIN)/python -m hfgi3d.benchmarks celeba --out benchmarks/results/celeba $(BENCHMARK_ARGS)
 
 benchmark-synthetic: $(STAMP)  ## ground-truth benchmark, CI size (tiny generator, 3 images × 5 methods, CPU) into benchmarks/results/synthetic-ci
 	$(BIN)/python -m hfgi3d.benchmarks synthetic --out benchmarks/results/synthetic-ci --images 3

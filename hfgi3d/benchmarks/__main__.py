@@ -1,4 +1,4 @@
-"""``python -m hfgi3d.benchmarks {synthetic,aggregate} ...`` (see ``--help`` of each)."""
+"""``python -m hfgi3d.benchmarks {celeba,synthetic,aggregate} ...`` (see ``--help`` of each)."""
 
 from __future__ import annotations
 
@@ -24,17 +24,73 @@ def _preset(method: str) -> Path:
     return path
 
 
-def write_summary(folder: Path, columns: Sequence[str], header: str = "", paper: bool = True) -> str:
+def log_to_wandb(folder: Path, group: str, columns: Sequence[str], rows: list[dict], summary: dict) -> None:
+    """One ``aggregate`` run in the benchmark's W&B group: the summary table and every row."""
+    import wandb
+
+    from hfgi3d.callbacks.wandb_logging import resolve_mode
+
+    run = wandb.init(project="hfgi3d", group=group, job_type="aggregate", name=f"{group}/summary",
+                     dir=str(folder), mode=resolve_mode(None))  # fmt: skip
+    shown = [c for c in columns if any(c in entry for entry in summary.values())]
+    table = wandb.Table(columns=["method", "n", *[f"{c}_{s}" for c in shown for s in ("mean", "std")]])
+    for method, entry in summary.items():
+        table.add_data(method, entry["n"], *[v for c in shown for v in (entry[c][:2] if c in entry else (None, None))])
+    keys = sorted({key for row in rows for key in row if not isinstance(row[key], dict | list)})
+    run.log(
+        {
+            "benchmark/summary": table,
+            "benchmark/rows": wandb.Table(columns=keys, data=[[r.get(k) for k in keys] for r in rows]),
+        }
+    )
+    run.finish()
+
+
+def write_summary(
+    folder: Path, columns: Sequence[str], header: str = "", paper: bool = True, wandb_group: str | None = None
+) -> str:
     """``summary.md`` and ``summary.csv`` of ``results.jsonl`` (error rows left out, counted)."""
     rows = read_rows(folder / MERGED_FILE)
     good = [row for row in rows if "error" not in row]
     summary = summarize(good, columns)
+    if wandb_group:
+        log_to_wandb(folder, wandb_group, columns, good, summary)
     table = markdown_table(summary, columns, paper=paper)
     errors = len(rows) - len(good)
     text = header + table + (f"\n{errors} job(s) failed; their rows hold an `error`.\n" if errors else "")
     (folder / "summary.md").write_text(text)
     (folder / "summary.csv").write_text(csv_table(summary, columns))
     return text
+
+
+def celeba(args: argparse.Namespace) -> int:
+    from hfgi3d.benchmarks.celeba import MissingInputError, make_job_fn, resolve_inputs, sample_images, write_image_list
+
+    try:
+        data, generator = resolve_inputs(args.data, args.generator)
+        photos = sample_images(data, args.images, args.seed)
+    except (MissingInputError, ValueError) as error:
+        print(f"cannot run the CelebA-HQ benchmark:\n{error}", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    folder: Path = args.out
+    write_image_list(folder / "images.txt", photos, args.seed)
+    jobs = [
+        Job(photo.stem, method, {"preset": str(_preset(method)), "photo": str(photo)})
+        for photo in photos
+        for method in args.methods
+    ]
+    job_fn = make_job_fn(generator, args.profile, folder, args.wandb)
+    rows = run(jobs, folder, job_fn, args.accelerator, args.devices, args.num_nodes, args.retry_errors)
+    if not rows:  # ranks other than 0
+        return 0
+    command = " ".join(["python -m hfgi3d.benchmarks", *sys.argv[1:]])
+    header = (
+        f"CelebA-HQ benchmark: `{command}`\n\n{len(photos)} images × {len(args.methods)} methods, generator "
+        f"`{generator}`; wall time {time.perf_counter() - started:.0f} s. Paper rows: Xie et al. 2023, Table 1/3.\n\n"
+    )
+    print(write_summary(folder, CELEBA_COLUMNS, header, wandb_group=args.wandb))
+    return 0
 
 
 def synthetic(args: argparse.Namespace) -> int:
@@ -46,14 +102,17 @@ def synthetic(args: argparse.Namespace) -> int:
     data = folder / "data"
     ids = prepare(args.generator, args.seed, args.images, data)
     jobs = [Job(image_id, method, {"preset": str(_preset(method))}) for image_id in ids for method in args.methods]
-    job_fn = make_job_fn(args.generator, args.profile, data, folder / "runs", LPIPS(net="alex"))
-    run(jobs, folder, job_fn, args.accelerator, args.devices, args.num_nodes, args.retry_errors)
+    job_fn = make_job_fn(args.generator, args.profile, data, folder / "runs", LPIPS(net="alex"), args.wandb)
+    rows = run(jobs, folder, job_fn, args.accelerator, args.devices, args.num_nodes, args.retry_errors)
+    if not rows:  # ranks other than 0
+        return 0
     command = " ".join(["python -m hfgi3d.benchmarks", *sys.argv[1:]])
     header = (
         f"Synthetic benchmark: `{command}`\n\n{len(ids)} images × {len(args.methods)} methods, generator "
         f"`{args.generator}`, profile `{args.profile}`; wall time {time.perf_counter() - started:.0f} s.\n\n"
     )
-    print(write_summary(folder, SYNTHETIC_COLUMNS, header, paper=False))  # the paper has no synthetic table
+    # The paper has no synthetic table: no paper rows.
+    print(write_summary(folder, SYNTHETIC_COLUMNS, header, paper=False, wandb_group=args.wandb))
     return 0
 
 
@@ -76,6 +135,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parallel.add_argument("--num-nodes", type=int, default=1)
     parallel.add_argument("--retry-errors", action="store_true", help="run failed jobs again")
     parallel.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parallel.add_argument(
+        "--wandb", metavar="GROUP", default=None, help="log every run and the summary to this W&B group"
+    )
+
+    cel = commands.add_parser("celeba", parents=[parallel], help="the paper's protocol on CelebA-HQ")
+    cel.add_argument("--out", type=Path, default=Path("benchmarks/results/celeba"), help="benchmark folder (resumes)")
+    cel.add_argument("--data", default=None, help="CelebA-HQ image folder (default: $HFGI3D_CELEBAHQ)")
+    cel.add_argument("--generator", default=None, help="EG3D ffhq512-128.pkl or .pt (default: $HFGI3D_EG3D)")
+    cel.add_argument("--images", type=int, default=1500)
+    cel.add_argument("--seed", type=int, default=0)
+    cel.add_argument("--profile", default=None, help="config applied after each preset (default: none)")
+    cel.set_defaults(run=celeba)
 
     synth = commands.add_parser("synthetic", parents=[parallel], help="ground-truth benchmark (no data needed)")
     synth.add_argument("--out", type=Path, required=True, help="benchmark folder (resumes if it exists)")

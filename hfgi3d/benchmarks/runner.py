@@ -52,6 +52,20 @@ class Worker:
         return ["--trainer.accelerator", "cpu", "--trainer.devices", "1"]
 
 
+WANDB_PRESET = Path(__file__).resolve().parents[2] / "configs" / "logger" / "wandb.yaml"
+
+
+def wandb_args(group: str | None, job: Job) -> list[str]:
+    """``fit`` arguments that log a job's run to the benchmark's W&B group (none without a group)."""
+    if not group:
+        return []
+    return [
+        "--config", str(WANDB_PRESET), "--trainer.logger.init_args.group", group,
+        "--trainer.logger.init_args.name", f"{job.method}/{job.image_id}",
+        "--trainer.logger.init_args.tags", f"[{job.method}]",
+    ]  # fmt: skip
+
+
 JobFn = Callable[[Job, Worker], dict[str, Any]]
 """Runs one job and returns its row's metrics (``image_id``/``method`` are added by the runner)."""
 

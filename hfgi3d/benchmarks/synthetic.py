@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from hfgi3d.benchmarks.runner import Job, Worker
+from hfgi3d.benchmarks.runner import Job, Worker, wandb_args
 from hfgi3d.cameras import orbit_c25
 from hfgi3d.generator import TriPlaneGenerator, load_generator, open_generator
 from hfgi3d.geometry import backward_warp, upsample_depth, visibility_mask
@@ -185,7 +185,9 @@ SYNTHETIC_COLUMNS = (
 """Columns of the synthetic benchmark's table."""
 
 
-def make_job_fn(generator_spec: str, profile: str | None, data: Path, runs: Path, lpips: LPIPS) -> Any:
+def make_job_fn(
+    generator_spec: str, profile: str | None, data: Path, runs: Path, lpips: LPIPS, wandb_group: str | None = None
+) -> Any:
     """The job function: fit the method's preset on one painted input view, then score the novel views."""
     from hfgi3d.fit import main as fit_main
 
@@ -198,7 +200,7 @@ def make_job_fn(generator_spec: str, profile: str | None, data: Path, runs: Path
             "--data.camera", str(data / f"{job.image_id}.json"), "--output_dir", str(out), "--overwrite", "true",
             "--outputs.save_generator", "true", "--trainer.enable_progress_bar", "false", *worker.trainer_args(),
         ]  # fmt: skip
-        fit_main(args)
+        fit_main(args + wandb_args(wandb_group, job))
         metrics = json.loads((out / "metrics.json").read_text())
         row = {key: value for key, value in metrics.items() if key not in ("image_id", "skipped")}
         row.update(score(out, data / f"{job.image_id}.pt", lpips))

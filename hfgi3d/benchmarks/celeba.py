@@ -1,0 +1,101 @@
+"""The paper's protocol (SPEC §7): 1500 random CelebA-HQ images, every method, every metric.
+
+Each job aligns its photo with :func:`hfgi3d.preprocess.preprocess` (once per image, into
+``aligned/<image id>/``), inverts it with the method's preset (``configs/<method>.yaml``) and the
+given EG3D checkpoint, and returns the run's ``metrics.json`` as its row. The image list (sampled
+with a fixed seed from the sorted folder listing) is written to ``images.txt`` next to the results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+from hfgi3d.benchmarks.runner import Job, Worker, wandb_args
+
+DATA_ENV = "HFGI3D_CELEBAHQ"
+GENERATOR_ENV = "HFGI3D_EG3D"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+PAPER_IMAGES = 1500
+
+DATA_HELP = (
+    "CelebA-HQ is not downloaded by hfgi3d (its licence needs an agreement): get the 30,000 images "
+    "(e.g. CelebAMask-HQ's CelebA-HQ-img folder of 1024² JPEGs) and pass --data FOLDER or set "
+    f"{DATA_ENV}=FOLDER"
+)
+GENERATOR_HELP = (
+    "the EG3D FFHQ checkpoint is needed: download ffhq512-128.pkl from NVIDIA's EG3D page in the NGC "
+    f"catalog (nvidia/research/models/eg3d) and pass --generator FILE or set {GENERATOR_ENV}=FILE"
+)
+
+
+class MissingInputError(FileNotFoundError):
+    """The benchmark's data or weights are not there; the message says what to provide."""
+
+
+def resolve_inputs(data: str | None, generator: str | None) -> tuple[Path, str]:
+    """The CelebA-HQ folder and the generator file, from the arguments or the environment."""
+    data = data or os.environ.get(DATA_ENV)
+    generator = generator or os.environ.get(GENERATOR_ENV)
+    problems = []
+    if not data or not Path(data).is_dir():
+        problems.append(f"no CelebA-HQ folder{f' at {data}' if data else ''}: {DATA_HELP}")
+    if not generator or not Path(generator).is_file():
+        problems.append(f"no generator{f' at {generator}' if generator else ''}: {GENERATOR_HELP}")
+    if problems:
+        raise MissingInputError("\n".join(problems))
+    assert data is not None and generator is not None
+    return Path(data), generator
+
+
+def sample_images(folder: Path, count: int, seed: int) -> list[Path]:
+    """``count`` photos drawn without replacement from the sorted listing with ``random.Random(seed)``."""
+    photos = sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
+    if not photos:
+        raise MissingInputError(f"{folder} holds no .jpg/.png images: {DATA_HELP}")
+    if count > len(photos):
+        raise ValueError(f"asked for {count} images but {folder} holds only {len(photos)}")
+    return random.Random(seed).sample(photos, count)
+
+
+def write_image_list(path: Path, photos: list[Path], seed: int) -> None:
+    """``images.txt``: the sampled file names, in job order, under a header naming the seed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [
+        f"# {len(photos)} images sampled with random.Random({seed}).sample(sorted listing)",
+        *(p.name for p in photos),
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def make_job_fn(generator: str, profile: str | None, folder: Path, wandb_group: str | None) -> Any:
+    """The job function: align the photo (once), fit the method's preset, return ``metrics.json``."""
+    from hfgi3d.fit import main as fit_main
+    from hfgi3d.preprocess import preprocess
+
+    def run_job(job: Job, worker: Worker) -> dict[str, Any]:
+        photo = Path(job.payload["photo"])
+        aligned = folder / "aligned" / job.image_id
+        crop = aligned / f"{photo.stem}.png"
+        if not crop.is_file():
+            report = preprocess(photo, aligned)
+            if report.skipped:
+                skipped = report.skipped[0]
+                raise ValueError(f"preprocessing skipped {photo.name} ({skipped.code}): {skipped.reason}")
+        out = folder / "runs" / job.method / job.image_id
+        args = ["fit", "--config", str(job.payload["preset"])]
+        args += ["--config", profile] if profile else []
+        args += [
+            "--model.generator", generator, "--data.image", str(crop), "--data.camera", str(aligned / "dataset.json"),
+            "--output_dir", str(out), "--overwrite", "true", "--trainer.enable_progress_bar", "false",
+            *worker.trainer_args(),
+        ]  # fmt: skip
+        args += wandb_args(wandb_group, job)
+        fit_main(args)
+        metrics = json.loads((out / "metrics.json").read_text())
+        return {key: value for key, value in metrics.items() if key != "image_id"}
+
+    return run_job
