@@ -1,0 +1,311 @@
+"""Head pose from five face landmarks, as EG3D cameras: a canonical 3D face fitted by reprojection.
+
+The pose is a camera on EG3D's orbit (radius 2.7 around the world origin, looking at the pivot
+``[0, 0, 0.2]``, fixed FFHQ intrinsics; see :mod:`hfgi3d.cameras`), so only its yaw and pitch are
+unknown. :class:`PnPPoseEstimator` finds them by fitting the projections of five canonical 3D
+landmarks (:func:`canonical_landmarks_world`) to the five detected ones. Any other estimator with
+the :class:`PoseEstimator` call signature (a CNN head-pose regressor, a 3DMM fitter) can replace it
+in :mod:`hfgi3d.preprocess`.
+
+Convention:
+    Landmarks are ``N×5×2`` points ``(x, y)`` in pixels of a square crop of side ``image_size``,
+    pixel ``(col, row)`` centred at ``(col, row)`` (:mod:`hfgi3d.faces`), in the order of
+    :data:`hfgi3d.faces.LANDMARK_NAMES` (viewer's left eye first). A camera's normalized image
+    point ``(u, v)`` is at pixel ``(u·S − 0.5, v·S − 0.5)``, matching :func:`hfgi3d.cameras.pixel_rays`.
+    The canonical face lives in EG3D's world: y up, the face looks towards ``+z`` (the frontal
+    camera ``orbit_cam2world(0, 0)`` sits at ``[0, 0, 2.7]`` and looks along ``-z``), the viewer's
+    left eye at ``x < 0`` (camera right is world ``+x`` for the frontal camera).
+
+Accuracy (measured; ``tests/test_pose.py`` checks the synthetic figures):
+    * Noise-free projections of the canonical landmarks: exact (< 1e-6 rad), whatever the crop's
+      scale, roll and shift.
+    * Landmark noise of σ px per coordinate on a 512² crop (eye-to-mouth ≈ 150 px), |yaw| ≤ 0.5,
+      |pitch| ≤ 0.3 rad: RMS error ≈ 0.012·σ rad in yaw and ≈ 0.020·σ rad in pitch, unbiased.
+      MTCNN's landmarks are off by roughly 2–5 px at that scale, i.e. ~0.03–0.06 rad of yaw and
+      ~0.04–0.1 rad of pitch. Pitch is the weak axis: it rests on the nose tip's height between
+      eyes and mouth, and the mouth moves with expression.
+    * Calibration: insightface's ArcFace template (a mean of frontal five-point faces) reads as
+      yaw +0.011, pitch −0.053 rad — MTCNN-style noses sit a little lower than the BFM nose tip,
+      which the fit takes for a camera slightly above. Bias of this size remains for any face
+      that is not the mean face (nose length, eye spacing, mouth width vary by ~10 %).
+    * Photos (MTCNN landmarks, through :mod:`hfgi3d.preprocess`): the astronaut
+      (``skimage.data.astronaut``) reads as yaw +0.003 / pitch −0.19, its mirror +0.018 / −0.16 and
+      a copy rolled by 15° −0.024 / −0.13: frontal, with a camera a little above her lowered,
+      smiling face; the spread (±0.03) is MTCNN's jitter. The cameraman (``skimage.data.camera``,
+      looking to the viewer's right) reads as yaw −0.75, his mirror +0.67.
+    * Beyond ``|yaw| ≈ 0.8`` rad the far eye is partly hidden, MTCNN's landmarks degrade, and five
+      points say little. EG3D's own labels come from a 3DMM fit (Deep3DFaceRecon: dense
+      photometric fit with identity and expression) and are more accurate; pass such a camera
+      (``--data.camera``) when you have one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+import torch
+from torch import Tensor
+
+from hfgi3d.cameras import FFHQ_FOCAL, FFHQ_PIVOT, FFHQ_RADIUS, orbit_c25, split_c25
+from hfgi3d.faces import LEFT_EYE, MOUTH_LEFT, MOUTH_RIGHT, NUM_LANDMARKS, RIGHT_EYE
+
+LANDMARKS_BFM_DM: tuple[tuple[float, float, float], ...] = (
+    (-0.31148657, 0.29036078, 0.13377953),  # left eye (viewer's left), centre of its two corners
+    (0.30979887, 0.28972036, 0.13179526),  # right eye
+    (0.0032535, -0.04617932, 0.55244243),  # nose tip
+    (-0.25216928, -0.38133916, 0.22405732),  # left mouth corner
+    (0.2484662, -0.38128236, 0.22235769),  # right mouth corner
+)
+"""Mean-face five landmarks of the Basel Face Model in decimetres (x to the viewer's right, y up, z out
+of the face), as Deep3DFaceRecon_pytorch's ``load_lm3d`` derives them from ``BFM/similarity_Lm3D_all.mat``.
+EG3D's FFHQ preprocessing (``dataset_preprocessing/ffhq/crop_images*.py``) aligns every photo to these
+points (``align_img`` with ``lm3d_std``), so they define both its crop and, through Deep3DFaceRecon, its
+camera labels."""
+
+BFM_DM_TO_EG3D = 0.27
+"""World units per decimetre: EG3D's ``3dface2idr_mat.py`` scales Deep3DFaceRecon's camera (10 dm from
+the face) by 0.27 to put it at radius 2.7."""
+EG3D_LABEL_CAMERA_SHIFT = (0.0, 0.006, 0.161)
+"""World offset EG3D's ``3dface2idr_mat.py`` adds to every camera centre ("additional offset used in
+submission") before ``preprocess_face_cameras.py`` rescales the centre back to radius 2.7."""
+_DEEP3D_CAMERA_DISTANCE_DM = 10.0  # Deep3DFaceRecon's camera sits 10 dm in front of the face model
+
+EXPRESSION_STD = 0.1
+"""How far expressions move the mouth corners (a smile raises and widens them), as a fraction of the
+eye-to-mouth distance: the prior of the fit's expression terms."""
+LANDMARK_NOISE = 0.02
+"""MTCNN's landmark error as a fraction of the eye-to-mouth distance (its ratio to :data:`EXPRESSION_STD`
+weighs the expression prior against the landmarks)."""
+# Mouth-corner displacements of the two expression terms, (x, y) per landmark in image axes (y down).
+_MOUTH_RAISE = ((0.0, 0.0), (0.0, 0.0), (0.0, 0.0), (0.0, -1.0), (0.0, -1.0))
+_MOUTH_WIDEN = ((0.0, 0.0), (0.0, 0.0), (0.0, 0.0), (-1.0, 0.0), (1.0, 0.0))
+_NUM_SIMILARITY = 4  # a, b, tx, ty of x' = a·x − b·y + tx, y' = b·x + a·y + ty
+
+DEFAULT_YAW_LIMIT_RAD = 1.2  # just short of profile: five points cannot tell more (and MTCNN fails earlier)
+DEFAULT_PITCH_LIMIT_RAD = 0.8
+_GRID_STEP_RAD = 0.2  # coarse search spacing; the refinement converges from within half a step
+_REFINE_ITERATIONS = 12
+_FD_STEP_RAD = 1e-3  # central differences; the projection is float32, so smaller steps only add noise
+_INITIAL_DAMPING = 1e-3  # Levenberg–Marquardt, relative to the diagonal of JᵀJ
+_DAMPING_DOWN, _DAMPING_UP = 0.3, 10.0
+_EPS = 1e-12
+
+
+def canonical_landmarks_world(dtype: torch.dtype = torch.float32) -> Tensor:
+    """The ``5×3`` canonical face landmarks in EG3D's world (world units), order of ``LANDMARK_NAMES``.
+
+    Convention:
+        EG3D's camera labels put Deep3DFaceRecon's camera ``c`` (decimetres, face model at the
+        origin) at ``k·(0.27·c + d)`` with ``d`` = :data:`EG3D_LABEL_CAMERA_SHIFT` and ``k`` rescaling
+        the result to radius 2.7. A camera moved that way sees the face model unchanged only if the
+        model moves the same way, so the generator's face sits at ``k·(0.27·X + d)``; ``k`` is taken
+        for the frontal camera (``c = [0, 0, 10]``): ``k = 2.7 / ‖[0, 0.006, 2.861]‖ = 0.9437``, i.e.
+        ``X_world = 0.2548·X_dm + [0, 0.0057, 0.1519]``. Projected by the frontal camera into a
+        512² crop the eyes land at ``y ≈ 186.4`` px and the mouth corners at ``y ≈ 335.7``, ~1 %
+        larger and ~5 px higher than EG3D's own crop rule (an orthographic ``align_img`` fit, 300 px
+        per dm at 1024², centre-cropped 700 → 512) puts them: the difference is that camera shift,
+        which the generator learned and an orbit camera does not have.
+    """
+    label_camera = torch.tensor((0.0, 0.0, _DEEP3D_CAMERA_DISTANCE_DM * BFM_DM_TO_EG3D), dtype=torch.float64)
+    shifted_camera = label_camera + torch.tensor(EG3D_LABEL_CAMERA_SHIFT, dtype=torch.float64)
+    rescale = FFHQ_RADIUS / torch.linalg.vector_norm(shifted_camera)
+    landmarks_dm = torch.tensor(LANDMARKS_BFM_DM, dtype=torch.float64)  # 5×3
+    shift = torch.tensor(EG3D_LABEL_CAMERA_SHIFT, dtype=torch.float64)
+    return (rescale * (BFM_DM_TO_EG3D * landmarks_dm + shift)).to(dtype)
+
+
+def project_points(c25: Tensor, points_world: Tensor, image_size: int) -> Tensor:
+    """Pixel positions of world points seen by EG3D cameras.
+
+    Args:
+        c25: ``N×25`` camera labels (OpenCV cam2world, normalized intrinsics).
+        points_world: ``K×3`` or ``N×K×3`` points, world units, in front of the cameras.
+        image_size: side ``S`` of the square image, pixels.
+
+    Returns:
+        ``N×K×2`` points ``(x, y)`` in pixels, pixel centres at integers (module docstring).
+    """
+    cam2world, intrinsics = split_c25(c25)  # N×4×4, N×3×3
+    rotation, origin = cam2world[:, :3, :3], cam2world[:, :3, 3]
+    points = points_world.to(c25).expand(len(c25), *points_world.shape[-2:])  # N×K×3
+    points_cam = (points - origin[:, None]) @ rotation  # N×K×3, rows are Rᵀ(X − o)
+    homogeneous = points_cam @ intrinsics.transpose(1, 2)  # N×K×3, (u·z, v·z, z)
+    uv = homogeneous[..., :2] / homogeneous[..., 2:]  # N×K×2, normalized image coordinates
+    return uv * image_size - 0.5
+
+
+def canonical_landmarks_px(c25: Tensor, image_size: int) -> Tensor:
+    """``N×5×2`` pixel positions of the canonical landmarks seen by cameras ``c25`` (``N×25``).
+
+    With the frontal camera this is the alignment template of :mod:`hfgi3d.preprocess`: where a
+    frontal average face lands in an aligned crop.
+    """
+    return project_points(c25, canonical_landmarks_world(c25.dtype), image_size)
+
+
+class PoseEstimator(Protocol):
+    """Head pose from landmarks: ``N×5×2`` pixels of an aligned, roll-free ``S×S`` crop → ``N×25`` cameras."""
+
+    def __call__(self, landmarks_px: Tensor, image_size: int) -> Tensor: ...
+
+
+class PoseFit(NamedTuple):
+    """Result of :meth:`PnPPoseEstimator.fit` (all ``N``-vectors, float32)."""
+
+    yaw_rad: Tensor
+    pitch_rad: Tensor
+    rms_px: Tensor
+    """Root-mean-square distance between the landmarks and the fitted projections, pixels."""
+
+
+@dataclass(frozen=True)
+class PnPPoseEstimator:
+    """Yaw and pitch by fitting the canonical 3D landmarks through EG3D's camera (a 2-DoF PnP).
+
+    For a candidate ``(yaw, pitch)`` the canonical landmarks are projected by the orbit camera
+    and fitted to the detected ones by linear least squares over
+
+    * a 2D similarity (scale, roll, shift): the crop's framing is a nuisance, so the estimate
+      depends on the *shape* of the five points, not on how tightly the crop was cut;
+    * two expression terms that move the mouth corners up and apart (a smile), with a Gaussian
+      prior of :data:`EXPRESSION_STD` of the eye-to-mouth distance. Without them a smile, which
+      shortens the eye-to-mouth distance, reads as a camera above the face: corners raised and
+      spread by 15 % of that distance give pitch −0.15 rad rigid, −0.01 with them (the smiling
+      astronaut photo, aligned by :mod:`hfgi3d.preprocess`: −0.54 rigid, −0.19 with them).
+
+    The remaining misfit is minimized over ``(yaw, pitch)`` by a grid search followed by
+    Levenberg–Marquardt with central-difference Jacobians, batched over faces.
+
+    Attributes:
+        yaw_limit_rad: search range ``[-limit, limit]`` of the yaw.
+        pitch_limit_rad: search range of the pitch.
+        expression_std: prior spread of the expression terms (fraction of the eye-to-mouth
+            distance); ``None`` fits the rigid mean face.
+        radius: orbit radius, world units.
+        pivot: look-at point, world units.
+        focal: normalized focal length of the returned cameras.
+    """
+
+    yaw_limit_rad: float = DEFAULT_YAW_LIMIT_RAD
+    pitch_limit_rad: float = DEFAULT_PITCH_LIMIT_RAD
+    expression_std: float | None = EXPRESSION_STD
+    radius: float = FFHQ_RADIUS
+    pivot: Sequence[float] = FFHQ_PIVOT
+    focal: float = FFHQ_FOCAL
+
+    def __call__(self, landmarks_px: Tensor, image_size: int) -> Tensor:
+        """``N×25`` orbit cameras (float32) for ``N×5×2`` landmarks of an ``S×S`` crop."""
+        pose = self.fit(landmarks_px, image_size)
+        return orbit_c25(pose.yaw_rad, pose.pitch_rad, self.radius, self.pivot, self.focal)
+
+    def fit(self, landmarks_px: Tensor, image_size: int) -> PoseFit:
+        """Least-squares yaw and pitch (radians) of ``N×5×2`` landmarks in an ``S×S`` crop."""
+        if landmarks_px.ndim != 3 or landmarks_px.shape[1:] != (NUM_LANDMARKS, 2):
+            raise ValueError(f"expected N×{NUM_LANDMARKS}×2 landmarks, got shape {tuple(landmarks_px.shape)}")
+        if self.expression_std is not None and self.expression_std <= 0:
+            raise ValueError(f"expression_std must be positive or None (rigid face), got {self.expression_std}")
+        observed = landmarks_px.detach().to(torch.float64).cpu()  # N×5×2
+        yaw, pitch = self._grid_search(observed, image_size)
+        yaw, pitch = self._refine(observed, image_size, yaw, pitch)
+        misfit = self._residuals(observed, image_size, yaw, pitch)[:, : 2 * NUM_LANDMARKS]  # N×10, prior terms cut
+        rms = misfit.reshape(len(observed), NUM_LANDMARKS, 2).square().sum(-1).mean(-1).sqrt()
+        return PoseFit(yaw.float(), pitch.float(), rms.float())
+
+    def _residuals(self, observed: Tensor, image_size: int, yaw: Tensor, pitch: Tensor) -> Tensor:
+        """Misfit at ``N`` poses: ``N×10`` landmark residuals in pixels, then the expression prior terms."""
+        return self._misfit(observed, self._project(yaw, pitch, image_size))
+
+    def _project(self, yaw: Tensor, pitch: Tensor, image_size: int) -> Tensor:
+        """``N×5×2`` canonical landmarks seen from ``N`` orbit poses, pixels (float64)."""
+        c25 = orbit_c25(yaw, pitch, self.radius, self.pivot, self.focal).to(torch.float64)
+        return canonical_landmarks_px(c25, image_size)
+
+    def _misfit(self, observed: Tensor, model: Tensor) -> Tensor:
+        """Linear least squares of ``N×5×2`` projections onto ``N×5×2`` landmarks; ``N×R`` residuals."""
+        mx, my = model[..., 0], model[..., 1]  # N×5 each
+        ones, zeros = torch.ones_like(mx), torch.zeros_like(mx)
+        columns = [  # each N×5×2: the landmarks' change per unit of one linear unknown
+            torch.stack([mx, my], dim=-1),
+            torch.stack([-my, mx], dim=-1),
+            torch.stack([ones, zeros], dim=-1),
+            torch.stack([zeros, ones], dim=-1),
+        ]
+        penalty = torch.zeros(len(model), _NUM_SIMILARITY, dtype=model.dtype)  # N×U, √(prior weight)
+        if self.expression_std is not None:
+            size = _eye_to_mouth(observed)  # N, pixels: the expression terms are fractions of it
+            for basis in (_MOUTH_RAISE, _MOUTH_WIDEN):
+                columns.append(torch.tensor(basis, dtype=model.dtype) * size[:, None, None])
+            penalty = torch.cat([penalty, (LANDMARK_NOISE / self.expression_std) * size[:, None].expand(-1, 2)], 1)
+        design = torch.stack(columns, dim=-1).reshape(len(model), 2 * NUM_LANDMARKS, -1)  # N×10×U
+        target = observed.reshape(len(model), -1)  # N×10
+        normal = design.transpose(1, 2) @ design + torch.diag_embed(penalty.square() + _EPS)  # N×U×U, SPD
+        # Cholesky: batched LU solves of many tiny systems are ~20× slower on a multi-threaded CPU.
+        coefficients = torch.cholesky_solve(design.transpose(1, 2) @ target[..., None], torch.linalg.cholesky(normal))
+        misfit = target - (design @ coefficients)[..., 0]  # N×10
+        return torch.cat([misfit, penalty * coefficients[..., 0]], dim=1)
+
+    def _grid_search(self, observed: Tensor, image_size: int) -> tuple[Tensor, Tensor]:
+        """Best ``(yaw, pitch)`` of a regular grid for each face (``N`` each, float64)."""
+        grid_pitch, grid_yaw = torch.meshgrid(
+            _symmetric_grid(self.pitch_limit_rad), _symmetric_grid(self.yaw_limit_rad), indexing="ij"
+        )
+        grid_yaw, grid_pitch = grid_yaw.reshape(-1), grid_pitch.reshape(-1)  # G each
+        models = self._project(grid_yaw, grid_pitch, image_size)  # G×5×2, shared by all faces
+        num_faces, num_poses = len(observed), len(grid_yaw)
+        pairs_observed = observed[:, None].expand(num_faces, num_poses, NUM_LANDMARKS, 2)  # N×G×5×2
+        pairs_model = models[None].expand(num_faces, num_poses, NUM_LANDMARKS, 2)
+        misfit = self._misfit(pairs_observed.reshape(-1, NUM_LANDMARKS, 2), pairs_model.reshape(-1, NUM_LANDMARKS, 2))
+        best = misfit.square().sum(-1).reshape(num_faces, num_poses).argmin(dim=1)  # N
+        return grid_yaw[best], grid_pitch[best]
+
+    def _refine(self, observed: Tensor, image_size: int, yaw: Tensor, pitch: Tensor) -> tuple[Tensor, Tensor]:
+        """Levenberg–Marquardt on ``(yaw, pitch)`` from a starting point (``N`` each, float64)."""
+        params = torch.stack([yaw, pitch], dim=1)  # N×2
+        limits = torch.tensor([self.yaw_limit_rad, self.pitch_limit_rad], dtype=torch.float64)
+        damping = torch.full((len(observed),), _INITIAL_DAMPING, dtype=torch.float64)  # N
+        residual = self._residuals(observed, image_size, params[:, 0], params[:, 1])  # N×R
+        cost = residual.square().sum(-1)  # N
+        for _ in range(_REFINE_ITERATIONS):
+            jacobian = self._jacobian(observed, image_size, params)  # N×10×2
+            normal = jacobian.transpose(1, 2) @ jacobian  # N×2×2
+            gradient = (jacobian.transpose(1, 2) @ residual[..., None])[..., 0]  # N×2
+            diagonal = torch.diag_embed(torch.diagonal(normal, dim1=1, dim2=2) * damping[:, None] + _EPS)
+            step = torch.linalg.solve(normal + diagonal, gradient)  # N×2
+            candidate = torch.maximum(torch.minimum(params - step, limits), -limits)
+            new_residual = self._residuals(observed, image_size, candidate[:, 0], candidate[:, 1])
+            new_cost = new_residual.square().sum(-1)
+            better = new_cost < cost  # N
+            params = torch.where(better[:, None], candidate, params)
+            residual = torch.where(better[:, None], new_residual, residual)
+            cost = torch.where(better, new_cost, cost)
+            damping = torch.where(better, damping * _DAMPING_DOWN, damping * _DAMPING_UP)
+        return params[:, 0], params[:, 1]
+
+    def _jacobian(self, observed: Tensor, image_size: int, params: Tensor) -> Tensor:
+        """``N×R×2`` derivatives of the residuals by central differences."""
+        columns = []
+        for axis in range(2):
+            offset = torch.zeros_like(params)
+            offset[:, axis] = _FD_STEP_RAD
+            plus, minus = params + offset, params - offset
+            forward = self._residuals(observed, image_size, plus[:, 0], plus[:, 1])
+            backward = self._residuals(observed, image_size, minus[:, 0], minus[:, 1])
+            columns.append((forward - backward) / (2 * _FD_STEP_RAD))
+        # The solver takes steps along −(JᵀJ)⁻¹Jᵀr with J = ∂r/∂θ.
+        return torch.stack(columns, dim=-1)
+
+
+def _eye_to_mouth(landmarks_px: Tensor) -> Tensor:
+    """``N`` distances from the eyes' midpoint to the mouth corners' midpoint (``N×5×2`` landmarks)."""
+    eyes = (landmarks_px[:, LEFT_EYE] + landmarks_px[:, RIGHT_EYE]) / 2
+    mouth = (landmarks_px[:, MOUTH_LEFT] + landmarks_px[:, MOUTH_RIGHT]) / 2
+    return torch.linalg.vector_norm(mouth - eyes, dim=-1)
+
+
+def _symmetric_grid(limit_rad: float) -> Tensor:
+    """Points ``k·step`` within ``[-limit, limit]``, always including 0 (float64)."""
+    half = math.floor(limit_rad / _GRID_STEP_RAD + 1e-9)
+    return torch.arange(-half, half + 1, dtype=torch.float64) * _GRID_STEP_RAD

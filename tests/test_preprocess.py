@@ -1,0 +1,388 @@
+"""Photo preprocessing: reading awkward files, choosing the face, the EG3D crop, batches and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from facenet_pytorch import MTCNN
+from PIL import Image
+
+from hfgi3d.cameras import frontal_c25, orbit_c25, yaw_pitch_of
+from hfgi3d.cli import main
+from hfgi3d.data.inputs import load_camera, load_image
+from hfgi3d.faces import LEFT_EYE, RIGHT_EYE, Detections, detect_faces, make_detector
+from hfgi3d.pose import PnPPoseEstimator, canonical_landmarks_px
+from hfgi3d.preprocess import (
+    DATASET_JSON,
+    REPORT_JSON,
+    PreprocessError,
+    PreprocessOptions,
+    PreprocessReport,
+    ProcessedImage,
+    crop_transform,
+    ffhq_roll_rad,
+    fit_crop_matrix,
+    load_photo,
+    preprocess,
+    select_face,
+    transform_points,
+    warp_photo,
+)
+
+SIZE = 512
+ROTATION_DEG = 15.0  # roll added to the photo before aligning
+LEVEL_TOLERANCE_DEG = 2.0  # eye line of the re-detected crop
+FRONTAL_YAW_RAD = 0.05  # the astronaut faces the camera: |yaw| within landmark noise
+MIRROR_PITCH_RAD = 0.08  # a photo and its mirror: same pitch up to MTCNN's asymmetry
+TURNED_YAW_RAD = 0.4  # the cameraman looks clearly to the side
+CAMERAMAN_MIN_FACE_PX = 48  # his face box is ~55 px
+EXACT_PX = 1e-3
+TILT_PX = 4.0  # levelled crop vs. orbit projection at yaw 0.3, pitch −0.1: 1.7° of roll, 3.1 px
+POSE_RAD = 1e-3
+
+
+def _astronaut_head() -> np.ndarray:
+    """A 320² crop of the astronaut around her head (MTCNN is faster on small photos); face box ~90 px."""
+    return np.ascontiguousarray(skimage.data.astronaut()[:320, 64:384])
+
+
+def _mirror(pixels: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(pixels[:, ::-1])
+
+
+def _save(pixels: np.ndarray, path: Path, **kwargs: Any) -> Path:
+    Image.fromarray(pixels).save(path, **kwargs)
+    return path
+
+
+def _write_png16_rgb(pixels16: np.ndarray, path: Path) -> None:
+    """A 16-bit RGB PNG (PIL can read but not write them): signature, IHDR, one IDAT, IEND."""
+    height, width, _ = pixels16.shape
+    rows = b"".join(b"\x00" + pixels16[row].astype(">u2").tobytes() for row in range(height))  # filter 0 per row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)  # 16 bits, truecolour
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    )
+
+
+def _eye_angle_deg(detector: MTCNN, pixels: np.ndarray) -> float:
+    landmarks = detect_faces(detector, pixels).landmarks[0]
+    dx, dy = (landmarks[RIGHT_EYE] - landmarks[LEFT_EYE]).tolist()
+    return math.degrees(math.atan2(dy, dx))
+
+
+def _report(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / REPORT_JSON).read_text())
+
+
+def _by_name(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {Path(str(entry["input"])).name: entry for entry in entries}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """MTCNN's many tiny ops gain nothing from threads, and on a busy CPU OpenMP's waiting threads slow them ~10×."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def detector() -> MTCNN:
+    return make_detector()
+
+
+class Portraits(NamedTuple):
+    photos: Path
+    output: Path
+    report: PreprocessReport
+
+    def entry(self, name: str) -> ProcessedImage:
+        return next(entry for entry in self.report.processed if Path(entry.input).name == name)
+
+
+@pytest.fixture(scope="module")
+def portraits(tmp_path_factory: pytest.TempPathFactory, detector: MTCNN) -> Portraits:
+    """The astronaut (plain, mirrored, rolled by 15°) and the cameraman (and mirror), aligned once."""
+    photos = tmp_path_factory.mktemp("portraits")
+    astronaut = skimage.data.astronaut()  # 512×512×3
+    _save(astronaut, photos / "astronaut.jpg", quality=95)
+    _save(_mirror(astronaut), photos / "astronaut_mirror.jpg", quality=95)
+    rolled = Image.fromarray(astronaut).rotate(ROTATION_DEG, resample=Image.Resampling.BICUBIC, expand=True)
+    rolled.save(photos / "astronaut_rolled.png")
+    cameraman = skimage.data.camera()  # 512×512 grayscale
+    _save(cameraman, photos / "cameraman.png")
+    _save(_mirror(cameraman), photos / "cameraman_mirror.png")
+    output = tmp_path_factory.mktemp("portraits_aligned")
+    options = PreprocessOptions(min_face_px=CAMERAMAN_MIN_FACE_PX)
+    return Portraits(photos, output, preprocess(photos, output, options, detector=detector))
+
+
+def test_astronaut_crop_and_camera(portraits: Portraits) -> None:
+    output, report = portraits.output, portraits.report
+    assert not report.skipped
+    crop = Image.open(output / "astronaut.png")
+    assert crop.size == (SIZE, SIZE) and crop.mode == "RGB"
+    assert load_image(output / "astronaut.png", SIZE).shape == (1, 3, SIZE, SIZE)
+    c25 = load_camera(output / DATASET_JSON, output / "astronaut.png")  # 1×25, EG3D's dataset.json
+    entry = portraits.entry("astronaut.jpg")
+    torch.testing.assert_close(c25, orbit_c25(entry.yaw_rad, entry.pitch_rad), atol=1e-5, rtol=0)
+    labels = json.loads((output / DATASET_JSON).read_text())["labels"]
+    assert sorted(name for name, _ in labels) == sorted(p.output for p in report.processed)
+
+
+def test_roll_is_removed(portraits: Portraits, detector: MTCNN) -> None:
+    rolled = np.asarray(Image.open(portraits.photos / "astronaut_rolled.png"))
+    assert abs(_eye_angle_deg(detector, rolled)) > ROTATION_DEG / 2  # the input is rolled (by 15° − her own 3°)
+    crop = np.asarray(Image.open(portraits.output / "astronaut_rolled.png"))
+    assert abs(_eye_angle_deg(detector, crop)) < LEVEL_TOLERANCE_DEG
+
+
+def test_mirrored_photos_mirror_the_yaw(portraits: Portraits) -> None:
+    names = [Path(entry.input).name for entry in portraits.report.processed]
+    yaw = {name: portraits.entry(name).yaw_rad for name in names}
+    pitch = {name: portraits.entry(name).pitch_rad for name in names}
+    # The astronaut is frontal as far as five landmarks tell: both yaws are ~0 and cancel.
+    assert abs(yaw["astronaut.jpg"]) < FRONTAL_YAW_RAD and abs(yaw["astronaut_mirror.jpg"]) < FRONTAL_YAW_RAD
+    assert abs(yaw["astronaut.jpg"] + yaw["astronaut_mirror.jpg"]) < FRONTAL_YAW_RAD
+    assert abs(pitch["astronaut.jpg"] - pitch["astronaut_mirror.jpg"]) < MIRROR_PITCH_RAD
+    # The cameraman looks to the viewer's right (camera on his right: negative yaw); mirrored, the sign flips.
+    assert yaw["cameraman.png"] < -TURNED_YAW_RAD and yaw["cameraman_mirror.png"] > TURNED_YAW_RAD
+    assert abs(yaw["cameraman.png"] + yaw["cameraman_mirror.png"]) < 2 * FRONTAL_YAW_RAD
+    assert "grayscale converted to RGB" in portraits.entry("cameraman.png").notes
+
+
+def test_frontal_template_is_self_consistent() -> None:
+    """A frontal mean face anywhere in a photo lands on the template and reads as yaw = pitch = 0."""
+    template = canonical_landmarks_px(frontal_c25().double(), SIZE)  # 1×5×2
+    photo_landmarks = _similarity(template, 0.31, math.radians(-20.0), (410.0, 95.0))
+    transform = crop_transform(photo_landmarks, SIZE, PnPPoseEstimator())
+    torch.testing.assert_close(transform.landmarks_px, template, atol=EXACT_PX, rtol=0)
+    yaw, pitch = yaw_pitch_of(transform.c25[:, :16].reshape(-1, 4, 4))
+    assert abs(float(yaw)) < POSE_RAD and abs(float(pitch)) < POSE_RAD
+
+
+def test_turned_face_lands_on_its_posed_template() -> None:
+    yaw, pitch = 0.3, -0.1
+    posed = canonical_landmarks_px(orbit_c25(yaw, pitch).double(), SIZE)
+    photo_landmarks = _similarity(posed, 2.2, math.radians(30.0), (-300.0, 800.0))
+    transform = crop_transform(photo_landmarks, SIZE, PnPPoseEstimator())
+    found_yaw, found_pitch = yaw_pitch_of(transform.c25[:, :16].reshape(-1, 4, 4))
+    assert abs(float(found_yaw) - yaw) < POSE_RAD and abs(float(found_pitch) - pitch) < POSE_RAD
+    # The crop turns FFHQ's x axis level; on a turned face that axis leans with the mouth (1.1° at yaw 0.3) and
+    # the orbit camera tilts a turned, pitched face (0.6° more here), so the crop is that much off the projection.
+    assert float((transform.landmarks_px - posed).norm(dim=-1).max()) < TILT_PX
+
+
+def _similarity(points: torch.Tensor, scale: float, roll_rad: float, shift: tuple[float, float]) -> torch.Tensor:
+    cos, sin = math.cos(roll_rad), math.sin(roll_rad)
+    rotation = torch.tensor([[cos, -sin], [sin, cos]], dtype=points.dtype)
+    return scale * points @ rotation.T + torch.tensor(shift, dtype=points.dtype)
+
+
+def test_ffhq_roll_and_crop_fit() -> None:
+    template = canonical_landmarks_px(frontal_c25().double(), SIZE)
+    level = float(ffhq_roll_rad(template))
+    assert abs(math.degrees(level)) < 0.1  # the mean face is nearly symmetric
+    for degrees in (-40.0, 0.0, 25.0):
+        rolled = _similarity(template, 1.7, math.radians(degrees), (12.0, -7.0))
+        roll = ffhq_roll_rad(rolled) - level
+        assert math.degrees(float(roll)) == pytest.approx(degrees, abs=1e-6)
+        matrix = fit_crop_matrix(rolled, template, roll)
+        torch.testing.assert_close(transform_points(matrix, rolled), template, atol=EXACT_PX, rtol=0)
+
+
+def test_warp_photo_identity_and_border() -> None:
+    pixels = (np.arange(64 * 64 * 3, dtype=np.int64).reshape(64, 64, 3) % 251).astype(np.uint8)
+    identity = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    crop = warp_photo(pixels, identity, 64)
+    assert np.array_equal(crop.pixels, pixels) and crop.padded_fraction == 0.0 and crop.magnification == 1.0
+    shifted = torch.tensor([[1.0, 0.0, 32.0], [0.0, 1.0, 0.0]])  # the left half of the crop is outside
+    crop = warp_photo(np.full((64, 64, 3), 200, np.uint8), shifted, 64)
+    assert crop.padded_fraction == pytest.approx(0.5)
+    assert np.abs(crop.pixels.astype(int) - 200).max() <= 1  # reflection, blur and median of a flat photo
+
+
+def test_warp_photo_shrinks_with_antialiasing() -> None:
+    stripes = np.zeros((400, 400, 3), np.uint8)
+    stripes[:, ::2] = 255  # one-pixel stripes: a 4× shrink must average them to grey, not alias
+    quarter = torch.tensor([[0.25, 0.0, 0.0], [0.0, 0.25, 0.0]])
+    crop = warp_photo(stripes, quarter, 100)
+    assert crop.magnification == pytest.approx(0.25)
+    interior = crop.pixels[:, 2:-2].astype(float)  # the outer columns see a truncated filter
+    assert np.abs(interior - 127.5).max() < 3
+
+
+def test_load_photo_conversions(tmp_path: Path) -> None:
+    rgb = skimage.data.astronaut()[:96, :128]
+    gray = np.asarray(Image.fromarray(rgb).convert("L"))
+    cases = {
+        "gray.png": (lambda p: _save(gray, p), "grayscale converted to RGB"),
+        "gray16.png": (lambda p: _save((gray.astype(np.uint16) * 257), p), "reduced to 8 bits"),
+        "rgb16.png": (lambda p: _write_png16_rgb(rgb.astype(np.uint16) * 257, p), "16-bit PNG"),
+        "rgba.png": (lambda p: _save(np.dstack([rgb, np.full(rgb.shape[:2], 0, np.uint8)]), p), "on white"),
+        "cmyk.jpg": (lambda p: Image.fromarray(rgb).convert("CMYK").save(p), "CMYK converted"),
+        "palette.png": (lambda p: Image.fromarray(rgb).convert("P").save(p), "P converted"),
+    }
+    for name, (write, note) in cases.items():
+        write(tmp_path / name)
+        photo = load_photo(tmp_path / name)
+        assert photo.pixels.dtype == np.uint8 and photo.pixels.shape == (*rgb.shape[:2], 3), name
+        assert any(note in text for text in photo.notes), (name, photo.notes)
+    assert np.array_equal(load_photo(tmp_path / "gray16.png").pixels[..., 0], gray)  # 16 → 8 bits exactly
+    assert np.array_equal(load_photo(tmp_path / "rgb16.png").pixels, rgb)
+    assert (load_photo(tmp_path / "rgba.png").pixels == 255).all()  # fully transparent → white
+
+
+def test_load_photo_applies_exif_orientation(tmp_path: Path) -> None:
+    upright = skimage.data.astronaut()[:96, :128]
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(tmp_path / "exif.png", exif=exif)
+    photo = load_photo(tmp_path / "exif.png")
+    assert np.array_equal(photo.pixels, upright) and photo.notes == ("EXIF orientation 6 applied",)
+
+
+def test_load_photo_errors(tmp_path: Path) -> None:
+    (tmp_path / "text.jpg").write_text("not a photo")
+    encoded = tmp_path / "full.jpg"
+    _save(skimage.data.astronaut(), encoded)
+    (tmp_path / "truncated.jpg").write_bytes(encoded.read_bytes()[:5000])
+    with pytest.raises(PreprocessError, match=r"text\.jpg is not an image") as error:
+        load_photo(tmp_path / "text.jpg")
+    assert error.value.code == "not_an_image"
+    with pytest.raises(PreprocessError, match=r"cannot read truncated\.jpg.*re-export") as error:
+        load_photo(tmp_path / "truncated.jpg")
+    assert error.value.code == "unreadable"
+
+
+def _detections(scores: list[float], sides: list[float]) -> Detections:
+    boxes = torch.tensor([[10.0 * i, 0.0, 10.0 * i + side, side * 1.2] for i, side in enumerate(sides)])
+    return Detections(boxes, torch.tensor(scores), torch.zeros(len(scores), 5, 2))
+
+
+def test_select_face_policies() -> None:
+    two = _detections([0.999, 0.98], [120.0, 90.0])
+    choice = select_face(two, "group.jpg", min_face_px=64)
+    assert choice.detection == 0 and choice.num_faces == 2 and "2 faces found" in choice.warnings[0]
+    assert select_face(two, "group.jpg", face_index=1, min_face_px=64).detection == 1
+    assert select_face(_detections([0.999], [120.0]), "one.jpg", single_face=True).warnings == ()
+    # Faces below the size or score bar do not count: one face, no warning.
+    assert select_face(_detections([0.999, 0.999, 0.75], [120.0, 30.0, 120.0]), "x.jpg", min_face_px=64).num_faces == 1
+    failures: dict[str, tuple[Detections, dict[str, Any]]] = {
+        "no_face": (_detections([], []), {}),
+        "face_too_small": (_detections([0.999], [40.0]), {"min_face_px": 64}),
+        "several_faces": (two, {"single_face": True}),
+        "face_index": (two, {"face_index": 2}),
+    }
+    for code, (detections, kwargs) in failures.items():
+        with pytest.raises(PreprocessError, match=r"group\.jpg") as error:
+            select_face(detections, "group.jpg", **kwargs)
+        assert error.value.code == code
+    with pytest.raises(PreprocessError, match=r"best score 0\.80"):
+        select_face(_detections([0.8], [120.0]), "group.jpg")
+
+
+def test_bad_inputs_do_not_stop_a_batch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    head = _astronaut_head()
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _save(head, photos / "good.jpg", quality=95)
+    _save(head, photos / "good.png")  # would also be written as good.png
+    _save(np.asarray(Image.fromarray(head).convert("L")), photos / "gray.jpg")
+    _save(np.dstack([head, np.full(head.shape[:2], 255, np.uint8)]), photos / "rgba.png")
+    _save(np.asarray(Image.fromarray(head).convert("L")).astype(np.uint16) * 257, photos / "deep.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(head).transpose(Image.Transpose.ROTATE_90).save(photos / "exif.jpg", exif=exif, quality=95)
+    (photos / "truncated.jpg").write_bytes((photos / "good.jpg").read_bytes()[:3000])
+    (photos / "text.jpg").write_text("not a photo")
+    (photos / "notes.txt").write_text("shot on a phone")
+    _save(head[:20, :20], photos / "tiny.png")
+    _save(skimage.data.coffee(), photos / "coffee.jpg")
+    output = tmp_path / "aligned"
+
+    assert main(["preprocess", str(photos), str(output)]) == 0
+    summary = capsys.readouterr().out
+    report = _report(output)
+    processed, skipped = _by_name(report["processed"]), _by_name(report["skipped"])
+    assert sorted(processed) == ["deep.png", "exif.jpg", "good.jpg", "gray.jpg", "rgba.png"]
+    expected_skips = {
+        "truncated.jpg": "unreadable",
+        "text.jpg": "not_an_image",
+        "notes.txt": "not_an_image",
+        "tiny.png": "too_small",
+        "coffee.jpg": "no_face",
+        "good.png": "name_clash",
+    }
+    assert {name: entry["code"] for name, entry in skipped.items()} == expected_skips
+    for name, code in expected_skips.items():
+        assert f"{name} [{code}]" in summary
+    notes = {name: " ".join(map(str, entry["notes"])) for name, entry in processed.items()}
+    assert "grayscale" in notes["gray.jpg"] and "EXIF orientation 6" in notes["exif.jpg"]
+    assert "on white" in notes["rgba.png"] or "alpha" in notes["rgba.png"]
+    assert "8 bits" in notes["deep.png"]
+    labels = dict(json.loads((output / DATASET_JSON).read_text())["labels"])
+    assert sorted(labels) == sorted(f"{Path(name).stem}.png" for name in processed)
+    for name in processed:
+        assert Image.open(output / f"{Path(name).stem}.png").size == (SIZE, SIZE)
+    # The EXIF-rotated copy gives the same face as the upright one (the stored pixels alone hold no upright face).
+    assert abs(float(processed["exif.jpg"]["yaw_rad"]) - float(processed["good.jpg"]["yaw_rad"])) < FRONTAL_YAW_RAD
+    assert not list(output.glob(".*tmp"))  # atomic writes leave no temporary files
+
+
+def test_two_faces(tmp_path: Path, detector: MTCNN) -> None:
+    head = _astronaut_head()
+    photo = _save(np.concatenate([head, _mirror(head)], axis=1), tmp_path / "pair.png")  # two faces side by side
+    kept = preprocess(photo, tmp_path / "default", detector=detector)
+    assert len(kept.processed) == 1 and kept.processed[0].num_faces == 2
+    assert "2 faces found" in kept.processed[0].warnings[0]
+    strict = preprocess(photo, tmp_path / "single", PreprocessOptions(single_face=True), detector=detector)
+    assert [entry.code for entry in strict.skipped] == ["several_faces"] and not strict.processed
+    beyond = preprocess(photo, tmp_path / "beyond", PreprocessOptions(face_index=2), detector=detector)
+    assert [entry.code for entry in beyond.skipped] == ["face_index"]
+    assert "--face-index 2 but pair.png has 2 face(s)" in beyond.skipped[0].reason
+
+
+def test_cli_overwrite_merge_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    photos, output = tmp_path / "photos", tmp_path / "aligned"
+    photos.mkdir()
+    _save(_astronaut_head(), photos / "first.png")
+    assert main(["preprocess", str(photos / "first.png"), str(output)]) == 0
+    crop = output / "first.png"
+    written = crop.stat().st_mtime_ns
+    assert main(["preprocess", str(photos), str(output)]) == 2  # nothing new: the crop exists
+    assert "pass --overwrite" in capsys.readouterr().out and crop.stat().st_mtime_ns == written
+    _save(_mirror(_astronaut_head()), photos / "second.png")
+    assert main(["preprocess", str(photos), str(output)]) == 0  # first skipped, second added ...
+    labels = dict(json.loads((output / DATASET_JSON).read_text())["labels"])
+    assert sorted(labels) == ["first.png", "second.png"]  # ... and the dataset keeps both labels
+    assert main(["preprocess", str(photos), str(output), "--overwrite"]) == 0
+    assert len(_report(output)["processed"]) == 2
+    assert main(["preprocess", str(tmp_path / "missing"), str(output)]) == 2
+    assert "input not found" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("no photos here")
+    assert main(["preprocess", str(tmp_path / "empty"), str(tmp_path / "none")]) == 2
+    assert main(["preprocess", str(photos), str(photos)]) == 2  # crops would replace the photos
+    assert main(["preprocess", str(photos / "first.png"), str(photos), "--overwrite"]) == 2  # ... or this one
+    assert "replaced by its own crop" in capsys.readouterr().out
+    (tmp_path / "stale").mkdir()
+    (tmp_path / "stale" / DATASET_JSON).write_text("{not json")
+    assert main(["preprocess", str(photos), str(tmp_path / "stale")]) == 2
+    assert "not an EG3D dataset.json" in capsys.readouterr().err
