@@ -120,3 +120,41 @@ def test_a_killed_run_resumes_without_redoing_finished_jobs(tmp_path: Path, prof
     assert rows[0] == first[0]  # the finished job was kept, not run again
     assert len(read_rows(results)) == 2
     assert all("error" not in row for row in rows)
+
+
+def test_celeba_without_data_or_weights_explains_and_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = benchmarks_main(["celeba", "--out", str(tmp_path), "--data", str(tmp_path / "nowhere"), "--generator", "x"])
+    assert code == 2
+    message = capsys.readouterr().err
+    assert "HFGI3D_CELEBAHQ" in message and "ffhq512-128.pkl" in message and "HFGI3D_EG3D" in message
+
+
+def test_celeba_aligns_inverts_and_records_failures_per_image(tmp_path: Path, profile: Path) -> None:
+    """A 2-photo 'CelebA-HQ' folder: the face is aligned and inverted, the faceless photo is an error row."""
+    import skimage.data
+    from PIL import Image
+
+    from hfgi3d.generator import open_generator, save_generator
+
+    data = tmp_path / "celeba"
+    data.mkdir()
+    Image.fromarray(skimage.data.astronaut()).save(data / "00001.jpg")
+    Image.fromarray(skimage.data.coffee()).save(data / "00002.jpg")
+    generator = tmp_path / "tiny.pt"
+    save_generator(open_generator("tiny"), generator)
+    out = tmp_path / "bench"
+    args = ["celeba", "--out", str(out), "--data", str(data), "--generator", str(generator), "--images", "2",
+            "--methods", "pti", "--profile", str(profile)]  # fmt: skip
+    assert benchmarks_main(args) == 0
+    listed = (out / "images.txt").read_text().splitlines()
+    assert listed[0].startswith("# 2 images sampled with random.Random(0)") and sorted(listed[1:]) == [
+        "00001.jpg",
+        "00002.jpg",
+    ]
+    rows = {row["image_id"]: row for row in read_rows(out / MERGED_FILE)}
+    assert set(rows) == {"00001", "00002"}
+    assert "error" not in rows["00001"] and rows["00001"]["psnr"] > 0 and rows["00001"]["steps"] == 8
+    assert (out / "aligned" / "00001" / "dataset.json").is_file()
+    assert "no_face" in rows["00002"]["error"] or "no face" in rows["00002"]["error"].lower()
+    summary = (out / "summary.md").read_text()
+    assert "| pti | 1 |" in summary and "| paper: pti | 1500 | 26.64" in summary and "1 job(s) failed" in summary
