@@ -58,6 +58,7 @@ class Evaluation(L.Callback):
         arcface_checkpoint: str | None = None,
         arcface_arch: str | None = None,
         facenet: bool = False,
+        pose_accuracy: bool = True,
         identity_views: int = 1,
         novel_yaw_rad: float = 0.35,
         novel_pitch_rad: float = 0.25,

@@ -105,7 +105,7 @@ def test_fit_without_wandb_writes_every_metric_and_the_reasons_for_skips(tmp_pat
     assert "evaluation.arcface_checkpoint" in skipped["id_arcface"]
     assert "model_255000.pth" in skipped["ibrnet_psnr"]
     assert "161" in skipped["ms_ssim"]  # the tiny generator renders 128²
-    assert "pose estimator" in skipped["pose_error"]
+    assert "no face" in skipped["pose_error"]  # the tiny random generator draws no face
     assert 0 < metrics["warp_coverage"] <= 1 and metrics["lpips_alex"] > 0
     assert not list(out.glob("wandb"))
 
@@ -152,3 +152,29 @@ def test_evaluate_runs_ibrnet_on_the_five_views_and_skips_faceless_identity(tmp_
     assert metrics["ibrnet_psnr"] < metrics["psnr"]  # a random IBRNet predicts the view poorly
     assert set(skipped) == {"id_arcface", "id_facenet", "ms_ssim", "pose_error"}
     assert metrics["id_arcface"] is None and "no face" in skipped["id_arcface"]
+    assert metrics["pose_error"] is None and "no face" in skipped["pose_error"]
+
+
+def test_pose_error_is_the_distance_to_the_estimated_camera(tmp_path: Path) -> None:
+    """On an aligned photo, the camera preprocessing estimated scores ~0; a camera 0.3 rad off scores ~0.3."""
+    import skimage.data
+    from PIL import Image
+
+    from hfgi3d.data.inputs import load_camera, load_image
+    from hfgi3d.faces import make_detector
+    from hfgi3d.metrics.evaluation import pose_errors
+    from hfgi3d.pose import PnPPoseEstimator
+    from hfgi3d.preprocess import preprocess
+
+    Image.fromarray(skimage.data.astronaut()).save(tmp_path / "astronaut.png")
+    preprocess(tmp_path / "astronaut.png", tmp_path / "aligned")
+    image = load_image(tmp_path / "aligned" / "astronaut.png", 512)
+    c25 = load_camera(tmp_path / "aligned" / "dataset.json", "astronaut.png")
+    detector = make_detector()
+    same = float(pose_errors(detector, image, c25, PnPPoseEstimator())[0])
+    assert same < 0.05  # re-detecting landmarks on the crop moves them by a pixel or two
+    from hfgi3d.cameras import split_c25, yaw_pitch_of
+
+    yaw, pitch = yaw_pitch_of(split_c25(c25)[0])
+    turned = orbit_c25(yaw + 0.3, pitch)
+    assert float(pose_errors(detector, image, turned, PnPPoseEstimator())[0]) == pytest.approx(0.3, abs=0.03)

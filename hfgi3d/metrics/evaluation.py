@@ -17,7 +17,9 @@ Metrics (``metrics.json`` keys; ``None`` when skipped, with the reason under ``s
 * 3D consistency (model-free, hfgi3d): ``warp_psnr``, ``warp_lpips`` (AlexNet),
   ``warp_coverage``: the same 5 renders warped back into the input view with rendered depth
   (:mod:`hfgi3d.metrics.consistency`), averaged over views;
-* ``pose_error``: needs a pose estimator from the preprocessing command; skipped until then.
+* ``pose_error``: L2 (radians) between the (yaw, pitch) of the camera that rendered each identity
+  view and the pose :class:`hfgi3d.pose.PnPPoseEstimator` reads from the render's MTCNN landmarks
+  (the preprocessing pipeline's estimator; 5 landmarks, so expect ~0.05 rad of noise).
 
 Convention:
     Images ``B×3×H×W`` in ``[-1, 1]``, cameras ``c25`` (:mod:`hfgi3d.cameras`). Novel cameras
@@ -35,14 +37,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hfgi3d.cameras import make_c25, orbit_cam2world, split_c25
-from hfgi3d.faces import NoFaceError, make_detector
+from hfgi3d.cameras import make_c25, orbit_cam2world, split_c25, yaw_pitch_of
+from hfgi3d.faces import NoFaceError, detect_best_faces, make_detector
 from hfgi3d.generator import TriPlaneGenerator
 from hfgi3d.losses import LPIPS
 from hfgi3d.metrics.arcface import facenet_similarity, identity_similarity, load_arcface, load_facenet
 from hfgi3d.metrics.consistency import warp_consistency
 from hfgi3d.metrics.fidelity import MS_SSIM_MIN_SIZE_PX, ms_ssim, psnr, ssim
 from hfgi3d.metrics.ibrnet import load_ibrnet, render_ibrnet
+from hfgi3d.pose import PnPPoseEstimator
 
 METRIC_KEYS = (
     "psnr",
@@ -62,7 +65,7 @@ METRIC_KEYS = (
 )
 """Every metric :func:`evaluate` reports, in table order."""
 
-POSE_SKIP_REASON = "pose accuracy needs a pose estimator (from `hfgi3d preprocess`), not available yet"
+POSE_OFF_REASON = "pose accuracy is off (evaluation.pose_accuracy: false)"
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class EvaluationConfig:
         arcface_checkpoint: insightface arcface_torch ``backbone.pth`` (IResNet50/100); ``None`` skips identity.
         arcface_arch: ``r50`` / ``r100``; ``None`` infers it from the file.
         facenet: also report FaceNet (facenet-pytorch VGGFace2) identity; its weights must be cached.
+        pose_accuracy: report ``pose_error`` on the identity views (MTCNN + the PnP estimator).
         identity_views: random novel views compared with the input (the paper uses 1).
         novel_yaw_rad, novel_pitch_rad: half-ranges of the novel views (identity draws, IBRNet corners).
         ibrnet_checkpoint: IBRNet's released ``model_255000.pth``; ``None`` skips the IBRNet metric.
@@ -93,6 +97,7 @@ class EvaluationConfig:
     arcface_checkpoint: str | None = None
     arcface_arch: str | None = None
     facenet: bool = False
+    pose_accuracy: bool = True
     identity_views: int = 1
     novel_yaw_rad: float = 0.35
     novel_pitch_rad: float = 0.25
@@ -165,7 +170,7 @@ def load_networks(config: EvaluationConfig) -> EvaluationNetworks:
             networks.facenet = load_facenet()
         except (FileNotFoundError, RuntimeError) as error:
             _unavailable(config, ("id_facenet",), str(error), skipped)
-    if networks.arcface is not None or networks.facenet is not None:
+    if networks.arcface is not None or networks.facenet is not None or config.pose_accuracy:
         networks.detector = make_detector()
     if config.ibrnet_checkpoint is None:
         _unavailable(
@@ -176,7 +181,8 @@ def load_networks(config: EvaluationConfig) -> EvaluationNetworks:
         )
     else:
         networks.ibrnet = load_ibrnet(Path(config.ibrnet_checkpoint))
-    skipped["pose_error"] = POSE_SKIP_REASON
+    if not config.pose_accuracy:
+        skipped["pose_error"] = POSE_OFF_REASON
     return networks
 
 
@@ -209,6 +215,18 @@ def optical_axis_near(c25: Tensor, ray_start: float) -> float:
     half_x = max(cx, 1 - cx) / fx  # tangent of the widest horizontal angle (normalized intrinsics)
     half_y = max(cy, 1 - cy) / fy
     return ray_start / math.sqrt(1 + half_x**2 + half_y**2)
+
+
+def pose_errors(detector: Any, images: Tensor, c25: Tensor, estimator: PnPPoseEstimator) -> Tensor:
+    """``N`` L2 distances (radians) between the cameras' (yaw, pitch) and those estimated from the renders.
+
+    Raises:
+        NoFaceError: MTCNN finds no face in a render.
+    """
+    landmarks = detect_best_faces(detector, images, name="novel view").landmarks  # N×5×2, render pixels
+    estimated = estimator.fit(landmarks, images.shape[-1])  # roll, scale and shift are absorbed by the fit
+    yaw_true, pitch_true = yaw_pitch_of(split_c25(c25.cpu().to(torch.float64))[0])
+    return torch.hypot(estimated.yaw_rad.double() - yaw_true, estimated.pitch_rad.double() - pitch_true).float()
 
 
 def _resize(images: Tensor, size: int) -> Tensor:
@@ -297,7 +315,7 @@ def evaluate(
         metrics["ibrnet_ssim"] = float(ssim(predicted, target)[0])
         metrics["ibrnet_lpips"] = float(networks.lpips_alex(predicted, target)[0])
 
-    if networks.arcface is not None or networks.facenet is not None:
+    if networks.detector is not None:
         identity_c25 = identity_cameras(
             c25, config.identity_views, config.novel_yaw_rad, config.novel_pitch_rad, config.seed
         )
@@ -314,4 +332,11 @@ def evaluate(
                 metrics[key] = float(values.mean())
             except NoFaceError as error:
                 skipped[key] = str(error)
+        if config.pose_accuracy:
+            try:
+                metrics["pose_error"] = float(
+                    pose_errors(networks.detector, novel, identity_c25, PnPPoseEstimator()).mean()
+                )
+            except NoFaceError as error:
+                skipped["pose_error"] = str(error)
     return metrics, skipped
