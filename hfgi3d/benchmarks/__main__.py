@@ -102,7 +102,8 @@ def synthetic(args: argparse.Namespace) -> int:
     data = folder / "data"
     ids = prepare(args.generator, args.seed, args.images, data)
     jobs = [Job(image_id, method, {"preset": str(_preset(method))}) for image_id in ids for method in args.methods]
-    job_fn = make_job_fn(args.generator, args.profile, data, folder / "runs", LPIPS(net="alex"), args.wandb)
+    lpips = LPIPS(net="alex", weights=args.lpips_weights_alex)
+    job_fn = make_job_fn(args.generator, args.profile, data, folder / "runs", lpips, args.wandb)
     rows = run(jobs, folder, job_fn, args.accelerator, args.devices, args.num_nodes, args.retry_errors)
     if not rows:  # ranks other than 0
         return 0
@@ -157,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="config applied after each preset (CI size); 'none' runs the presets as they are",
     )
     synth.add_argument("--images", type=int, default=3)
+    synth.add_argument(
+        "--lpips-weights-alex", default=None, help="LPIPS-AlexNet weights file for the novel-view scores"
+    )
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(run=synthetic)
 
