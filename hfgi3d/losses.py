@@ -159,7 +159,8 @@ def _check_mask(mask: Tensor, image: Tensor) -> Tensor:
     return mask.to(image.dtype).expand(batch, 1, height, width)
 
 
-def _check_pair(x: Tensor, y: Tensor) -> None:
+def check_image_pair(x: Tensor, y: Tensor) -> None:
+    """Raise unless ``x`` and ``y`` are two ``B×3×H×W`` images of one shape."""
     if x.ndim != 4 or x.shape[1] != 3 or x.shape != y.shape:
         raise ValueError(f"expected two B×3×H×W images of equal shape, got {tuple(x.shape)} and {tuple(y.shape)}")
 
@@ -177,7 +178,7 @@ def masked_mse(x: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
         mask's weight so it does not vanish when the region is small — averaged over the batch.
         Samples with an empty mask contribute 0 and get zero (finite) gradients.
     """
-    _check_pair(x, y)
+    check_image_pair(x, y)
     squared = (x - y).square()  # B×3×H×W
     if mask is None:
         return squared.mean()
@@ -435,7 +436,7 @@ class LPIPS(nn.Module):
         Returns:
             ``B`` distances (≥ 0; 0 for identical inputs).
         """
-        _check_pair(x, y)
+        check_image_pair(x, y)
         if mask is not None:
             mask = _check_mask(mask, x)
         if self.resize_to is not None and x.shape[-2:] != (self.resize_to, self.resize_to):

@@ -34,7 +34,7 @@ from hfgi3d.generator import TriPlaneGenerator, load_generator, open_generator
 from hfgi3d.geometry import backward_warp, upsample_depth, visibility_mask
 from hfgi3d.losses import LPIPS
 from hfgi3d.metrics.evaluation import consistency_cameras
-from hfgi3d.metrics.fidelity import masked_psnr, psnr, ssim
+from hfgi3d.metrics.fidelity import finite_mean, masked_psnr, psnr, ssim
 
 INPUT_YAW_RAD = 0.3
 INPUT_PITCH_RAD = 0.15
@@ -144,11 +144,6 @@ def prepare(generator_spec: str, seed: int, num_images: int, folder: Path) -> li
     return ids
 
 
-def _mean(values: Tensor) -> float | None:
-    finite = values[torch.isfinite(values)]
-    return float(finite.mean()) if len(finite) else None
-
-
 @torch.no_grad()
 def score(run_dir: Path, truth_path: Path, lpips: LPIPS) -> dict[str, float | None]:
     """Novel-view scores of a finished fit (its ``generator.pt`` and ``latent.pt``) against the ground truth."""
@@ -164,7 +159,7 @@ def score(run_dir: Path, truth_path: Path, lpips: LPIPS) -> dict[str, float | No
         "novel_psnr": float(psnr(rendered, truth).mean()),
         "novel_ssim": float(ssim(rendered, truth).mean()),
         "novel_lpips": float(lpips.to(rendered.device)(rendered, truth).mean()),
-        "paint_psnr": None if paint_values is None else _mean(paint_values),
+        "paint_psnr": None if paint_values is None else finite_mean(paint_values),
         "paint_coverage": float(paint.mean()),
     }
 

@@ -43,7 +43,7 @@ from hfgi3d.generator import TriPlaneGenerator
 from hfgi3d.losses import LPIPS
 from hfgi3d.metrics.arcface import facenet_similarity, identity_similarity, load_arcface, load_facenet
 from hfgi3d.metrics.consistency import warp_consistency
-from hfgi3d.metrics.fidelity import MS_SSIM_MIN_SIZE_PX, ms_ssim, psnr, ssim
+from hfgi3d.metrics.fidelity import MS_SSIM_MIN_SIZE_PX, finite_mean, ms_ssim, psnr, ssim
 from hfgi3d.metrics.ibrnet import load_ibrnet, render_ibrnet
 from hfgi3d.pose import PnPPoseEstimator
 
@@ -235,11 +235,6 @@ def _resize(images: Tensor, size: int) -> Tensor:
     return torch.nn.functional.interpolate(images, size=(size, size), mode="area")
 
 
-def _mean(values: Tensor) -> float | None:
-    finite = values[torch.isfinite(values)] if values.is_floating_point() else values
-    return float(finite.mean()) if len(finite) else None
-
-
 @torch.no_grad()
 def evaluate(
     generator: TriPlaneGenerator,
@@ -291,8 +286,8 @@ def evaluate(
         rel_tol=config.warp_rel_tol,
         grazing_cos=config.warp_grazing_cos,
     )
-    metrics["warp_psnr"] = _mean(warp.psnr)
-    metrics["warp_lpips"] = None if warp.lpips is None else _mean(warp.lpips)
+    metrics["warp_psnr"] = finite_mean(warp.psnr)
+    metrics["warp_lpips"] = None if warp.lpips is None else finite_mean(warp.lpips)
     metrics["warp_coverage"] = float(warp.coverage.mean())
 
     if networks.ibrnet is not None:

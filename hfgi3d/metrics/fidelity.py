@@ -27,7 +27,7 @@ from torchmetrics.functional.image import (
     structural_similarity_index_measure,
 )
 
-from hfgi3d.losses import masked_mse
+from hfgi3d.losses import check_image_pair, masked_mse
 
 DATA_RANGE = 2.0
 """Value range of ``[-1, 1]`` images."""
@@ -39,26 +39,27 @@ MS_SSIM_SCALES = 5
 MS_SSIM_MIN_SIZE_PX = (SSIM_KERNEL_PX - 1) * 2 ** (MS_SSIM_SCALES - 1) + 1  # 161
 
 
-def _check_pair(x: Tensor, y: Tensor) -> None:
-    if x.ndim != 4 or x.shape[1] != 3 or x.shape != y.shape:
-        raise ValueError(f"expected two B×3×H×W images of equal shape, got {tuple(x.shape)} and {tuple(y.shape)}")
-
-
 def _unit(x: Tensor) -> Tensor:
     """``[-1, 1]`` → ``[0, 1]`` in float32."""
     return (x.float() + 1) / 2
 
 
+def finite_mean(values: Tensor) -> float | None:
+    """Mean of the finite entries (NaN marks "nothing to score"), ``None`` if there are none."""
+    finite = values[torch.isfinite(values)]
+    return float(finite.mean()) if len(finite) else None
+
+
 def psnr(x: Tensor, y: Tensor) -> Tensor:
     """Peak signal-to-noise ratio in dB per sample (``B``); ``inf`` for identical images."""
-    _check_pair(x, y)
+    check_image_pair(x, y)
     mse = (x.float() - y.float()).square().mean(dim=(1, 2, 3))  # B
     return 10 * torch.log10(DATA_RANGE**2 / mse)
 
 
 def masked_psnr(x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
     """PSNR in dB per sample over the pixels a ``B×1×H×W`` mask selects (NaN where the mask is empty)."""
-    _check_pair(x, y)
+    check_image_pair(x, y)
     values = []
     for x_i, y_i, mask_i in zip(x.float(), y.float(), mask.float().expand(len(x), -1, -1, -1), strict=True):
         if float(mask_i.sum()) <= 0:
@@ -76,7 +77,7 @@ def ssim(x: Tensor, y: Tensor) -> Tensor:
     the border), as scikit-image and Wang et al.'s reference do; torchmetrics' own mean would
     include border pixels computed on reflection-padded images.
     """
-    _check_pair(x, y)
+    check_image_pair(x, y)
     radius = SSIM_KERNEL_PX // 2
     if min(x.shape[-2:]) <= 2 * radius:
         raise ValueError(f"SSIM needs images larger than {2 * radius}×{2 * radius} px, got {x.shape[-2]}×{x.shape[-1]}")
@@ -95,7 +96,7 @@ def ssim(x: Tensor, y: Tensor) -> Tensor:
 
 def ms_ssim(x: Tensor, y: Tensor) -> Tensor:
     """Multi-scale SSIM per sample (``B``); images must exceed 160 px on each side."""
-    _check_pair(x, y)
+    check_image_pair(x, y)
     if min(x.shape[-2:]) < MS_SSIM_MIN_SIZE_PX:
         raise ValueError(
             f"MS-SSIM needs images of at least {MS_SSIM_MIN_SIZE_PX}×{MS_SSIM_MIN_SIZE_PX} px "
