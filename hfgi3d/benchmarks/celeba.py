@@ -8,13 +8,12 @@ with a fixed seed from the sorted folder listing) is written to ``images.txt`` n
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from pathlib import Path
 from typing import Any
 
-from hfgi3d.benchmarks.runner import Job, Worker, wandb_args
+from hfgi3d.benchmarks.runner import Job, Worker, run_fit
 
 DATA_ENV = "HFGI3D_CELEBAHQ"
 GENERATOR_ENV = "HFGI3D_EG3D"
@@ -73,7 +72,6 @@ def write_image_list(path: Path, photos: list[Path], seed: int) -> None:
 
 def make_job_fn(generator: str, profile: str | None, folder: Path, wandb_group: str | None) -> Any:
     """The job function: align the photo (once), fit the method's preset, return ``metrics.json``."""
-    from hfgi3d.fit import main as fit_main
     from hfgi3d.preprocess import preprocess
 
     def run_job(job: Job, worker: Worker) -> dict[str, Any]:
@@ -86,16 +84,7 @@ def make_job_fn(generator: str, profile: str | None, folder: Path, wandb_group: 
                 skipped = report.skipped[0]
                 raise ValueError(f"preprocessing skipped {photo.name} ({skipped.code}): {skipped.reason}")
         out = folder / "runs" / job.method / job.image_id
-        args = ["fit", "--config", str(job.payload["preset"])]
-        args += ["--config", profile] if profile else []
-        args += [
-            "--model.generator", generator, "--data.image", str(crop), "--data.camera", str(aligned / "dataset.json"),
-            "--output_dir", str(out), "--overwrite", "true", "--trainer.enable_progress_bar", "false",
-            *worker.trainer_args(),
-        ]  # fmt: skip
-        args += wandb_args(wandb_group, job)
-        fit_main(args)
-        metrics = json.loads((out / "metrics.json").read_text())
+        metrics = run_fit(job, worker, generator, profile, crop, aligned / "dataset.json", out, wandb_group)
         return {key: value for key, value in metrics.items() if key != "image_id"}
 
     return run_job

@@ -10,6 +10,7 @@ row exists in any results file are skipped, so a killed run resumes where it sto
 
 from __future__ import annotations
 
+import json
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -55,15 +56,40 @@ class Worker:
 WANDB_PRESET = Path(__file__).resolve().parents[2] / "configs" / "logger" / "wandb.yaml"
 
 
-def wandb_args(group: str | None, job: Job) -> list[str]:
-    """``fit`` arguments that log a job's run to the benchmark's W&B group (none without a group)."""
-    if not group:
-        return []
-    return [
-        "--config", str(WANDB_PRESET), "--trainer.logger.init_args.group", group,
-        "--trainer.logger.init_args.name", f"{job.method}/{job.image_id}",
-        "--trainer.logger.init_args.tags", f"[{job.method}]",
+def run_fit(
+    job: Job,
+    worker: Worker,
+    generator: str,
+    profile: str | None,
+    image: Path,
+    camera: Path,
+    out: Path,
+    wandb_group: str | None = None,
+    extra: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Invert ``image`` with the job's preset, then ``profile``, via ``python -m hfgi3d fit``; returns ``metrics.json``.
+
+    The run goes to ``out`` (replacing what a killed attempt left) on this process's device and, with
+    a ``wandb_group``, logs to that W&B group as ``<method>/<image id>``.
+    """
+    from hfgi3d.fit import main as fit_main
+
+    args = ["fit", "--config", str(job.payload["preset"])]
+    args += ["--config", profile] if profile else []
+    args += [
+        "--model.generator", generator, "--data.image", str(image), "--data.camera", str(camera),
+        "--output_dir", str(out), "--overwrite", "true", "--trainer.enable_progress_bar", "false",
+        *worker.trainer_args(), *extra,
     ]  # fmt: skip
+    if wandb_group:
+        args += [
+            "--config", str(WANDB_PRESET), "--trainer.logger.init_args.group", wandb_group,
+            "--trainer.logger.init_args.name", f"{job.method}/{job.image_id}",
+            "--trainer.logger.init_args.tags", f"[{job.method}]",
+        ]  # fmt: skip
+    fit_main(args)
+    metrics: dict[str, Any] = json.loads((out / "metrics.json").read_text())
+    return metrics
 
 
 JobFn = Callable[[Job, Worker], dict[str, Any]]

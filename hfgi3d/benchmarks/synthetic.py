@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from hfgi3d.benchmarks.runner import Job, Worker, wandb_args
+from hfgi3d.benchmarks.runner import Job, Worker, run_fit
 from hfgi3d.cameras import orbit_c25
 from hfgi3d.generator import TriPlaneGenerator, load_generator, open_generator
 from hfgi3d.geometry import backward_warp, upsample_depth, visibility_mask
@@ -184,19 +184,12 @@ def make_job_fn(
     generator_spec: str, profile: str | None, data: Path, runs: Path, lpips: LPIPS, wandb_group: str | None = None
 ) -> Any:
     """The job function: fit the method's preset on one painted input view, then score the novel views."""
-    from hfgi3d.fit import main as fit_main
 
     def run_job(job: Job, worker: Worker) -> dict[str, Any]:
         out = runs / job.method / job.image_id
-        args = ["fit", "--config", str(job.payload["preset"])]
-        args += ["--config", profile] if profile else []
-        args += [
-            "--model.generator", generator_spec, "--data.image", str(data / f"{job.image_id}.png"),
-            "--data.camera", str(data / f"{job.image_id}.json"), "--output_dir", str(out), "--overwrite", "true",
-            "--outputs.save_generator", "true", "--trainer.enable_progress_bar", "false", *worker.trainer_args(),
-        ]  # fmt: skip
-        fit_main(args + wandb_args(wandb_group, job))
-        metrics = json.loads((out / "metrics.json").read_text())
+        image, camera = data / f"{job.image_id}.png", data / f"{job.image_id}.json"
+        extra = ("--outputs.save_generator", "true")  # scored below, then deleted
+        metrics = run_fit(job, worker, generator_spec, profile, image, camera, out, wandb_group, extra)
         row = {key: value for key, value in metrics.items() if key not in ("image_id", "skipped")}
         row.update(score(out, data / f"{job.image_id}.pt", lpips))
         (out / "generator.pt").unlink()  # ~1 MB tiny, ~120 MB FFHQ-512: scored, no longer needed
