@@ -26,7 +26,6 @@ from unittest import mock
 
 import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 
 from hfgi3d.callbacks.evaluation import Evaluation
 from hfgi3d.callbacks.wandb_logging import WandbMedia, wandb_loggers
@@ -103,6 +102,6 @@ def main(args: Sequence[str]) -> int:
         )
     trainer = getattr(cli, "trainer", None)
     for logger in wandb_loggers(trainer) if trainer is not None else []:
-        if isinstance(logger, LightningWandbLogger) and logger._experiment is not None:
+        if logger._experiment is not None:
             logger.experiment.finish()  # flush the run now (offline files complete), not at exit
     return 0
