@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)  ## create .venv and install hfgi3d with its dev tools
 
 test: $(STAMP)  ## run the fast test suite (CPU, no downloads)
-	$(BIN)/pytest -m "not slow" -q
+	$(BIN)/pytest -m "not slow"
 
 test-slow: $(STAMP)  ## run only the slow tests (real-size FFHQ-512 generator on the CPU)
 	$(BIN)/pytest -m slow -q

@@ -2,22 +2,45 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
 from hfgi3d.cameras import pixel_rays, split_c25
 from hfgi3d.generator import TriPlaneGenerator, load_generator, tiny_config
-from hfgi3d.generator.renderer import sample_from_planes
 from tests.eg3d_pickle_writer import marker_path_for, write_official_pickle
-from tests.eg3d_reference import RUNS, TOLERANCES, Reference, eg3d_init_kwargs, load_reference, rebuild_state_dict
+from tests.eg3d_reference import (
+    PLANE_CROP_HALF,
+    RUNS,
+    Reference,
+    eg3d_init_kwargs,
+    forward_outputs,
+    load_reference,
+    rebuild_state_dict,
+    tolerances,
+)
 
 VARIANTS = ("tiny", "tiny_planes32")
 
 
 def _max_abs(actual: torch.Tensor, expected: np.ndarray) -> float:
     assert tuple(actual.shape) == expected.shape
-    return float(np.abs(actual.detach().numpy().astype(np.float64) - expected.astype(np.float64)).max())
+    return float(np.abs(actual.detach().double().numpy() - expected.astype(np.float64)).max())
+
+
+def parity_failures(generator: TriPlaneGenerator, reference: Reference, run: str) -> dict[str, str]:
+    """Each recorded tensor of ``run`` that departs from the reference by more than its tolerance."""
+    allowed = tolerances(reference)
+    failures = {}
+    for name, value in forward_outputs(generator, reference, run).items():
+        error = _max_abs(value, reference.array(f"{run}__{name}"))
+        if not error <= allowed[name]:
+            failures[name] = f"max |diff| {error:.3g} > {allowed[name]:.3g}"
+    return failures
 
 
 @pytest.fixture(scope="module", params=VARIANTS)
@@ -44,13 +67,26 @@ def generator(
     return generator.eval().requires_grad_(False)
 
 
+RANDN_ATOL_PER_STD = 1e-5
+"""How far ``torch.randn`` may land from the reference's draw, per element, in units of the std.
+
+Not bitwise: the same seed gives values that differ by up to 1.9e-6 (for unit std) between
+PyTorch's vectorized and scalar normal kernels (measured on this x86 machine with
+ATEN_CPU_CAPABILITY=default), i.e. between CPUs. A wrong seed or rule moves a sum of N values by
+about √N·std and a single value by about std, far beyond N·1e-5·std and 1e-5·std."""
+
+
 def test_rebuilt_weights_match_manifest_checksums(reference: Reference) -> None:
     state = rebuild_state_dict(reference)
     for entry in reference.manifest["weights"]["tensors"]:
-        tensor = state[entry["name"]].double()
-        assert tensor.sum().item() == pytest.approx(entry["sum_f64"], rel=1e-9, abs=1e-9), entry["name"]
-        assert tensor.abs().sum().item() == pytest.approx(entry["abs_sum_f64"], rel=1e-9), entry["name"]
-        assert tensor.flatten()[:4].tolist() == pytest.approx(entry["first_values"], rel=0, abs=0), entry["name"]
+        name = entry["name"]
+        tensor = state[name].double()
+        # A sum of N values, each within atol of the reference's, is within N·atol (fixed values: exact).
+        atol = RANDN_ATOL_PER_STD * entry["std"] if entry["rule"] == "randn" else 0.0
+        sum_atol = tensor.numel() * atol
+        assert tensor.sum().item() == pytest.approx(entry["sum_f64"], rel=1e-12, abs=sum_atol), name
+        assert tensor.abs().sum().item() == pytest.approx(entry["abs_sum_f64"], rel=1e-12, abs=sum_atol), name
+        assert tensor.flatten()[:4].tolist() == pytest.approx(entry["first_values"], rel=0, abs=atol), name
 
 
 def test_state_dict_keys_and_shapes_are_official(reference: Reference, generator: TriPlaneGenerator) -> None:
@@ -62,63 +98,90 @@ def test_state_dict_keys_and_shapes_are_official(reference: Reference, generator
 
 @pytest.mark.parametrize("camera", [0, 1])
 def test_rays_match(reference: Reference, camera: int) -> None:
+    allowed = tolerances(reference)
     cam2world, intrinsics = split_c25(torch.from_numpy(reference.array(f"cam{camera}_c")))
     origins, directions = pixel_rays(cam2world, intrinsics, reference.neural_rendering_resolution)
-    assert _max_abs(origins, reference.array(f"cam{camera}_ray_origins")) <= TOLERANCES["rays"]
-    assert _max_abs(directions, reference.array(f"cam{camera}_ray_directions")) <= TOLERANCES["rays"]
+    assert _max_abs(origins, reference.array(f"cam{camera}_ray_origins")) <= allowed["ray_origins"]
+    assert _max_abs(directions, reference.array(f"cam{camera}_ray_directions")) <= allowed["ray_directions"]
 
 
 @pytest.mark.parametrize("run", RUNS)
 def test_forward_matches_official(reference: Reference, generator: TriPlaneGenerator, run: str) -> None:
-    arrays = reference.arrays
-    z, c = reference.z(run), reference.c(run)
-    with torch.no_grad():
-        ws = generator.mapping(z, c, truncation_psi=1.0)
-        planes = generator.planes(ws, noise_mode="const")
-        out = generator.render(planes, ws, c, deterministic=True)
-        probe_coords = torch.from_numpy(arrays["probe_coords"])
-        probe_features = sample_from_planes(planes, probe_coords, generator.config.rendering.box_warp)
-        probe = generator.sample_mixed(probe_coords, torch.from_numpy(arrays["probe_dirs"]), ws)
+    """ws, planes (and their channel sums), rendering, importance samples, decoder probes and SR image."""
+    assert parity_failures(generator, reference, run) == {}
 
-    assert _max_abs(ws, arrays[f"{run}__ws"]) <= TOLERANCES["ws"]
-    if f"{run}__planes" in arrays:  # the planes32 variant stores the whole planes
-        assert _max_abs(planes, arrays[f"{run}__planes"]) <= TOLERANCES["planes"]
-    else:
-        mid = planes.shape[-1] // 2
-        assert _max_abs(planes[..., ::8, ::8], arrays[f"{run}__planes_stride8"]) <= TOLERANCES["planes"]
-        assert (
-            _max_abs(planes[..., mid - 8 : mid + 8, mid - 8 : mid + 8], arrays[f"{run}__planes_crop"])
-            <= (TOLERANCES["planes"])
-        )
-    channel_sums = planes.double().sum(dim=(-1, -2))
-    np.testing.assert_allclose(channel_sums.numpy(), arrays[f"{run}__planes_chan_sum_f64"], rtol=1e-5, atol=1e-2)
-    assert _max_abs(out["image_feature"], arrays[f"{run}__feature_image"]) <= TOLERANCES["feature_image"]
-    assert _max_abs(out["image_raw"], arrays[f"{run}__image_raw"]) <= TOLERANCES["image_raw"]
-    assert _max_abs(out["image_weights"], arrays[f"{run}__weights_sum"]) <= TOLERANCES["weights_sum"]
-    assert _max_abs(out["image_depth"], arrays[f"{run}__image_depth"]) <= TOLERANCES["image_depth"]
-    assert _max_abs(out["image"], arrays[f"{run}__image"]) <= TOLERANCES["image"]
-    assert _max_abs(probe_features, arrays[f"{run}__probe_sampled_features"]) <= TOLERANCES["probe"]
-    assert _max_abs(probe["rgb"], arrays[f"{run}__probe_rgb"]) <= TOLERANCES["probe"]
-    assert _max_abs(probe["sigma"], arrays[f"{run}__probe_sigma"]) <= TOLERANCES["probe"]
+
+def _perturb_planes(
+    monkeypatch: pytest.MonkeyPatch, generator: TriPlaneGenerator, offset: float, where: torch.Tensor | None = None
+) -> None:
+    """Add ``offset`` to one feature channel of the first plane (at ``where``, an R×R mask, or everywhere)."""
+    planes = generator.planes
+
+    def perturbed(ws: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        out = planes(ws, *args, **kwargs).clone()
+        out[:, 0, 5] += offset if where is None else offset * where
+        return out
+
+    monkeypatch.setattr(generator, "planes", perturbed)
+
+
+def test_a_departure_of_1e_3_in_one_plane_channel_fails(
+    reference: Reference, generator: TriPlaneGenerator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _perturb_planes(monkeypatch, generator, 1e-3)
+    failures = parity_failures(generator, reference, "z0_c0")
+    assert "planes_chan_sum_f64" in failures
+    assert {"planes", "planes_stride8", "planes_crop"} & failures.keys()
+
+
+def test_the_channel_sums_see_a_departure_the_stored_pixels_miss(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 256² variant stores every 8th plane pixel and a 16² crop; its channel sums cover the rest."""
+    reference = load_reference("tiny")
+    generator = TriPlaneGenerator(tiny_config(plane_resolution=reference.plane_resolution))
+    generator.load_state_dict(rebuild_state_dict(reference))
+    generator.eval().requires_grad_(False)
+    size = reference.plane_resolution
+    unseen = torch.ones(size, size)
+    unseen[::8, ::8] = 0
+    mid = size // 2
+    unseen[mid - PLANE_CROP_HALF : mid + PLANE_CROP_HALF, mid - PLANE_CROP_HALF : mid + PLANE_CROP_HALF] = 0
+    _perturb_planes(monkeypatch, generator, 1e-3, unseen)
+    failures = parity_failures(generator, reference, "z0_c0")
+    assert "planes_chan_sum_f64" in failures
+    assert not {"planes_stride8", "planes_crop"} & failures.keys()
+
+
+@pytest.mark.parametrize(
+    "kernels",
+    [
+        {"ATEN_CPU_CAPABILITY": "default"},  # PyTorch's scalar kernels (no SIMD)
+        {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41"},
+    ],
+    ids=["scalar-aten", "scalar-aten+mkl-compatible+onednn-sse41"],
+)
+def test_parity_holds_with_other_cpu_kernels(kernels: dict[str, str]) -> None:
+    """Another machine sums in another order: emulate it with the math libraries' own switches.
+
+    x86-64 only (the switches are ignored elsewhere, and the test then repeats the default run).
+    """
+    env = {**os.environ, **kernels}
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        f"{__file__}::test_forward_matches_official",
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
 
 
 def test_full_forward_equals_mapping_then_synthesis(reference: Reference, generator: TriPlaneGenerator) -> None:
     z, c = reference.z("z1_c1"), reference.c("z1_c1")
+    allowed = tolerances(reference)
     with torch.no_grad():
         out = generator(z, c, noise_mode="const", deterministic=True)
-    assert _max_abs(out["image"], reference.array("z1_c1__image")) <= TOLERANCES["image"]
-    assert _max_abs(out["image_depth"], reference.array("z1_c1__image_depth")) <= TOLERANCES["image_depth"]
-
-
-def test_importance_samples_match(reference: Reference, generator: TriPlaneGenerator) -> None:
-    from hfgi3d.generator.renderer import render_rays
-
-    run = "z0_c1"
-    z, c = reference.z(run), reference.c(run)
-    with torch.no_grad():
-        ws = generator.mapping(z, c)
-        origins, directions = pixel_rays(*split_c25(c), reference.neural_rendering_resolution)
-        out = render_rays(
-            generator.planes(ws), generator.decoder, origins, directions, generator.config.rendering, deterministic=True
-        )
-    assert _max_abs(out["depths_fine"], reference.array(f"{run}__depths_fine")) <= TOLERANCES["image_depth"]
+    assert _max_abs(out["image"], reference.array("z1_c1__image")) <= allowed["image"]
+    assert _max_abs(out["image_depth"], reference.array("z1_c1__image_depth")) <= allowed["image_depth"]

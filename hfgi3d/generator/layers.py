@@ -210,9 +210,12 @@ class MappingNetwork(nn.Module):
     def forward(
         self, z: Tensor, c: Tensor, truncation_psi: float = 1.0, truncation_cutoff: int | None = None
     ) -> Tensor:
-        x = normalize_2nd_moment(z.to(torch.float32))
+        # EG3D casts to float32 here; following the weights' dtype is the same in float32 and
+        # lets a float64 copy evaluate the exact function (the parity tests' error budget).
+        dtype = self.w_avg.dtype
+        x = normalize_2nd_moment(z.to(dtype))
         if self.c_dim > 0:
-            y = normalize_2nd_moment(self.embed(c.to(torch.float32)))
+            y = normalize_2nd_moment(self.embed(c.to(dtype)))
             x = torch.cat([x, y], dim=1)
         for idx in range(self.num_layers):
             x = cast(FullyConnectedLayer, getattr(self, f"fc{idx}"))(x)
@@ -340,7 +343,8 @@ class SynthesisBlock(nn.Module):
         x = self.conv1(x, next(w_iter), noise_mode=noise_mode, fused=fused)
         if img is not None and self.upsample:
             img = upsample2d(img, self.resample_filter)
-        y = self.torgb(x, next(w_iter), fused=fused).to(torch.float32)
+        # float32 as in EG3D (its fp16 blocks add into a float32 image); float64 in a .double() copy.
+        y = self.torgb(x, next(w_iter), fused=fused).to(self.resample_filter.dtype)
         img = y if img is None else img + y
         return x, img
 

@@ -136,7 +136,7 @@ def sample_importance(depths: Tensor, weights: Tensor, num_samples: int, determi
     """
     n, m, s, _ = depths.shape
     z_vals = depths.reshape(n * m, s)
-    w = weights.reshape(n * m, 1, -1).float()
+    w = weights.reshape(n * m, 1, -1).to(depths.dtype)
     w = F.max_pool1d(w, 2, 1, padding=1)
     w = F.avg_pool1d(w, 2, 1).squeeze(1) + WEIGHT_SMOOTHING
     z_mid = 0.5 * (z_vals[:, :-1] + z_vals[:, 1:])
