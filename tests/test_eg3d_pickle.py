@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import pickletools
+import re
 import sys
 import warnings
 from collections import OrderedDict
@@ -255,7 +256,8 @@ def test_forbidden_global_in_storage_blob_is_refused(tmp_path: Path) -> None:
     marker = write_malicious_pickle(path, how="exec", where="storage")
     with pytest.raises(CheckpointError, match="weights-only load refuses") as info:
         read_eg3d_pickle(path)
-    assert str(path) in str(info.value) and "'exec'" in str(info.value)
+    # torch names the refused global 'exec' (2.5 on) or 'builtins.exec' (2.4).
+    assert str(path) in str(info.value) and re.search(r"'(builtins\.)?exec'", str(info.value))
     assert "weights_only` set to `False`" not in str(info.value)  # torch's unsafe advice is not relayed
     assert not marker.exists()
 
