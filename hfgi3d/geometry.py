@@ -22,6 +22,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from kornia.filters import gaussian_blur2d
+from kornia.morphology import erosion
 from torch import Tensor
 
 from hfgi3d.cameras import pixel_rays, split_c25
@@ -255,19 +256,16 @@ def erode_mask(mask: Tensor, pixels: int = 1) -> Tensor:
         (in both axes) is set, so a filled rectangle loses exactly a ``pixels``-wide border.
 
     Convention:
-        Pixels outside the image are ignored (the "geodesic" border of
-        ``kornia.morphology.erosion``): a mask that touches the image border is not eroded
-        from that side.
+        ``kornia.morphology.erosion`` with its default ``border_type="geodesic"``: pixels outside
+        the image are ignored (the minimum runs over the part of the square inside the image), so
+        a mask that touches the image border is not eroded from that side.
     """
     if pixels < 0:
         raise ValueError(f"erosion radius must be ≥ 0 pixels, got {pixels}")
     if pixels == 0:
         return mask
     size = 2 * pixels + 1
-    # max-pool pads with -inf, so outside pixels never win: the complement's dilation is geodesic
-    complement = F.max_pool2d(1 - mask, (1, size), stride=1, padding=(0, pixels))  # separable square
-    complement = F.max_pool2d(complement, (size, 1), stride=1, padding=(pixels, 0))
-    return 1 - complement
+    return erosion(mask, torch.ones(size, size, dtype=mask.dtype, device=mask.device), border_type="geodesic")
 
 
 def feather_mask(mask: Tensor, radius: int) -> Tensor:

