@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Detect the face of each photo (MTCNN), cut EG3D's 512² FFHQ-aligned crop (roll removed) and "
         "estimate its camera from five landmarks. Writes OUT/<stem>.png, an EG3D dataset.json with the cameras "
         "and preprocess_report.json; bad photos are skipped and reported. Exit code 0 if at least one photo "
-        "was aligned, 2 otherwise. See hfgi3d/preprocess.py for the conventions.",
+        "was aligned, 2 otherwise. See hfgi3d/preprocess/ for the conventions.",
     )
     preprocess.add_argument("input", type=Path, help="a photo, or a folder of photos (not recursive)")
     preprocess.add_argument("output", type=Path, help="output folder (created if missing)")

@@ -17,7 +17,9 @@ Convention:
     tip, left mouth corner, right mouth corner, where *left* means the **viewer's left** (the
     smaller ``x`` in a frontal photo, i.e. the subject's right eye) — MTCNN's order and the
     order of insightface's ArcFace template. An affine matrix ``M`` (``2×3``) maps a source
-    image point to an output point, ``[x', y'] = M @ [x, y, 1]``, as OpenCV's ``warpAffine``.
+    image point to an output point, ``[x', y'] = M @ [x, y, 1]``, as OpenCV's ``warpAffine`` and
+    kornia's ``warp_affine`` (which resamples here) take it; the similarity fit is
+    scikit-image's ``SimilarityTransform`` (Umeyama), as in insightface's ``norm_crop``.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ from typing import NamedTuple, TypeAlias
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from facenet_pytorch import MTCNN
+from kornia.geometry.transform import warp_affine as kornia_warp_affine
 from PIL import Image
+from skimage.transform import SimilarityTransform
 from torch import Tensor
 
 ImageLike: TypeAlias = Tensor | np.ndarray | Image.Image
@@ -188,16 +191,17 @@ def similarity_transform(src_pts: Tensor, dst_pts: Tensor) -> Tensor:
     """Least-squares similarity (rotation, uniform scale, translation; never a reflection) ``src → dst``.
 
     Minimises ``Σ_k ‖dst_k − (s·R·src_k + t)‖²`` over ``s ≥ 0``, ``R ∈ SO(2)``, ``t``: Umeyama's
-    estimate restricted to proper rotations. In 2D it has a closed form: with centred points
-    read as complex numbers, ``s·R`` is the complex factor ``c = Σ conj(src_k)·dst_k / Σ |src_k|²``,
-    so no SVD is needed and the result is differentiable everywhere.
+    estimate, as scikit-image's :class:`~skimage.transform.SimilarityTransform` computes it (the fit
+    insightface's ``norm_crop`` uses). It runs in float64 on the CPU, one point set at a time, and
+    carries no gradient: the landmarks it is fed come from a detector.
 
     Args:
         src_pts: ``N×2`` or ``B×N×2`` source points ``(x, y)``, ``N ≥ 2``.
         dst_pts: the matching target points, same shape.
 
     Returns:
-        ``2×3`` (or ``B×2×3``) matrices ``M`` with ``dst ≈ M @ [x, y, 1]``.
+        ``2×3`` (or ``B×2×3``) matrices ``M`` with ``dst ≈ M @ [x, y, 1]``, in ``src_pts``'s dtype
+        and on its device.
 
     Raises:
         ValueError: mismatched shapes, or source points that all coincide (no scale or rotation).
@@ -207,21 +211,22 @@ def similarity_transform(src_pts: Tensor, dst_pts: Tensor) -> Tensor:
             f"expected src and dst point sets of equal shape N×2 or B×N×2 with N ≥ 2, "
             f"got {tuple(src_pts.shape)} and {tuple(dst_pts.shape)}"
         )
-    batched = src_pts.ndim == 3
-    src = src_pts if batched else src_pts[None]  # B×N×2
-    dst = dst_pts.to(src) if batched else dst_pts.to(src)[None]
-    src_mean, dst_mean = src.mean(dim=1), dst.mean(dim=1)  # B×2
-    src_c, dst_c = src - src_mean[:, None], dst - dst_mean[:, None]  # B×N×2
-    spread = src_c.square().sum(dim=(1, 2))  # B, Σ |src_k|²
+    src = src_pts.detach().reshape(-1, *src_pts.shape[-2:]).cpu().double().numpy()  # B×N×2
+    dst = dst_pts.detach().reshape(src.shape).cpu().double().numpy()
+    spread = np.square(src - src.mean(axis=1, keepdims=True)).sum(axis=(1, 2))  # B, Σ |src_k − mean|²
     if bool((spread <= _MIN_POINT_SPREAD_PX2).any()):
         raise ValueError("the source points of a similarity transform all coincide: no scale or rotation fits")
-    # c = a + ib:  a = Σ (x·x' + y·y'),  b = Σ (x·y' − y·x'), both over the source spread.
-    a = (src_c * dst_c).sum(dim=(1, 2)) / spread  # B
-    b = (src_c[..., 0] * dst_c[..., 1] - src_c[..., 1] * dst_c[..., 0]).sum(dim=1) / spread  # B
-    linear = torch.stack([torch.stack([a, -b], dim=-1), torch.stack([b, a], dim=-1)], dim=-2)  # B×2×2
-    translation = dst_mean - (linear @ src_mean[..., None])[..., 0]  # B×2
-    matrix = torch.cat([linear, translation[..., None]], dim=-1)  # B×2×3
-    return matrix if batched else matrix[0]
+    matrices = np.stack([_estimate_similarity(src_b, dst_b) for src_b, dst_b in zip(src, dst, strict=True)])
+    matrix = torch.from_numpy(matrices).to(dtype=src_pts.dtype, device=src_pts.device)  # B×2×3
+    return matrix if src_pts.ndim == 3 else matrix[0]
+
+
+def _estimate_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """``2×3`` Umeyama fit of one ``N×2`` float64 point set onto another (scikit-image ≥ 0.26)."""
+    fitted = SimilarityTransform.from_estimate(src, dst)
+    if not fitted:  # a FailedEstimation, which says why
+        raise ValueError(f"no similarity fits the points {src.tolist()} → {dst.tolist()}: {fitted}")
+    return np.asarray(fitted.params[:2], dtype=np.float64)
 
 
 def _output_size(size: int | tuple[int, int]) -> tuple[int, int]:
@@ -255,34 +260,33 @@ def warp_affine(
 
     Convention:
         Pixel ``(col, row)`` — of the source and of the output — has its centre at point
-        ``(col, row)``, the convention of the landmarks (module docstring). Each output pixel
-        centre ``q`` reads the source at ``M⁻¹ q``; a source point ``(x, y)`` is at
-        ``grid_sample`` coordinate ``((2x + 1) / W − 1, (2y + 1) / H − 1)`` with
-        ``align_corners=False``. There is no anti-aliasing (like ``warpAffine``): strong
-        down-scaling aliases.
+        ``(col, row)``, the convention of the landmarks (module docstring) and of
+        :func:`kornia.geometry.transform.warp_affine`, which does the work: it takes the same
+        source→output pixel matrix and, with ``align_corners=False``, places a source point
+        ``(x, y)`` at ``grid_sample`` coordinate ``((2x + 1) / W − 1, (2y + 1) / H − 1)``. That
+        needs kornia ≥ 0.9: earlier releases normalise with the ``align_corners=True`` formula
+        whatever the flag (kornia#3904), a sub-pixel scale and shift. Each output pixel centre
+        ``q`` reads the source at ``M⁻¹ q``. There is no anti-aliasing (like ``warpAffine``):
+        strong down-scaling aliases.
     """
     if image.ndim != 4:
         raise ValueError(f"expected a B×C×H×W image, got shape {tuple(image.shape)}")
-    batch, _, in_height, in_width = image.shape
+    batch, channels = image.shape[:2]
     out_height, out_width = _output_size(size)
     matrices = matrix.to(image) if matrix.ndim == 3 else matrix.to(image)[None]  # B×2×3
     if matrices.shape[1:] != (2, 3) or matrices.shape[0] not in (1, batch):
         raise ValueError(f"expected 2×3 or B×2×3 affine matrices for a batch of {batch}, got {tuple(matrix.shape)}")
-    linear_inv = torch.linalg.inv(matrices[:, :, :2])  # B×2×2
-    translation_inv = -(linear_inv @ matrices[:, :, 2:])  # B×2×1
-    rows, cols = torch.meshgrid(
-        torch.arange(out_height, dtype=image.dtype, device=image.device),
-        torch.arange(out_width, dtype=image.dtype, device=image.device),
-        indexing="ij",
+    if bool((torch.linalg.det(matrices[:, :, :2]) == 0).any()):
+        raise ValueError(f"singular affine matrix {matrix.tolist()}: it flattens the image onto a line or a point")
+    return kornia_warp_affine(
+        image,
+        matrices,  # a 1×2×3 matrix broadcasts over the batch
+        (out_height, out_width),
+        mode=mode,
+        padding_mode="fill",
+        align_corners=False,
+        fill_value=torch.full((channels,), fill, dtype=image.dtype, device=image.device),
     )
-    out_pts = torch.stack([cols, rows], dim=-1).reshape(1, -1, 2)  # 1×(h·w)×2, pixel centres
-    src_pts = out_pts @ linear_inv.transpose(1, 2) + translation_inv.transpose(1, 2)  # B×(h·w)×2
-    scale = torch.tensor([in_width, in_height], dtype=image.dtype, device=image.device)
-    grid = ((2 * src_pts + 1) / scale - 1).reshape(-1, out_height, out_width, 2)  # B×h×w×2
-    grid = grid.expand(batch, out_height, out_width, 2)
-    # grid_sample pads with zeros: shifting by `fill` makes the padding equal `fill`.
-    warped = F.grid_sample(image - fill, grid, mode=mode, padding_mode="zeros", align_corners=False)
-    return warped + fill
 
 
 def align_to_template(

@@ -30,6 +30,8 @@ from hfgi3d.faces import (
     warp_affine,
 )
 
+# MIN_SCORE to EYE_ON_TEMPLATE_PX: measured on the development machine (x86-64 CPU) from MTCNN on the astronaut,
+# not reference values.
 MIN_SCORE = 0.99  # MTCNN's probability for the astronaut's clear frontal face
 LANDMARK_NOISE_PX = 3.0  # MTCNN landmark repeatability across flips and re-alignment
 REDETECT_TOLERANCE_PX = 1.5  # a landmark re-detected in the aligned crop vs. where the warp put it
@@ -181,6 +183,29 @@ def test_similarity_transform_matches_umeyama_on_noisy_points() -> None:
         torch.testing.assert_close(ours[index], torch.from_numpy(reference.params[:2]), rtol=0, atol=1e-9)
 
 
+def _closed_form_similarity(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """The previous hand-written fit, kept as the reference: centred points read as complex numbers, the
+    least-squares ``s·R`` is ``c = Σ conj(src_k)·dst_k / Σ |src_k|²`` (``N×2`` → ``2×3``)."""
+    src_c, dst_c = src - src.mean(0), dst - dst.mean(0)
+    spread = src_c.square().sum()
+    a = (src_c * dst_c).sum() / spread
+    b = (src_c[:, 0] * dst_c[:, 1] - src_c[:, 1] * dst_c[:, 0]).sum() / spread
+    linear = torch.stack([torch.stack([a, -b]), torch.stack([b, a])])
+    return torch.cat([linear, (dst.mean(0) - linear @ src.mean(0))[:, None]], dim=1)
+
+
+@pytest.mark.parametrize("num_points", [2, 3, 5])
+def test_similarity_transform_keeps_the_closed_form_numbers(num_points: int) -> None:
+    """scikit-image's Umeyama fit gives the previous closed form's matrices (measured: max |Δ| 3.4e-13 in float64)."""
+    generator = torch.Generator().manual_seed(3)
+    src = torch.rand(4, num_points, 2, generator=generator, dtype=torch.float64) * 500
+    dst = torch.rand(4, num_points, 2, generator=generator, dtype=torch.float64) * 112
+    dst[0] = src[0] * torch.tensor([-1.0, 1.0], dtype=torch.float64)  # a reflection: the fit still rotates
+    ours = similarity_transform(src, dst)
+    for index in range(len(src)):
+        torch.testing.assert_close(ours[index], _closed_form_similarity(src[index], dst[index]), rtol=0, atol=1e-9)
+
+
 def test_similarity_transform_never_reflects() -> None:
     generator = torch.Generator().manual_seed(2)
     src = torch.rand(4, 5, 2, generator=generator) * 100
@@ -218,6 +243,31 @@ def test_integer_translation_moves_pixels_and_fills_outside() -> None:
     assert bool((warped[..., :2, :] == -1).all()) and bool((warped[..., :, :3] == -1).all())
     grey = warp_affine(image, shift, (10, 12), fill=MID_GREY)
     assert bool((grey[..., :2, :] == MID_GREY).all())
+
+
+# Measured on the development machine (x86-64 CPU), not reference values: the previous hand-written grid_sample
+# warp (align_corners=False, fill by shifting the image) on the 3×5 ramp below; kornia's warp_affine reproduces it
+# to 5e-6 (max |Δ| over 100 random warps).
+MEASURED_AFFINE = ((1.1, -0.4, 0.8), (0.3, 0.9, -0.6))
+MEASURED_WARP_4X6 = (
+    (-0.6713, -0.5598, -0.6371, -0.7143, -0.7070, -0.7623),
+    (0.1942, 0.1995, 0.1223, 0.0450, -0.0322, -0.1094),
+    (-0.6955, -0.2429, 0.2722, 0.8044, 0.7272, 0.0529),
+    (-1.0000, -1.0000, -1.0000, -0.9495, -0.4100, -0.6625),
+)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_warp_affine_keeps_the_measured_numbers(batch: int) -> None:
+    image = (torch.arange(15.0).reshape(1, 1, 3, 5) / 7 - 1).expand(batch, 2, 3, 5)  # B×2×3×5 in [-1, 1]
+    warped = warp_affine(image, torch.tensor(MEASURED_AFFINE), (4, 6))
+    expected = torch.tensor(MEASURED_WARP_4X6).expand(batch, 2, 4, 6)
+    torch.testing.assert_close(warped, expected, rtol=0, atol=1e-4)
+
+
+def test_warp_affine_rejects_a_singular_matrix() -> None:
+    with pytest.raises(ValueError, match="singular"):
+        warp_affine(torch.zeros(1, 3, 5, 5), torch.tensor([[1.0, 2.0, 0.0], [2.0, 4.0, 0.0]]), 5)
 
 
 def test_scaling_is_about_pixel_centres() -> None:

@@ -1,0 +1,292 @@
+"""The EG3D crop of a face: where to cut it (from five landmarks), its camera, and the resampling.
+
+Convention (the crop):
+    EG3D's FFHQ crops come from two steps (``NVlabs/eg3d`` ``dataset_preprocessing/ffhq/``):
+    ``align_multiprocess.py`` re-runs FFHQ's ``recreate_aligned_images`` (``NVlabs/ffhq-dataset``)
+    with a 1.8× larger quad at 1500², which levels the face: the quad's x axis is
+    ``eye_to_eye − rot90(eye_to_mouth)``. Then ``crop_images.py`` runs Deep3DFaceRecon's ``align_img``
+    (5 landmarks, ``POS`` orthographic fit to the mean face ``lm3d_std``, no rotation) at
+    ``target_size = 1024`` and ``rescale_factor`` px per decimetre of face, centre-crops 700² and
+    resizes to 512². ``crop_images_in_the_wild.py`` does the same on MTCNN landmarks, without the
+    levelling step, with ``rescale_factor = 300``; the FFHQ script reads it per image from
+    ``cropping_params.json``, but the focal length all FFHQ labels share (``2985.29 / 700`` in
+    ``preprocess_face_cameras.py``, i.e. 4.2647) is derived from 300 (``3dface2idr_mat.py``), so 300
+    is taken here. FFHQ's own quad (side ``2·max(2·|eye_to_eye|, 1.8·|eye_to_mouth|)``,
+    centred at ``eye_avg + 0.1·eye_to_mouth``) is *not* EG3D's crop: for the mean face EG3D's crop
+    is 7 % tighter (the FFHQ quad would span 550 px of it) and centred ~50 px lower (between the
+    eyes and the nose tip rather than just below the eyes).
+
+    Implemented here, as one similarity ``photo px → crop px``:
+
+    * rotation: the face's FFHQ quad x axis (above) is turned onto the template's (level within
+      0.08°) — the roll removal EG3D's training crops have (and its in-the-wild script lacks).
+      The axis averages the eye line and the normal of the eye–mouth line, so on a turned face,
+      whose mouth shifts sideways against the eyes, the eye line stays level to ~1° (yaw 0.3 rad);
+    * scale and shift: least squares (rotation fixed) of the five MTCNN landmarks onto the
+      canonical 3D landmarks of :mod:`hfgi3d.pose` *projected by the face's own camera*: first
+      the frontal camera, then the camera estimated from that crop. This is the role ``POS``
+      plays in ``align_img`` (an orthographic 3D fit, so a turned face is not re-scaled by its
+      foreshortening), done with EG3D's perspective camera so that crop and camera agree: a
+      face shaped like the mean face lands exactly where its camera label projects it. For a
+      frontal face the template is eyes ``(186.6, 186.3)``, ``(324.0, 186.5)``, nose
+      ``(256.3, 261.0)``, mouth ``(199.2, 335.7)``, ``(311.0, 335.7)`` px at 512² (scales with
+      ``size``), ~1 % larger and ~5 px higher than ``align_img``'s (see
+      :func:`hfgi3d.pose.canonical_landmarks_world`);
+    * output ``size × size`` (default 512), pixel centres at integers as in :mod:`hfgi3d.faces`,
+      resampled by kornia's ``warp_affine``: bicubic when enlarging; when shrinking, the photo is
+      first resized with antialiasing to the crop's scale (FFHQ's "shrink" step), then read
+      bilinearly;
+    * outside the photo: the photo mirrored about its outer pixel edges (``-0.5`` and ``W − 0.5``),
+      blended towards a blurred copy (σ = 2 % of the crop)
+      and, farther out, towards the median colour of the crop's in-photo pixels — FFHQ's padding
+      recipe (ramp 30 % of the crop, blur also 10 % inside the border), not bit-exact.
+
+    Only the pose comes from the aligned crop (:class:`hfgi3d.pose.PnPPoseEstimator`, or any
+    :class:`hfgi3d.pose.PoseEstimator`); the camera is an orbit camera ``orbit_c25(yaw, pitch)``,
+    which has no roll. Seen from an orbit camera that is turned *and* raised or lowered, an upright
+    head's eye line is not level (1.9° at yaw 0.3, pitch 0.1 rad; 6.8° at yaw 0.5, pitch 0.25), so
+    a levelled crop of such a face disagrees with its camera by that in-plane rotation (the pose
+    fit ignores it: roll is one of its nuisances). EG3D's own labels carry that roll; ours cannot.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from kornia.filters import gaussian_blur2d
+from kornia.geometry.transform import warp_affine
+from torch import Tensor
+
+from hfgi3d.cameras import frontal_c25
+from hfgi3d.faces import LEFT_EYE, MOUTH_LEFT, MOUTH_RIGHT, NUM_LANDMARKS, RIGHT_EYE
+from hfgi3d.pose import PnPPoseEstimator, PoseEstimator, canonical_landmarks_px
+
+DEFAULT_SIZE = 512
+"""Side of the crops, pixels: EG3D's FFHQ models are 512²."""
+POSE_ITERATIONS = 1
+"""Crop re-fits to the template seen from the estimated camera (one is enough: the PnP is invariant to the
+crop's scale, shift and roll, so its estimate does not change when the crop is re-fitted)."""
+BORDER_BLUR_SIGMA = 0.02  # × size: FFHQ blurs the padding with σ = 0.02 · quad size
+BORDER_RAMP = 0.3  # × size: FFHQ's padding width; fully median-coloured this far outside the photo
+_BLUR_INSIDE_RATIO = 3.0  # the blur ramp starts BORDER_RAMP / 3 inside the photo, as FFHQ's ``mask * 3 + 1``
+_MAX_8BIT = 255.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Crop geometry (pure functions on landmarks)
+
+
+def ffhq_roll_rad(landmarks_px: Tensor) -> Tensor:
+    """Angle of FFHQ's crop x axis in the photo, radians (``N×5×2`` landmarks → ``N``).
+
+    Convention:
+        FFHQ's ``recreate_aligned_images`` uses ``x = eye_to_eye − rot90(eye_to_mouth)``: the mean
+        of the eye line and the normal of the eye–mouth line, so neither a squint nor a crooked
+        mouth alone sets the roll. Angles are measured in image coordinates (``y`` down), so a
+        positive angle is a clockwise roll on screen; the crop rotates by its negative.
+    """
+    eye_left, eye_right = landmarks_px[:, LEFT_EYE], landmarks_px[:, RIGHT_EYE]  # N×2 each
+    eye_to_eye = eye_right - eye_left
+    eye_to_mouth = (landmarks_px[:, MOUTH_LEFT] + landmarks_px[:, MOUTH_RIGHT] - eye_left - eye_right) / 2
+    # (dx, dy) ↦ (dy, −dx) turns the downward eye-to-mouth vector into the face's rightward axis.
+    axis = eye_to_eye + torch.stack([eye_to_mouth[:, 1], -eye_to_mouth[:, 0]], dim=-1)  # N×2
+    return torch.atan2(axis[:, 1], axis[:, 0])
+
+
+def fit_crop_matrix(landmarks_px: Tensor, template_px: Tensor, roll_rad: Tensor) -> Tensor:
+    """``N×2×3`` maps ``photo px → crop px``: rotate by ``−roll``, then the least-squares scale and shift.
+
+    Args:
+        landmarks_px: ``N×K×2`` points in the photo.
+        template_px: ``N×K×2`` (or ``K×2``) target points in the crop.
+        roll_rad: ``N`` roll of each face (:func:`ffhq_roll_rad`).
+    """
+    cos, sin = torch.cos(roll_rad), torch.sin(roll_rad)  # N each
+    rotation = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)  # N×2×2, by −roll
+    rotated = landmarks_px @ rotation.transpose(1, 2)  # N×K×2
+    template = template_px.to(rotated).expand_as(rotated)
+    rotated_mean, template_mean = rotated.mean(dim=1), template.mean(dim=1)  # N×2
+    rotated_c, template_c = rotated - rotated_mean[:, None], template - template_mean[:, None]
+    scale = (rotated_c * template_c).sum(dim=(1, 2)) / rotated_c.square().sum(dim=(1, 2))  # N
+    translation = template_mean - scale[:, None] * rotated_mean  # N×2
+    return torch.cat([scale[:, None, None] * rotation, translation[..., None]], dim=-1)
+
+
+def transform_points(matrix: Tensor, points: Tensor) -> Tensor:
+    """Apply ``N×2×3`` affine maps to ``N×K×2`` points."""
+    return points @ matrix[:, :, :2].transpose(1, 2) + matrix[:, None, :, 2]
+
+
+class CropTransform(NamedTuple):
+    """Where a face's crop is cut and the camera that sees it."""
+
+    matrix: Tensor
+    """``N×2×3`` photo px → crop px."""
+    c25: Tensor
+    """``N×25`` camera labels of the crops."""
+    landmarks_px: Tensor
+    """``N×5×2`` landmarks in the crop."""
+
+
+def crop_transform(landmarks_px: Tensor, size: int, estimator: PoseEstimator) -> CropTransform:
+    """The EG3D crop (module docstring) and camera of ``N×5×2`` photo landmarks, for ``size × size`` crops."""
+    if landmarks_px.ndim != 3 or landmarks_px.shape[1:] != (NUM_LANDMARKS, 2):
+        raise ValueError(f"expected N×{NUM_LANDMARKS}×2 landmarks, got shape {tuple(landmarks_px.shape)}")
+    landmarks = landmarks_px.to(torch.float64)
+    template = canonical_landmarks_px(frontal_c25().to(torch.float64), size)  # 1×5×2
+    # FFHQ's axis of the template itself is 0.08° off horizontal (the mean face is not quite symmetric):
+    # turning the face's axis onto the template's lets a face shaped like the template land exactly on it.
+    roll = ffhq_roll_rad(landmarks) - ffhq_roll_rad(template)  # N
+    matrix = fit_crop_matrix(landmarks, template, roll)
+    for _ in range(POSE_ITERATIONS):
+        c25 = estimator(transform_points(matrix, landmarks), size)
+        matrix = fit_crop_matrix(landmarks, canonical_landmarks_px(c25.to(torch.float64), size), roll)
+    aligned = transform_points(matrix, landmarks)
+    return CropTransform(matrix, estimator(aligned, size), aligned)
+
+
+# ----------------------------------------------------------------------------------------------
+# Resampling
+
+
+class Crop(NamedTuple):
+    """A resampled crop."""
+
+    pixels: np.ndarray
+    """``size×size×3`` uint8 RGB."""
+    magnification: float
+    """Crop pixels per photo pixel."""
+    padded_fraction: float
+    """Fraction of crop pixels outside the photo."""
+
+
+def warp_photo(pixels: np.ndarray, matrix: Tensor, size: int) -> Crop:
+    """Cut the crop ``matrix`` (``2×3``, photo px → crop px) out of an ``H×W×3`` uint8 photo.
+
+    Convention:
+        Pixel centres at integers in both images (:func:`hfgi3d.faces.warp_affine`). Only the part
+        of the photo the crop needs is converted to float; it is first shrunk with antialiasing when
+        the crop is smaller than the photo, then resampled by
+        :func:`kornia.geometry.transform.warp_affine` (``align_corners=False``, kornia ≥ 0.9),
+        bicubic when the crop is larger than the photo, bilinear otherwise. Beyond the photo it
+        reads the photo mirrored about its outer pixel edges (``"reflection"`` padding), softened
+        as FFHQ does (module docstring).
+    """
+    height, width = pixels.shape[:2]
+    photo_to_crop = torch.cat([matrix.to(torch.float64), torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)])
+    magnification = math.sqrt(abs(float(torch.linalg.det(photo_to_crop[:2, :2]))))
+    crop_to_photo = torch.linalg.inv(photo_to_crop)  # 3×3
+    rows, cols = torch.meshgrid(
+        torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64), indexing="ij"
+    )
+    crop_pts = torch.stack([cols, rows], dim=-1).reshape(-1, 2)  # (S·S)×2, crop pixel centres
+    photo_pts = crop_pts @ crop_to_photo[:2, :2].T + crop_to_photo[:2, 2]  # (S·S)×2, where each reads the photo
+    x0, x1 = _needed_range(photo_pts[:, 0], width)
+    y0, y1 = _needed_range(photo_pts[:, 1], height)
+    region = torch.from_numpy(np.ascontiguousarray(pixels[y0:y1, x0:x1])).permute(2, 0, 1)[None].float()  # 1×3×h×w
+    region_to_photo = _scale_shift(1.0, 1.0, x0, y0)  # 3×3
+    region_h, region_w = region.shape[-2:]
+    if magnification < 1.0:  # shrink first: bilinear reads of a larger image alias
+        small_h, small_w = max(1, round(region_h * magnification)), max(1, round(region_w * magnification))
+        region = F.interpolate(region, size=(small_h, small_w), mode="bilinear", antialias=True, align_corners=False)
+        # The shrunk pixel centre s lies at (s + 0.5)·step − 0.5 in the unshrunk region (pixel edges coincide).
+        step_x, step_y = region_w / small_w, region_h / small_h
+        region_to_photo = region_to_photo @ _scale_shift(step_x, step_y, step_x / 2 - 0.5, step_y / 2 - 0.5)
+    region_to_crop = (photo_to_crop @ region_to_photo)[None, :2]  # 1×2×3
+    mode = "bicubic" if magnification > 1.0 else "bilinear"
+    # Sampled in float64 (the region is at most about the crop's size here), so that the grid's round-off
+    # does not decide how a value rounds to 8 bits.
+    crop = warp_affine(
+        region.double(), region_to_crop, (size, size), mode=mode, padding_mode="reflection", align_corners=False
+    ).float()  # 1×3×S×S
+    # Signed distance to the photo's border (positive outside), in crop pixels.
+    outside_x = torch.maximum(-0.5 - photo_pts[:, 0], photo_pts[:, 0] - (width - 0.5))
+    outside_y = torch.maximum(-0.5 - photo_pts[:, 1], photo_pts[:, 1] - (height - 0.5))
+    distance = (torch.maximum(outside_x, outside_y) * magnification).reshape(1, 1, size, size).float()
+    padded = distance > 0
+    if bool(padded.any()):
+        crop = _soften_border(crop, distance, size)
+    out = crop[0].clamp(0, _MAX_8BIT).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return Crop(np.ascontiguousarray(out), magnification, float(padded.float().mean()))
+
+
+def _scale_shift(scale_x: float, scale_y: float, shift_x: float, shift_y: float) -> Tensor:
+    """``3×3`` map ``(x, y) ↦ (scale_x·x + shift_x, scale_y·y + shift_y)``, float64."""
+    return torch.tensor([[scale_x, 0.0, shift_x], [0.0, scale_y, shift_y], [0.0, 0.0, 1.0]], dtype=torch.float64)
+
+
+def _needed_range(coords: Tensor, length: int) -> tuple[int, int]:
+    """Pixel index range ``[lo, hi)`` that sampling at ``coords`` reads, reflections at the border included."""
+    low, high = float(coords.min()), float(coords.max())
+    overshoot_low = max(0.0, -0.5 - low)  # reflected back into the photo from its start ...
+    overshoot_high = max(0.0, high - (length - 0.5))  # ... and from its end
+    lo = math.floor(min(low, length - 0.5 - overshoot_high)) - 2  # 2 px: the bicubic kernel's reach
+    hi = math.ceil(max(high, -0.5 + overshoot_low)) + 3
+    lo = min(max(0, lo), length - 1)
+    return lo, max(min(length, hi), lo + 1)
+
+
+def _soften_border(crop: Tensor, distance: Tensor, size: int) -> Tensor:
+    """FFHQ-like padding: blur near and beyond the photo's border, fade to the median colour far outside."""
+    sigma = BORDER_BLUR_SIGMA * size
+    kernel = 2 * math.ceil(3 * sigma) + 1
+    blurred = gaussian_blur2d(crop, (kernel, kernel), (sigma, sigma), border_type="reflect")
+    ramp = BORDER_RAMP * size
+    blur_weight = (1 + _BLUR_INSIDE_RATIO * distance / ramp).clamp(0, 1)  # 1×1×S×S
+    softened = crop + (blurred - crop) * blur_weight
+    inside = (distance <= 0).expand_as(crop)
+    colours = crop[inside].reshape(3, -1) if bool(inside.any()) else crop.reshape(3, -1)
+    median = colours.median(dim=1).values.reshape(1, 3, 1, 1)
+    fill_weight = (distance / ramp).clamp(0, 1)
+    return softened + (median - softened) * fill_weight
+
+
+# ----------------------------------------------------------------------------------------------
+# One face
+
+
+class AlignedFace(NamedTuple):
+    """An EG3D-aligned crop and its camera."""
+
+    pixels: np.ndarray
+    """``size×size×3`` uint8 RGB."""
+    c25: Tensor
+    """``1×25`` camera label."""
+    landmarks_px: Tensor
+    """``5×2`` landmarks in the crop."""
+    matrix: Tensor
+    """``2×3`` photo px → crop px."""
+    residual_px: float
+    magnification: float
+    padded_fraction: float
+
+
+def align_face(
+    pixels: np.ndarray, landmarks_px: Tensor, size: int = DEFAULT_SIZE, estimator: PoseEstimator | None = None
+) -> AlignedFace:
+    """Crop one face of an ``H×W×3`` uint8 photo given its ``5×2`` landmarks (photo pixels), and pose it.
+
+    Args:
+        pixels: the photo.
+        landmarks_px: MTCNN's five points, order of :data:`hfgi3d.faces.LANDMARK_NAMES`.
+        size: crop side, pixels.
+        estimator: pose from crop landmarks (default :class:`hfgi3d.pose.PnPPoseEstimator`).
+    """
+    estimator = PnPPoseEstimator() if estimator is None else estimator
+    transform = crop_transform(landmarks_px[None], size, estimator)
+    crop = warp_photo(pixels, transform.matrix[0], size)
+    expected = canonical_landmarks_px(transform.c25.to(torch.float64), size)  # 1×5×2
+    residual = float((transform.landmarks_px - expected).square().sum(-1).mean().sqrt())
+    return AlignedFace(
+        pixels=crop.pixels,
+        c25=transform.c25.float(),
+        landmarks_px=transform.landmarks_px[0].float(),
+        matrix=transform.matrix[0].float(),
+        residual_px=residual,
+        magnification=crop.magnification,
+        padded_fraction=crop.padded_fraction,
+    )

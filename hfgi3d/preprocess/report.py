@@ -1,0 +1,203 @@
+"""What a preprocessing run chose and did: options, per-photo outcomes, ``dataset.json`` and the summary.
+
+:class:`PreprocessOptions` holds what the user picks on the command line; a run's
+:class:`PreprocessReport` lists each photo as a :class:`ProcessedImage` (with its pose and quality
+figures) or a :class:`SkippedImage` (with a :data:`SkipCode` and the message of the
+:class:`PreprocessError` that stopped it) and is written as ``preprocess_report.json``. The crops'
+cameras go to EG3D's ``dataset.json`` (``{"labels": [[name, c25], ...]}``, read by
+:func:`hfgi3d.data.inputs.load_camera`), merged with the labels an earlier run left there. Files are
+written atomically (:mod:`hfgi3d.io`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from hfgi3d.io import write_json_atomic
+from hfgi3d.preprocess.crop import DEFAULT_SIZE, AlignedFace
+
+DATASET_JSON = "dataset.json"
+REPORT_JSON = "preprocess_report.json"
+MIN_SIZE = 64
+"""Smallest crop side accepted (pixels)."""
+DEFAULT_MIN_FACE_PX = 64
+"""Faces whose MTCNN box is smaller (shorter side, photo pixels) are ignored: the 512² crop would enlarge
+them ~8× and EG3D would invert blur. Lower it with ``--min-face-px`` for small faces."""
+WARN_MAGNIFICATION = 2.0
+"""The report warns when the crop enlarges the photo more than this (a blurry input)."""
+WARN_PADDED_FRACTION = 0.2
+"""The report warns when more than this fraction of the crop lies outside the photo."""
+WARN_YAW_RAD = 0.8
+WARN_PITCH_RAD = 0.5
+WARN_RESIDUAL = 0.05
+"""× size: the report warns when the landmarks miss the posed mean face by more (RMS): a broad smile reaches
+~0.03 (the astronaut photo: 16 px at 512²); beyond are grimaces, occlusions and false detections."""
+_JSON_INDENT = 1
+
+SkipCode = Literal[
+    "not_an_image",  # PIL cannot identify the file, or a folder entry without an image extension
+    "unreadable",  # corrupt or truncated image data
+    "too_small",  # photo smaller than MIN_PHOTO_SIDE_PX
+    "no_face",  # no detection above MIN_FACE_SCORE
+    "face_too_small",  # faces found, all below min_face_px
+    "several_faces",  # more than one face with --single-face
+    "face_index",  # --face-index beyond the faces found
+    "exists",  # OUT/<stem>.png exists and overwrite is off
+    "name_clash",  # another input of the batch has the same stem, or the crop would replace the input
+    "internal_error",  # an unexpected exception (a bug): the batch goes on
+]
+
+
+class PreprocessError(ValueError):
+    """A photo cannot be processed; :attr:`code` says why in one word, the message names the file and the fix."""
+
+    def __init__(self, code: SkipCode, message: str) -> None:
+        super().__init__(message)
+        self.code: SkipCode = code
+        self.notes: tuple[str, ...] = ()
+        """What was done to the photo before the error (conversions), for the report."""
+
+
+@dataclass(frozen=True)
+class PreprocessOptions:
+    """What ``python -m hfgi3d preprocess`` lets the user choose.
+
+    ``face_index``, ``single_face`` and ``min_face_px``: :mod:`hfgi3d.preprocess.choice`; ``size``:
+    :mod:`hfgi3d.preprocess.crop`; ``overwrite``: :mod:`hfgi3d.preprocess`.
+    """
+
+    size: int = DEFAULT_SIZE
+    face_index: int = 0
+    single_face: bool = False
+    overwrite: bool = False
+    min_face_px: int = DEFAULT_MIN_FACE_PX
+
+    def __post_init__(self) -> None:
+        if self.size < MIN_SIZE:
+            raise ValueError(f"--size must be at least {MIN_SIZE} px, got {self.size}")
+        if self.face_index < 0:
+            raise ValueError(f"--face-index counts from 0 (the most confident face), got {self.face_index}")
+        if self.min_face_px < 1:
+            raise ValueError(f"--min-face-px must be positive, got {self.min_face_px}")
+
+
+@dataclass(frozen=True)
+class ProcessedImage:
+    """One photo that produced a crop (an entry of ``preprocess_report.json``)."""
+
+    input: str
+    output: str
+    face_index: int
+    num_faces: int
+    face_score: float
+    yaw_rad: float
+    pitch_rad: float
+    residual_px: float
+    """RMS distance between the crop's landmarks and the mean face seen from the estimated camera."""
+    magnification: float
+    """Crop pixels per photo pixel."""
+    padded_fraction: float
+    """Fraction of the crop outside the photo (filled)."""
+    notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SkippedImage:
+    """One photo that produced nothing, and why."""
+
+    input: str
+    code: SkipCode
+    reason: str
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PreprocessReport:
+    """What :func:`hfgi3d.preprocess.preprocess` did; :meth:`to_json` is ``preprocess_report.json``."""
+
+    input: str
+    output_dir: str
+    options: PreprocessOptions
+    processed: tuple[ProcessedImage, ...] = ()
+    skipped: tuple[SkippedImage, ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "input": self.input,
+            "output_dir": self.output_dir,
+            "options": asdict(self.options),
+            "num_processed": len(self.processed),
+            "num_skipped": len(self.skipped),
+            "processed": [asdict(entry) for entry in self.processed],
+            "skipped": [asdict(entry) for entry in self.skipped],
+        }
+
+
+def read_labels(path: Path) -> dict[str, list[float]]:
+    """Labels of an existing ``dataset.json``, keyed by file name (``{}`` if there is none)."""
+    if not path.exists():
+        return {}
+    try:
+        content = json.loads(path.read_text())
+        return {str(name): list(label) for name, label in content["labels"]}
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as error:
+        raise ValueError(
+            f"{path} exists but is not an EG3D dataset.json ({error}): move it away or pick another output folder"
+        ) from error
+
+
+def write_labels(path: Path, labels: dict[str, list[float]]) -> None:
+    """Write EG3D's ``dataset.json``, labels sorted by file name."""
+    write_json_atomic(path, {"labels": [[name, labels[name]] for name in sorted(labels)]}, indent=_JSON_INDENT)
+
+
+def write_report(path: Path, report: PreprocessReport) -> None:
+    write_json_atomic(path, report.to_json(), indent=_JSON_INDENT)
+
+
+def quality_warnings(face: AlignedFace, yaw: float, pitch: float, size: int) -> list[str]:
+    """What the report should warn about a crop and its pose (thresholds: the ``WARN_*`` constants)."""
+    warnings = []
+    if face.magnification > WARN_MAGNIFICATION:
+        warnings.append(f"the crop enlarges the photo {face.magnification:.1f}×: expect a blurry input")
+    if face.padded_fraction > WARN_PADDED_FRACTION:
+        warnings.append(
+            f"{face.padded_fraction:.0%} of the crop lies outside the photo (filled by reflection and blur)"
+        )
+    if abs(yaw) > WARN_YAW_RAD or abs(pitch) > WARN_PITCH_RAD:
+        warnings.append(
+            f"extreme pose (yaw {yaw:+.2f}, pitch {pitch:+.2f} rad): five landmarks are unreliable here; "
+            "pass the camera yourself if you know it"
+        )
+    if face.residual_px > WARN_RESIDUAL * size:
+        warnings.append(
+            f"the landmarks fit the posed mean face poorly ({face.residual_px:.1f} px RMS): unusual expression, "
+            "occlusion or a false detection — check the crop"
+        )
+    return warnings
+
+
+def format_summary(report: PreprocessReport) -> str:
+    """A human-readable account of a run: counts, then every skipped photo with its reason, notes, warnings."""
+    total = len(report.processed) + len(report.skipped)
+    lines = [
+        f"preprocess: {len(report.processed)} of {total} photo(s) aligned into {report.output_dir} "
+        f"({DATASET_JSON}, {REPORT_JSON})"
+    ]
+    if report.skipped:
+        lines.append(f"skipped {len(report.skipped)}:")
+        lines += [f"  {Path(entry.input).name} [{entry.code}]: {entry.reason}" for entry in report.skipped]
+    entries: list[ProcessedImage | SkippedImage] = [*report.processed, *report.skipped]
+    notes = [(entry.input, note) for entry in entries for note in entry.notes]
+    warnings = [(entry.input, warning) for entry in report.processed for warning in entry.warnings]
+    lines += _titled("notes", notes) + _titled("warnings", warnings)
+    return "\n".join(lines)
+
+
+def _titled(title: str, items: Sequence[tuple[str, str]]) -> list[str]:
+    return [f"{title}:", *(f"  {Path(name).name}: {text}" for name, text in items)] if items else []
