@@ -2,7 +2,7 @@
 
 Convention:
     Everything is in world units (see :mod:`hfgi3d.cameras`: y-up, head near the origin).
-    The grid covers the cube ``[-box_size/2, box_size/2]³`` (by default the tri-plane box,
+    The grid covers the cube ``[-box_size/2, box_size/2]³`` (for a generator the tri-plane box,
     ``box_size = box_warp``) with ``D³`` voxels of edge ``box_size / D``; sample
     ``[i, j, k]`` is the density logit at the voxel *centre*
     ``(x_i, y_j, z_k) = -box_size/2 + (index + 0.5) · box_size / D``, i.e. the first index
@@ -10,26 +10,34 @@ Convention:
     the rendered density is ``softplus(sigma - 1)``.
     Mesh faces are counter-clockwise seen from outside, so ``(v1 - v0) × (v2 - v0)`` points
     away from the dense interior. Vertex colours are the decoder's first three feature
-    channels (``[0, 1]``) at the vertices, stored as ``uint8``.
+    channels (``[0, 1]``) at the vertices, stored as sRGB ``uint8``; the GLB holds them linear,
+    as glTF requires.
+
+PLY and GLB are written by trimesh (numpy is its only dependency): maintained exporters whose files
+viewers are known to read, instead of about 100 lines of hand-written binary layout here.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import trimesh
 from skimage.measure import marching_cubes
 from torch import Tensor
 from tqdm.auto import tqdm
+from trimesh.exchange.gltf import export_glb
+from trimesh.exchange.ply import export_ply
+from trimesh.visual import TextureVisuals
+from trimesh.visual.color import srgb_to_linear, to_rgba
+from trimesh.visual.material import PBRMaterial
 
 from hfgi3d.generator.renderer import query_planes
+from hfgi3d.io import write_bytes_atomic
 
 if TYPE_CHECKING:
     from hfgi3d.generator.triplane import TriPlaneGenerator
@@ -112,32 +120,6 @@ def sample_grid(field_fn: FieldFn, grid: VoxelGrid, chunk: int = 2**18, device: 
     return sigma.view(grid.resolution, grid.resolution, grid.resolution)
 
 
-def density_grid(
-    generator: TriPlaneGenerator,
-    ws: Tensor,
-    resolution: int = 128,
-    box_size: float | None = None,
-    chunk: int = 2**18,
-    noise_mode: str = "const",
-) -> tuple[Tensor, VoxelGrid]:
-    """The generator's density logits ``sigma`` on a ``resolution³`` grid of voxel centres.
-
-    Args:
-        generator: an EG3D generator.
-        ws: ``1×num_ws×w_dim`` latent.
-        resolution: voxels per axis ``D``.
-        box_size: edge of the sampled cube (world units); the tri-plane box ``box_warp`` by default.
-        chunk: points per decoder call.
-        noise_mode: noise of the synthesis network.
-
-    Returns:
-        ``(sigma D×D×D float32 on the CPU, grid)``; ``sigma[i, j, k]`` is the logit at the
-        centre ``(x_i, y_j, z_k)`` of voxel ``[i, j, k]`` (see the module docstring).
-    """
-    grid = VoxelGrid(generator.config.rendering.box_warp if box_size is None else box_size, resolution)
-    return sample_grid(generator_field(generator, ws, noise_mode), grid, chunk, ws.device), grid
-
-
 @torch.no_grad()
 def mesh_from_grid(
     sigma: Tensor,
@@ -190,192 +172,27 @@ def mesh_from_grid(
     return Mesh(vertices_world, faces, colors)
 
 
-def mesh_from_field(
-    field_fn: FieldFn,
-    box_size: float,
-    resolution: int = 128,
-    level: float = EG3D_SIGMA_LEVEL,
-    close_boundary: bool = True,
-    chunk: int = 2**18,
-    device: torch.device | None = None,
-) -> Mesh:
-    """Sample ``field_fn`` on a ``resolution³`` grid over ``[-box_size/2, box_size/2]³`` and mesh it."""
-    grid = VoxelGrid(box_size, resolution)
-    sigma = sample_grid(field_fn, grid, chunk, device)
-    return mesh_from_grid(sigma, grid, level, field_fn, close_boundary, chunk, device)
-
-
-def extract_mesh(
-    generator: TriPlaneGenerator,
-    ws: Tensor,
-    resolution: int = 128,
-    level: float = EG3D_SIGMA_LEVEL,
-    box_size: float | None = None,
-    close_boundary: bool = True,
-    chunk: int = 2**18,
-    noise_mode: str = "const",
-) -> Mesh:
-    """Coloured mesh of the ``{sigma = level}`` surface of one latent ``ws`` (``1×num_ws×w_dim``).
-
-    See :func:`density_grid` for the grid and :func:`mesh_from_grid` for the arguments;
-    ``level`` defaults to EG3D's 10 on the density logit.
-    """
-    field = generator_field(generator, ws, noise_mode)
-    grid = VoxelGrid(generator.config.rendering.box_warp if box_size is None else box_size, resolution)
-    sigma = sample_grid(field, grid, chunk, ws.device)
-    return mesh_from_grid(sigma, grid, level, field, close_boundary, chunk, ws.device)
-
-
-_PLY_TYPES = {
-    "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1",
-    "short": "i2", "int16": "i2", "ushort": "u2", "uint16": "u2",
-    "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
-    "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
-}  # fmt: skip
-
-
 def write_ply(mesh: Mesh, path: str | os.PathLike[str]) -> None:
-    """Write a binary little-endian PLY (x, y, z float; red, green, blue uchar; int face lists) atomically."""
-    path = Path(path)
-    n_vertices, n_faces = len(mesh.vertices_world), len(mesh.faces)
-    header = (
-        "ply\nformat binary_little_endian 1.0\ncomment hfgi3d mesh, world units, y-up\n"
-        f"element vertex {n_vertices}\nproperty float x\nproperty float y\nproperty float z\n"
-        "property uchar red\nproperty uchar green\nproperty uchar blue\n"
-        f"element face {n_faces}\nproperty list uchar int vertex_indices\nend_header\n"
+    """Write a binary little-endian PLY atomically: x, y, z float; red, green, blue (sRGB), alpha (255) uchar."""
+    # process=False here and below: vertices and faces stay exactly as given (no merging or repair)
+    shape = trimesh.Trimesh(
+        mesh.vertices_world, mesh.faces, vertex_colors=mesh.vertex_colors, process=False, validate=False
     )
-    vertices = np.empty(n_vertices, dtype=[("xyz", "<f4", (3,)), ("rgb", "u1", (3,))])
-    vertices["xyz"] = mesh.vertices_world
-    vertices["rgb"] = mesh.vertex_colors
-    faces = np.empty(n_faces, dtype=[("count", "u1"), ("indices", "<i4", (3,))])
-    faces["count"] = 3
-    faces["indices"] = mesh.faces
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(header.encode("ascii"))
-            f.write(vertices.tobytes())
-            f.write(faces.tobytes())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-_GLB_MAGIC = 0x46546C67  # "glTF"
-_GLB_VERSION = 2
-_GLB_CHUNK_JSON = 0x4E4F534A  # "JSON"
-_GLB_CHUNK_BIN = 0x004E4942  # "BIN\0"
-_GL_FLOAT, _GL_UNSIGNED_INT = 5126, 5125
-_GL_ARRAY_BUFFER, _GL_ELEMENT_ARRAY_BUFFER = 34962, 34963
-_GL_TRIANGLES = 4
-_SRGB_KNEE, _SRGB_LINEAR_SLOPE, _SRGB_OFFSET, _SRGB_GAMMA = 0.04045, 12.92, 0.055, 2.4
-
-
-def _srgb_to_linear(colors_uint8: np.ndarray) -> np.ndarray:
-    """sRGB-encoded ``uint8`` colours → linear ``float32`` in ``[0, 1]`` (glTF's ``COLOR_0`` is linear)."""
-    c = colors_uint8.astype(np.float32) / 255
-    curve = ((c + _SRGB_OFFSET) / (1 + _SRGB_OFFSET)) ** _SRGB_GAMMA
-    return np.where(c <= _SRGB_KNEE, c / _SRGB_LINEAR_SLOPE, curve).astype(np.float32)
-
-
-def _pad4(data: bytes, fill: bytes) -> bytes:
-    return data + fill * (-len(data) % 4)
+    write_bytes_atomic(path, export_ply(shape, encoding="binary"))
 
 
 def write_glb(mesh: Mesh, path: str | os.PathLike[str]) -> None:
     """Write a binary glTF 2.0 (``.glb``) triangle mesh with vertex colours, atomically.
 
-    One buffer holds ``POSITION`` (float32 VEC3, world units, y-up as glTF expects),
-    ``COLOR_0`` (float32 VEC3, linear; the mesh's sRGB colours are decoded) and ``uint32``
-    indices; faces stay counter-clockwise from outside (glTF's front faces). Browsers,
-    Blender and W&B's ``Object3D`` viewer open it.
+    ``POSITION`` is float32 (world units, y-up as glTF expects), faces stay counter-clockwise
+    from outside (glTF's front faces). ``COLOR_0`` is normalised ``uint8`` RGBA and, as glTF
+    requires, linear: the sRGB colours are decoded first (trimesh stores the bytes it is given),
+    which merges the darkest sRGB levels (0-6 → 0). The material is matte (metallic 0, roughness
+    1): glTF's default one is fully metallic, which three.js viewers such as W&B's ``Object3D``
+    render almost black whatever the vertex colours.
     """
-    path = Path(path)
-    positions = np.ascontiguousarray(mesh.vertices_world, dtype="<f4")
-    colors = np.ascontiguousarray(_srgb_to_linear(mesh.vertex_colors), dtype="<f4")
-    indices = np.ascontiguousarray(mesh.faces, dtype="<u4")
-    blobs = [positions.tobytes(), colors.tobytes(), indices.tobytes()]
-    offsets = np.cumsum([0] + [len(blob) for blob in blobs])
-    targets = (_GL_ARRAY_BUFFER, _GL_ARRAY_BUFFER, _GL_ELEMENT_ARRAY_BUFFER)
-    views = [
-        {"buffer": 0, "byteOffset": int(offset), "byteLength": len(blob), "target": target}
-        for offset, blob, target in zip(offsets, blobs, targets, strict=False)
-    ]
-    has_vertices = len(positions) > 0
-    accessors = [
-        {
-            "bufferView": 0,
-            "componentType": _GL_FLOAT,
-            "count": len(positions),
-            "type": "VEC3",
-            "min": positions.min(0).tolist() if has_vertices else [0.0] * 3,
-            "max": positions.max(0).tolist() if has_vertices else [0.0] * 3,
-        },
-        {"bufferView": 1, "componentType": _GL_FLOAT, "count": len(colors), "type": "VEC3"},
-        {"bufferView": 2, "componentType": _GL_UNSIGNED_INT, "count": indices.size, "type": "SCALAR"},
-    ]
-    document = {
-        "asset": {"version": "2.0", "generator": "hfgi3d"},
-        "scene": 0,
-        "scenes": [{"nodes": [0]}],
-        "nodes": [{"mesh": 0}],
-        "meshes": [
-            {"primitives": [{"attributes": {"POSITION": 0, "COLOR_0": 1}, "indices": 2, "mode": _GL_TRIANGLES}]}
-        ],
-        "buffers": [{"byteLength": int(offsets[-1])}],
-        "bufferViews": views,
-        "accessors": accessors,
-    }
-    json_chunk = _pad4(json.dumps(document, separators=(",", ":")).encode("utf-8"), b" ")
-    bin_chunk = _pad4(b"".join(blobs), b"\0")
-    total = 12 + 8 + len(json_chunk) + 8 + len(bin_chunk)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(struct.pack("<III", _GLB_MAGIC, _GLB_VERSION, total))
-            f.write(struct.pack("<II", len(json_chunk), _GLB_CHUNK_JSON) + json_chunk)
-            f.write(struct.pack("<II", len(bin_chunk), _GLB_CHUNK_BIN) + bin_chunk)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def read_ply(path: str | os.PathLike[str]) -> Mesh:
-    """Read a binary little-endian triangle PLY with float/double ``x, y, z`` and optional uchar colours."""
-    data = Path(path).read_bytes()
-    end = data.find(b"end_header\n")
-    if not data.startswith(b"ply\n") or end < 0:
-        raise ValueError(f"{path} is not a PLY file (no 'ply' magic or 'end_header' line)")
-    lines = [line.split() for line in data[:end].decode("ascii").splitlines()[1:]]
-    elements: list[tuple[str, int, list[list[str]]]] = []
-    for words in lines:
-        if words[:1] == ["format"] and words[1:] != ["binary_little_endian", "1.0"]:
-            raise ValueError(f"{path}: only 'format binary_little_endian 1.0' is supported, got {' '.join(words)}")
-        if words[:1] == ["element"]:
-            elements.append((words[1], int(words[2]), []))
-        elif words[:1] == ["property"]:
-            elements[-1][2].append(words[1:])
-    offset = end + len(b"end_header\n")
-    arrays: dict[str, np.ndarray] = {}
-    for name, count, properties in elements:
-        if properties and properties[0][0] == "list":
-            _, count_type, index_type, _ = properties[0]
-            dtype = np.dtype([("count", _PLY_TYPES[count_type]), ("indices", "<" + _PLY_TYPES[index_type], (3,))])
-        else:
-            dtype = np.dtype([(prop[1], "<" + _PLY_TYPES[prop[0]]) for prop in properties])
-        arrays[name] = np.frombuffer(data, dtype, count, offset)
-        offset += dtype.itemsize * count
-    vertices, faces = arrays["vertex"], arrays.get("face")
-    if faces is not None and np.any(faces["count"] != 3):
-        raise ValueError(f"{path}: only triangle faces are supported")
-    names = vertices.dtype.names or ()
-    colors = (
-        np.stack([vertices[c] for c in ("red", "green", "blue")], -1).astype(np.uint8)
-        if "red" in names
-        else np.full((len(vertices), 3), 128, dtype=np.uint8)
-    )
-    return Mesh(
-        np.stack([vertices[c] for c in "xyz"], -1).astype(np.float32),
-        np.zeros((0, 3), np.int64) if faces is None else faces["indices"].astype(np.int64),
-        colors,
-    )
+    linear = np.round(srgb_to_linear(mesh.vertex_colors) * 255).astype(np.uint8)  # V×3
+    visual = TextureVisuals(material=PBRMaterial(metallicFactor=0.0, roughnessFactor=1.0))
+    visual.vertex_attributes["color"] = to_rgba(linear)  # V×4, written as COLOR_0
+    shape = trimesh.Trimesh(mesh.vertices_world, mesh.faces, visual=visual, process=False, validate=False)
+    write_bytes_atomic(path, export_glb(trimesh.Scene(shape)))

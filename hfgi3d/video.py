@@ -2,8 +2,8 @@
 
 Convention:
     Frames and images are ``N×3×H×W`` tensors with values in ``[-1, 1]`` (the generator's
-    range); they are clamped and rounded to ``uint8``. Every file is written to a
-    temporary sibling and moved into place, so a reader never sees half a file.
+    range); they are clamped and rounded to ``uint8``. Every file is written atomically
+    (:func:`hfgi3d.io.atomic_path`), so a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import torch
 from torch import Tensor
 from torchvision.utils import make_grid
 
+from hfgi3d.io import atomic_path
+
 VIDEO_SUFFIXES = (".mp4", ".gif")
 
 
@@ -26,11 +28,6 @@ def to_uint8(images: Tensor) -> np.ndarray:
         raise ValueError(f"expected N×3×H×W images, got shape {tuple(images.shape)}")
     scaled = (images.detach().float().clamp(-1, 1) + 1) * 127.5
     return scaled.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
-def _tmp_sibling(path: Path) -> Path:
-    # the suffix stays last: ffmpeg and pillow pick the container from it
-    return path.with_name(f".{path.stem}.tmp{path.suffix}")
 
 
 def write_video(frames: Tensor, path: str | os.PathLike[str], fps: float = 30) -> None:
@@ -45,28 +42,19 @@ def write_video(frames: Tensor, path: str | os.PathLike[str], fps: float = 30) -
         raise ValueError(f"cannot write video {path}: no frames")
     if suffix == ".mp4" and (h % 2 or w % 2):
         raise ValueError(f"cannot write {path}: H.264 needs even frame sizes, got {h}×{w}; crop or pad the frames")
-    tmp = _tmp_sibling(path)
-    try:
+    with atomic_path(path) as temporary:  # keeps the suffix: ffmpeg and pillow pick the container from it
         if suffix == ".mp4":
             # macro_block_size=2: keep the exact size (yuv420p only needs it even)
             iio.imwrite(
-                tmp, pixels, plugin="FFMPEG", fps=fps, codec="libx264", pixelformat="yuv420p", quality=8,
+                temporary, pixels, plugin="FFMPEG", fps=fps, codec="libx264", pixelformat="yuv420p", quality=8,
                 macro_block_size=2,
             )  # fmt: skip
         else:
-            iio.imwrite(tmp, pixels, plugin="pillow", duration=1000 / fps, loop=0)  # duration in ms
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+            iio.imwrite(temporary, pixels, plugin="pillow", duration=1000 / fps, loop=0)  # duration in ms
 
 
 def save_image_grid(images: Tensor, path: str | os.PathLike[str], nrow: int = 8) -> None:
     """Tile ``N×3×H×W`` images in ``[-1, 1]`` into a grid of ``nrow`` per row and write it (format from suffix)."""
-    path = Path(path)
     grid = make_grid(images.detach().float().cpu(), nrow=nrow, padding=0)[None]  # 1×3×H'×W'
-    tmp = _tmp_sibling(path)
-    try:
-        iio.imwrite(tmp, to_uint8(grid)[0])
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as temporary:
+        iio.imwrite(temporary, to_uint8(grid)[0])

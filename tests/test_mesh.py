@@ -1,4 +1,4 @@
-"""Shape extraction on analytic fields and a tiny generator, PLY round trips and video files."""
+"""Shape extraction on analytic fields and a tiny generator, PLY and GLB round trips and video files."""
 
 from __future__ import annotations
 
@@ -13,17 +13,18 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 import torch
+import trimesh
 from torch import Tensor
 
 from hfgi3d.cameras import frontal_c25
 from hfgi3d.generator import TriPlaneGenerator, tiny_config
 from hfgi3d.mesh import (
+    FieldFn,
     Mesh,
     VoxelGrid,
-    density_grid,
-    extract_mesh,
-    mesh_from_field,
-    read_ply,
+    generator_field,
+    mesh_from_grid,
+    sample_grid,
     write_glb,
     write_ply,
 )
@@ -51,9 +52,17 @@ def _is_watertight(faces: np.ndarray) -> bool:
     return set(Counter(map(tuple, edges.tolist())).values()) == {2}
 
 
+def _mesh_from_field(
+    field: FieldFn, box_size: float, resolution: int, level: float, close_boundary: bool = True
+) -> Mesh:
+    """Sample ``field`` on a ``resolution³`` grid and mesh it, as the outputs callback does."""
+    grid = VoxelGrid(box_size, resolution)
+    return mesh_from_grid(sample_grid(field, grid), grid, level, field, close_boundary)
+
+
 @pytest.fixture(scope="module")
 def sphere() -> Mesh:
-    return mesh_from_field(_sphere_field, BOX_SIZE, RESOLUTION, level=0.0)
+    return _mesh_from_field(_sphere_field, BOX_SIZE, RESOLUTION, level=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +105,7 @@ def test_axis_order_of_an_ellipsoid() -> None:
     def field(points_world: Tensor) -> tuple[Tensor, Tensor]:
         return 1 - torch.linalg.vector_norm(points_world / semi_axes, dim=-1), torch.zeros_like(points_world)
 
-    mesh = mesh_from_field(field, BOX_SIZE, RESOLUTION, level=0.0)
+    mesh = _mesh_from_field(field, BOX_SIZE, RESOLUTION, level=0.0)
     extent = mesh.vertices_world.max(0)
     np.testing.assert_allclose(extent, semi_axes.numpy(), atol=VOXEL)
     np.testing.assert_array_equal(mesh.vertex_colors, 0)
@@ -108,7 +117,7 @@ def test_box_size_and_world_units_of_an_off_centre_sphere() -> None:
     def field(points_world: Tensor) -> tuple[Tensor, Tensor]:
         return 0.12 - torch.linalg.vector_norm(points_world - centre, dim=-1), torch.ones_like(points_world)
 
-    mesh = mesh_from_field(field, 0.8, 32, level=0.0)
+    mesh = _mesh_from_field(field, 0.8, 32, level=0.0)
     radii = np.linalg.norm(mesh.vertices_world - centre.numpy(), axis=1)
     np.testing.assert_allclose(radii, 0.12, atol=0.8 / 32 / 4)
     np.testing.assert_array_equal(mesh.vertex_colors, 255)
@@ -118,25 +127,25 @@ def test_shapes_cut_by_the_box_are_closed_only_on_request() -> None:
     def half_space(points_world: Tensor) -> tuple[Tensor, Tensor]:
         return 0.1 - points_world[:, 0], torch.zeros_like(points_world)  # dense where x < 0.1
 
-    closed = mesh_from_field(half_space, BOX_SIZE, 8, level=0.0)
+    closed = _mesh_from_field(half_space, BOX_SIZE, 8, level=0.0)
     assert _is_watertight(closed.faces)
     cap = closed.vertices_world[:, 0] < 0.1 - 1e-6
     assert np.abs(closed.vertices_world).max() <= BOX_SIZE / 2 + 1e-6
     np.testing.assert_allclose(np.abs(closed.vertices_world[cap]).max(1), BOX_SIZE / 2, atol=1e-6)  # on the box
-    opened = mesh_from_field(half_space, BOX_SIZE, 8, level=0.0, close_boundary=False)
+    opened = _mesh_from_field(half_space, BOX_SIZE, 8, level=0.0, close_boundary=False)
     np.testing.assert_allclose(opened.vertices_world[:, 0], 0.1, atol=1e-6)
     assert not _is_watertight(opened.faces)
 
 
 def test_level_outside_the_field_range_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match=r"no surface at level 10: sigma range \[-9\.\d+, 3\.\d+\]"):
-        mesh_from_field(_sphere_field, BOX_SIZE, 8, level=10.0)
+        _mesh_from_field(_sphere_field, BOX_SIZE, 8, level=10.0)
 
 
 def test_density_grid_samples_voxel_centres_in_xyz_order(generator: TriPlaneGenerator, ws: Tensor) -> None:
-    sigma, grid = density_grid(generator, ws, resolution=6, chunk=50)  # several chunks
+    grid = VoxelGrid(generator.config.rendering.box_warp, 6)
+    sigma = sample_grid(generator_field(generator, ws), grid, chunk=50)  # several chunks
     assert sigma.shape == (6, 6, 6) and sigma.dtype == torch.float32
-    assert grid == VoxelGrid(generator.config.rendering.box_warp, 6)
     centres = (torch.arange(6) + 0.5) / 6 - 0.5  # box_warp = 1
     ijk = torch.tensor([[0, 1, 5], [4, 2, 3], [5, 5, 0]])
     points = centres[ijk][None]  # 1×3×3
@@ -145,10 +154,11 @@ def test_density_grid_samples_voxel_centres_in_xyz_order(generator: TriPlaneGene
 
 
 def test_extract_mesh_from_a_random_generator(generator: TriPlaneGenerator, ws: Tensor) -> None:
-    resolution = 20
-    sigma, _ = density_grid(generator, ws, resolution)
+    field = generator_field(generator, ws)
+    grid = VoxelGrid(generator.config.rendering.box_warp, 20)
+    sigma = sample_grid(field, grid)
     level = float(sigma.median())
-    mesh = extract_mesh(generator, ws, resolution, level=level)
+    mesh = mesh_from_grid(sigma, grid, level, field)
     assert len(mesh.vertices_world) > 0 and len(mesh.faces) > 0
     assert np.isfinite(mesh.vertices_world).all()
     half_box = generator.config.rendering.box_warp / 2
@@ -156,7 +166,7 @@ def test_extract_mesh_from_a_random_generator(generator: TriPlaneGenerator, ws: 
     assert mesh.faces.min() >= 0 and mesh.faces.max() < len(mesh.vertices_world)
     assert mesh.vertex_colors.dtype == np.uint8 and mesh.vertex_colors.std() > 0
     with pytest.raises(ValueError, match="no surface at level"):
-        extract_mesh(generator, ws, 8, level=float(sigma.max()) + 1)
+        mesh_from_grid(sigma, grid, float(sigma.max()) + 1, field)
 
 
 def test_ply_round_trip_is_exact(sphere: Mesh, tmp_path: Path) -> None:
@@ -169,12 +179,17 @@ def test_ply_round_trip_is_exact(sphere: Mesh, tmp_path: Path) -> None:
     assert f"element vertex {len(sphere.vertices_world)}" in lines
     assert f"element face {len(sphere.faces)}" in lines
     assert "property list uchar int vertex_indices" in lines
-    assert len(data) == len(header) + len(b"end_header\n") + 15 * len(sphere.vertices_world) + 13 * len(sphere.faces)
-    loaded = read_ply(path)
-    for name in ("vertices_world", "faces", "vertex_colors"):
-        expected, actual = getattr(sphere, name), getattr(loaded, name)
-        assert actual.dtype == expected.dtype
-        np.testing.assert_array_equal(actual, expected)
+    assert [line for line in lines if line.startswith("property uchar")] == [
+        f"property uchar {channel}" for channel in ("red", "green", "blue", "alpha")
+    ]
+    # x, y, z float32 and RGBA uint8 per vertex; a uchar count and three int32 indices per face
+    assert len(data) == len(header) + len(b"end_header\n") + 16 * len(sphere.vertices_world) + 13 * len(sphere.faces)
+    loaded = trimesh.load(path, process=False)
+    assert isinstance(loaded, trimesh.Trimesh)
+    np.testing.assert_array_equal(loaded.vertices, sphere.vertices_world)  # float32 values, exactly
+    np.testing.assert_array_equal(loaded.faces, sphere.faces)
+    np.testing.assert_array_equal(loaded.visual.vertex_colors[:, :3], sphere.vertex_colors)
+    assert (loaded.visual.vertex_colors[:, 3] == 255).all()
     assert [p.name for p in tmp_path.iterdir()] == ["sphere.ply"]  # no temporary file left
 
 
@@ -193,32 +208,47 @@ def test_glb_follows_the_gltf_binary_layout(sphere: Mesh, tmp_path: Path) -> Non
     binary = data[28 + json_length : 28 + json_length + bin_length]
     primitive = document["meshes"][0]["primitives"][0]
     assert primitive["mode"] == 4  # triangles
+    # matte: glTF's default material is fully metallic, which hides vertex colours in three.js viewers
+    assert document["materials"][primitive["material"]]["pbrMetallicRoughness"]["metallicFactor"] == 0
 
-    def read(accessor_index: int, dtype: str, width: int) -> np.ndarray:
+    def read(accessor_index: int, width: int) -> np.ndarray:
         accessor = document["accessors"][accessor_index]
         view = document["bufferViews"][accessor["bufferView"]]
-        components = {"VEC3": 3, "SCALAR": 1}[accessor["type"]]
-        values = np.frombuffer(binary, dtype, accessor["count"] * components, view["byteOffset"])
+        dtype = {5121: "u1", 5125: "<u4", 5126: "<f4"}[accessor["componentType"]]
+        components = {"VEC4": 4, "VEC3": 3, "SCALAR": 1}[accessor["type"]]
+        offset = view["byteOffset"] + accessor.get("byteOffset", 0)
+        values = np.frombuffer(binary, dtype, accessor["count"] * components, offset)
         return values.reshape(-1, width)
 
-    positions = read(primitive["attributes"]["POSITION"], "<f4", 3)
+    positions = read(primitive["attributes"]["POSITION"], 3)
     np.testing.assert_array_equal(positions, sphere.vertices_world)
     accessor = document["accessors"][primitive["attributes"]["POSITION"]]
     np.testing.assert_allclose(accessor["min"], sphere.vertices_world.min(0))
-    np.testing.assert_array_equal(read(primitive["indices"], "<u4", 3), sphere.faces)
-    colors = read(primitive["attributes"]["COLOR_0"], "<f4", 3)
-    assert colors.min() >= 0 and colors.max() <= 1
+    np.testing.assert_array_equal(read(primitive["indices"], 3), sphere.faces)
+    color_accessor = document["accessors"][primitive["attributes"]["COLOR_0"]]
+    assert color_accessor["componentType"] == 5121 and color_accessor["normalized"]  # uint8 read as [0, 1]
+    rgba = read(primitive["attributes"]["COLOR_0"], 4)
+    assert (rgba[:, 3] == 255).all()
+    colors = rgba[:, :3] / 255
     srgb = sphere.vertex_colors.astype(np.float64) / 255
     brighter = srgb > 0.5
     assert (colors[brighter] < srgb[brighter]).all()  # linear values lie below their sRGB encodings
+    linear = np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)  # the sRGB decoding
+    np.testing.assert_allclose(colors, linear, atol=0.5 / 255 + 1e-9)
     assert [p.name for p in tmp_path.iterdir()] == ["sphere.glb"]
 
 
-def test_read_ply_rejects_ascii(tmp_path: Path) -> None:
-    path = tmp_path / "ascii.ply"
-    path.write_text("ply\nformat ascii 1.0\nelement vertex 0\nproperty float x\nend_header\n")
-    with pytest.raises(ValueError, match="binary_little_endian"):
-        read_ply(path)
+def test_glb_reads_back_with_trimesh(sphere: Mesh, tmp_path: Path) -> None:
+    path = tmp_path / "sphere.glb"
+    write_glb(sphere, path)
+    scene = trimesh.load(path, process=False)
+    assert isinstance(scene, trimesh.Scene) and len(scene.geometry) == 1
+    (loaded,) = scene.geometry.values()  # not force="mesh": concatenating drops the colour attribute
+    np.testing.assert_array_equal(loaded.vertices, sphere.vertices_world)
+    np.testing.assert_array_equal(loaded.faces, sphere.faces)
+    colors = loaded.visual.vertex_attributes["color"]  # with a material, COLOR_0 comes back as an attribute
+    assert colors.shape == (len(sphere.vertices_world), 4) and (colors[:, 3] == 255).all()
+    assert loaded.visual.material.metallicFactor == 0
 
 
 def _frames(n: int = 5, h: int = 32, w: int = 48) -> Tensor:

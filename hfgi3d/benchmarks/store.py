@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from hfgi3d.io import write_bytes_atomic
+
 RANK_FILE = "results.rank{rank}.jsonl"
 MERGED_FILE = "results.jsonl"
 
@@ -95,7 +97,7 @@ def merge(folder: Path, order: Iterable[tuple[str, str]] | None = None) -> list[
     """Merge every rank file (and an earlier merge) into ``results.jsonl``, one row per key.
 
     Rows follow ``order`` (the job list) where given, then the rest sorted by key. The merged file
-    is written to a temporary name and renamed, so it is never half-written.
+    is written atomically (:mod:`hfgi3d.io`), so it is never half-written.
     """
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for path in [folder / MERGED_FILE, *rank_files(folder)]:
@@ -106,7 +108,5 @@ def merge(folder: Path, order: Iterable[tuple[str, str]] | None = None) -> list[
     keys = [key for key in (order or []) if key in rows]
     keys += sorted(set(rows) - set(keys))
     merged = [rows[key] for key in keys]
-    tmp = folder / f".{MERGED_FILE}.tmp"
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in merged), encoding="utf-8")
-    os.replace(tmp, folder / MERGED_FILE)
+    write_bytes_atomic(folder / MERGED_FILE, "".join(json.dumps(row) + "\n" for row in merged).encode("utf-8"))
     return merged

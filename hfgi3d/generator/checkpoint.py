@@ -17,6 +17,7 @@ import torch
 
 from hfgi3d.generator.config import GeneratorConfig, config_from_eg3d, tiny_config
 from hfgi3d.generator.triplane import TriPlaneGenerator
+from hfgi3d.io import atomic_path
 
 CHECKPOINT_FORMAT = "hfgi3d.generator"
 CHECKPOINT_VERSION = 1
@@ -42,9 +43,8 @@ def save_generator(generator: TriPlaneGenerator, path: str | os.PathLike[str]) -
         "config": generator.config.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in generator.state_dict().items()},
     }
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as temporary:
+        torch.save(payload, temporary)
 
 
 def load_generator(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> TriPlaneGenerator:
@@ -71,15 +71,10 @@ def open_generator(spec: str, seed: int = 0) -> TriPlaneGenerator:
     (configs/generator/tiny.yaml). Random weights are drawn with ``seed`` without touching
     the global RNG.
     """
-    import yaml
-
     if spec == TINY_GENERATOR:
-        config = tiny_config(plane_resolution=32)
+        config = tiny_config()
     elif spec.endswith((".yaml", ".yml")):
-        path = Path(spec)
-        if not path.is_file():
-            raise FileNotFoundError(f"generator config not found: {path}")
-        config = GeneratorConfig.from_dict(yaml.safe_load(path.read_text()))
+        config = GeneratorConfig.from_yaml(spec)
     else:
         return load_generator(spec)
     with torch.random.fork_rng():
