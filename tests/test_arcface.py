@@ -197,7 +197,7 @@ def test_missing_checkpoint_says_where_to_get_it(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError) as error:
         load_arcface(missing)
     message = str(error.value)
-    assert str(missing) in message and "evaluation.arcface_checkpoint" in message and "arcface_torch" in message
+    assert str(missing) in message and "evaluation.metrics.arcface_checkpoint" in message and "arcface_torch" in message
 
 
 def test_wrong_keys_are_listed(tmp_path: Path, r50_checkpoint: tuple[Path, dict[str, Tensor]]) -> None:

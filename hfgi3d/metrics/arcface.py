@@ -9,7 +9,7 @@ checkpoints (``backbone.pth``, a plain state dict; e.g. ``ms1mv3_arcface_r100_fp
 name with ``strict=True``; :func:`load_arcface` reads them with ``weights_only=True``. The
 weights are not bundled: download them from the insightface ``arcface_torch`` model zoo
 (``recognition/arcface_torch`` README) and pass the path through the config entry
-``evaluation.arcface_checkpoint``.
+``evaluation.metrics.arcface_checkpoint``.
 
 Convention:
     Images are ``B×3×H×W`` in ``[-1, 1]``, RGB. That is exactly ArcFace's input: insightface's
@@ -50,7 +50,7 @@ _KEYS_SHOWN = 8  # how many offending keys an error message lists
 ARCFACE_CHECKPOINT_HELP = (
     "download an insightface arcface_torch backbone (e.g. ms1mv3_arcface_r100_fp16/backbone.pth, linked from "
     "the model zoo of github.com/deepinsight/insightface, recognition/arcface_torch/README.md) and pass its path "
-    "as the config entry evaluation.arcface_checkpoint"
+    "as the config entry evaluation.metrics.arcface_checkpoint"
 )
 
 FACENET_VGGFACE2_FILE = "20180402-114759-vggface2.pt"

@@ -3,7 +3,9 @@
 :func:`load_networks` reads every network the evaluation can use once (and says which metrics
 must be skipped, and why); :func:`evaluate` scores an inverted latent + generator against the
 input photo. The Lightning callback :class:`hfgi3d.callbacks.Evaluation` and the benchmarks call
-these two functions.
+these two functions. :func:`evaluate` renders the views once and hands them to one function per
+metric family (:func:`input_view_metrics`, :func:`identity_metrics`, :func:`ibrnet_metrics`,
+:func:`warp_metrics`, :func:`pose_metrics`), each returning its metrics and the reasons for its skips.
 
 Metrics (``metrics.json`` keys; ``None`` when skipped, with the reason under ``skipped``):
 
@@ -39,12 +41,12 @@ from torch import Tensor
 
 from hfgi3d.cameras import make_c25, orbit_cam2world, split_c25, yaw_pitch_of
 from hfgi3d.faces import NoFaceError, detect_best_faces, make_detector
-from hfgi3d.generator import TriPlaneGenerator
+from hfgi3d.generator import RenderingConfig, TriPlaneGenerator
 from hfgi3d.losses import LPIPS
 from hfgi3d.metrics.arcface import facenet_similarity, identity_similarity, load_arcface, load_facenet
 from hfgi3d.metrics.consistency import warp_consistency
 from hfgi3d.metrics.fidelity import MS_SSIM_MIN_SIZE_PX, finite_mean, ms_ssim, psnr, ssim
-from hfgi3d.metrics.ibrnet import load_ibrnet, render_ibrnet
+from hfgi3d.metrics.ibrnet import IBRNet, load_ibrnet, render_ibrnet
 from hfgi3d.pose import PnPPoseEstimator
 
 METRIC_KEYS = (
@@ -65,23 +67,23 @@ METRIC_KEYS = (
 )
 """Every metric :func:`evaluate` reports, in table order."""
 
-POSE_OFF_REASON = "pose accuracy is off (evaluation.pose_accuracy: false)"
+POSE_OFF_REASON = "pose accuracy is off (evaluation.metrics.pose_accuracy: false)"
 
 
 @dataclass(frozen=True)
 class EvaluationConfig:
-    """What to evaluate and how (the callback's config entries).
+    """What to evaluate and how: the ``evaluation.metrics.*`` config entries.
+
+    The paper's protocol lives in ``configs/hfgi3d.yaml``; ``fit`` links ``lpips_resize`` and
+    ``lpips_weights_vgg`` to the model's LPIPS, the novel-view half-ranges to the pseudo views'
+    and the warp test to the pseudo views' visibility test.
 
     Args:
         lpips_resize: LPIPS input size (256 as EG3D/PTI); ``None`` keeps the image size.
-        lpips_weights_vgg, lpips_weights_alex: explicit LPIPS weight files (see :mod:`hfgi3d.losses`).
-        arcface_checkpoint: insightface arcface_torch ``backbone.pth`` (IResNet50/100); ``None`` skips identity.
-        arcface_arch: ``r50`` / ``r100``; ``None`` infers it from the file.
         facenet: also report FaceNet (facenet-pytorch VGGFace2) identity; its weights must be cached.
         pose_accuracy: report ``pose_error`` on the identity views (MTCNN + the PnP estimator).
         identity_views: random novel views compared with the input (the paper uses 1).
         novel_yaw_rad, novel_pitch_rad: half-ranges of the novel views (identity draws, IBRNet corners).
-        ibrnet_checkpoint: IBRNet's released ``model_255000.pth``; ``None`` skips the IBRNet metric.
         ibrnet_resolution: size of IBRNet's source and target views; ``None`` keeps the image size.
         ibrnet_samples, ibrnet_importance: coarse and fine samples per ray (released model: 64 + 64).
         ibrnet_chunk_rays: rays per IBRNet chunk (memory).
@@ -89,27 +91,31 @@ class EvaluationConfig:
         strict: fail (instead of skipping with a notice) when a metric's network file is not given
             or cannot be used.
         seed: draws of the identity views.
+        lpips_weights_vgg, lpips_weights_alex: explicit LPIPS weight files (see :mod:`hfgi3d.losses`).
+        arcface_checkpoint: insightface arcface_torch ``backbone.pth`` (IResNet50/100); ``None`` skips identity.
+        arcface_arch: ``r50`` / ``r100``; ``None`` infers it from the file.
+        ibrnet_checkpoint: IBRNet's released ``model_255000.pth``; ``None`` skips the IBRNet metric.
     """
 
-    lpips_resize: int | None = 256
+    lpips_resize: int | None
+    facenet: bool
+    pose_accuracy: bool
+    identity_views: int
+    novel_yaw_rad: float
+    novel_pitch_rad: float
+    ibrnet_resolution: int | None
+    ibrnet_samples: int
+    ibrnet_importance: int
+    ibrnet_chunk_rays: int
+    warp_rel_tol: float
+    warp_grazing_cos: float
+    strict: bool
+    seed: int
     lpips_weights_vgg: str | None = None
     lpips_weights_alex: str | None = None
     arcface_checkpoint: str | None = None
     arcface_arch: str | None = None
-    facenet: bool = False
-    pose_accuracy: bool = True
-    identity_views: int = 1
-    novel_yaw_rad: float = 0.35
-    novel_pitch_rad: float = 0.25
     ibrnet_checkpoint: str | None = None
-    ibrnet_resolution: int | None = None
-    ibrnet_samples: int = 64
-    ibrnet_importance: int = 64
-    ibrnet_chunk_rays: int = 1024
-    warp_rel_tol: float = 0.01
-    warp_grazing_cos: float = 0.1
-    strict: bool = False
-    seed: int = 0
 
 
 @dataclass
@@ -137,7 +143,7 @@ class EvaluationNetworks:
 
 def _unavailable(config: EvaluationConfig, keys: tuple[str, ...], reason: str, skipped: dict[str, str]) -> None:
     if config.strict:
-        raise FileNotFoundError(f"evaluation.strict is true but {', '.join(keys)} cannot be computed: {reason}")
+        raise FileNotFoundError(f"evaluation.metrics.strict is true but {', '.join(keys)} cannot be computed: {reason}")
     skipped.update(dict.fromkeys(keys, reason))
 
 
@@ -158,13 +164,13 @@ def load_networks(config: EvaluationConfig) -> EvaluationNetworks:
         _unavailable(
             config,
             identity,
-            "no ArcFace file: set evaluation.arcface_checkpoint to insightface's arcface_torch backbone.pth",
+            "no ArcFace file: set evaluation.metrics.arcface_checkpoint to insightface's arcface_torch backbone.pth",
             skipped,
         )
     else:
         networks.arcface = load_arcface(config.arcface_checkpoint, config.arcface_arch)  # type: ignore[arg-type]
     if not config.facenet:
-        skipped["id_facenet"] = "FaceNet identity is off (evaluation.facenet: false)"
+        skipped["id_facenet"] = "FaceNet identity is off (evaluation.metrics.facenet: false)"
     else:
         try:
             networks.facenet = load_facenet()
@@ -176,7 +182,7 @@ def load_networks(config: EvaluationConfig) -> EvaluationNetworks:
         _unavailable(
             config,
             ("ibrnet_psnr", "ibrnet_ssim", "ibrnet_lpips"),
-            "no IBRNet file: set evaluation.ibrnet_checkpoint to IBRNet's released model_255000.pth",
+            "no IBRNet file: set evaluation.metrics.ibrnet_checkpoint to IBRNet's released model_255000.pth",
             skipped,
         )
     else:
@@ -235,6 +241,154 @@ def _resize(images: Tensor, size: int) -> Tensor:
     return torch.nn.functional.interpolate(images, size=(size, size), mode="area")
 
 
+Metrics = dict[str, float | None]
+"""Metric key → value; a family's metric that could not be computed is absent or ``None``."""
+Skips = dict[str, str]
+"""Metric key → why it was not computed."""
+
+
+@dataclass(frozen=True)
+class Renders:
+    """The generator's renders of one latent from some cameras, made once and shared by the metrics."""
+
+    c25: Tensor  # N×25 cameras
+    image: Tensor  # N×3×H×W, clamped to [-1, 1]
+    image_depth: Tensor  # N×1×r×r camera depth at the neural rendering resolution r
+
+
+@torch.no_grad()
+def input_view_metrics(image: Tensor, reconstruction: Tensor, networks: EvaluationNetworks) -> tuple[Metrics, Skips]:
+    """``psnr``, ``ssim``, ``ms_ssim`` (skipped below its minimum size), ``lpips_alex``, ``lpips_vgg``.
+
+    Args:
+        image: ``1×3×H×W`` input photo in ``[-1, 1]``.
+        reconstruction: ``1×3×H×W`` render at the input camera in ``[-1, 1]``.
+        networks: its two LPIPS networks are used.
+    """
+    metrics: Metrics = {"psnr": float(psnr(reconstruction, image)[0]), "ssim": float(ssim(reconstruction, image)[0])}
+    skipped: Skips = {}
+    if min(image.shape[-2:]) >= MS_SSIM_MIN_SIZE_PX:
+        metrics["ms_ssim"] = float(ms_ssim(reconstruction, image)[0])
+    else:
+        skipped["ms_ssim"] = f"MS-SSIM needs images of at least {MS_SSIM_MIN_SIZE_PX} px, these are {image.shape[-1]}"
+    metrics["lpips_alex"] = float(networks.lpips_alex(reconstruction, image)[0])
+    metrics["lpips_vgg"] = float(networks.lpips_vgg(reconstruction, image)[0])
+    return metrics, skipped
+
+
+@torch.no_grad()
+def warp_metrics(
+    image: Tensor, reconstruction: Renders, views: Renders, lpips: LPIPS, config: EvaluationConfig
+) -> tuple[Metrics, Skips]:
+    """Model-free consistency: ``warp_psnr``, ``warp_lpips``, ``warp_coverage`` averaged over ``views``.
+
+    Args:
+        image: ``1×3×H×W`` input photo in ``[-1, 1]``.
+        reconstruction: the render at the input camera (its depth places the input's pixels).
+        views: the renders warped back into the input view (the 5 :func:`consistency_cameras`).
+        lpips: AlexNet LPIPS of the masked comparison.
+        config: its ``warp_rel_tol`` and ``warp_grazing_cos`` set the visibility test.
+    """
+    warp = warp_consistency(
+        image,
+        reconstruction.image_depth,
+        reconstruction.c25,
+        views.image,
+        views.image_depth,
+        views.c25,
+        lpips=lpips,
+        rel_tol=config.warp_rel_tol,
+        grazing_cos=config.warp_grazing_cos,
+    )
+    metrics: Metrics = {
+        "warp_psnr": finite_mean(warp.psnr),
+        "warp_lpips": None if warp.lpips is None else finite_mean(warp.lpips),
+        "warp_coverage": float(warp.coverage.mean()),
+    }
+    return metrics, {}
+
+
+@torch.no_grad()
+def ibrnet_metrics(
+    ibrnet: IBRNet,
+    lpips: LPIPS,
+    image: Tensor,
+    c25: Tensor,
+    views: Renders,
+    rendering: RenderingConfig,
+    config: EvaluationConfig,
+) -> tuple[Metrics, Skips]:
+    """The paper's consistency: ``ibrnet_psnr``, ``ibrnet_ssim``, ``ibrnet_lpips`` of IBRNet's input view.
+
+    Args:
+        ibrnet: from :func:`hfgi3d.metrics.ibrnet.load_ibrnet`.
+        lpips: AlexNet LPIPS.
+        image: ``1×3×H×W`` input photo in ``[-1, 1]``, the target IBRNet predicts.
+        c25: ``1×25`` input camera.
+        views: IBRNet's source views (the 5 :func:`consistency_cameras` renders).
+        rendering: the generator's rendering options; its ray range bounds IBRNet's samples.
+        config: ``ibrnet_resolution`` (sources and target are area-resized to it), samples, chunk size.
+    """
+    size = config.ibrnet_resolution or image.shape[-1]
+    predicted = render_ibrnet(
+        ibrnet,
+        _resize(views.image, size),
+        views.c25,
+        c25,
+        resolution=size,
+        near=optical_axis_near(c25, rendering.ray_start),
+        far=rendering.ray_end,
+        n_samples=config.ibrnet_samples,
+        n_importance=config.ibrnet_importance,
+        chunk_rays=config.ibrnet_chunk_rays,
+    )["rgb"]  # 1×3×size×size
+    target = _resize(image, size)
+    metrics: Metrics = {
+        "ibrnet_psnr": float(psnr(predicted, target)[0]),
+        "ibrnet_ssim": float(ssim(predicted, target)[0]),
+        "ibrnet_lpips": float(lpips(predicted, target)[0]),
+    }
+    return metrics, {}
+
+
+@torch.no_grad()
+def identity_metrics(image: Tensor, novel: Tensor, networks: EvaluationNetworks) -> tuple[Metrics, Skips]:
+    """``id_arcface`` / ``id_facenet``: mean cosine between the input's face and each novel view's.
+
+    Only the metrics whose network is loaded are computed; one with no face found in the input or
+    a novel view is skipped with MTCNN's message.
+
+    Args:
+        image: ``1×3×H×W`` input photo in ``[-1, 1]``.
+        novel: ``N×3×H×W`` renders at the :func:`identity_cameras` in ``[-1, 1]``.
+        networks: its ``detector`` (required), ``arcface`` and ``facenet``.
+    """
+    metrics: Metrics = {}
+    skipped: Skips = {}
+    inputs = image.expand(len(novel), -1, -1, -1)  # N×3×H×W
+    for key, network, similarity in (
+        ("id_arcface", networks.arcface, identity_similarity),
+        ("id_facenet", networks.facenet, facenet_similarity),
+    ):
+        if network is None:
+            continue
+        try:
+            values = similarity(network, networks.detector, inputs, novel, names=("input", "novel view"))
+            metrics[key] = float(values.mean())
+        except NoFaceError as error:
+            skipped[key] = str(error)
+    return metrics, skipped
+
+
+@torch.no_grad()
+def pose_metrics(detector: Any, novel: Renders) -> tuple[Metrics, Skips]:
+    """``pose_error``: mean of :func:`pose_errors` over the novel views (skipped when one has no face)."""
+    try:
+        return {"pose_error": float(pose_errors(detector, novel.image, novel.c25, PnPPoseEstimator()).mean())}, {}
+    except NoFaceError as error:
+        return {}, {"pose_error": str(error)}
+
+
 @torch.no_grad()
 def evaluate(
     generator: TriPlaneGenerator,
@@ -246,6 +400,9 @@ def evaluate(
 ) -> tuple[dict[str, float | None], dict[str, str]]:
     """Score one inversion; returns ``(metrics, skipped)`` (see the module docstring for the keys).
 
+    Renders the input view, the 5 consistency views and (when a face detector is loaded) the
+    identity views once, then runs each metric family whose networks are loaded.
+
     Args:
         generator: the (tuned) generator, in eval mode.
         ws: ``1×num_ws×w_dim`` inverted latent.
@@ -254,84 +411,32 @@ def evaluate(
         networks: from :func:`load_networks`, on ``image``'s device.
         config: the evaluation settings.
     """
-    skipped = dict(networks.skipped)
-    metrics: dict[str, float | None] = dict.fromkeys(METRIC_KEYS)
     planes = generator.planes(ws)
 
-    def render(cameras: Tensor) -> dict[str, Tensor]:
+    def render(cameras: Tensor) -> Renders:
         out = generator.render_cameras(planes, ws, cameras, deterministic=True)
-        return {"image": out["image"].clamp(-1, 1), "image_depth": out["image_depth"]}
+        return Renders(cameras, out["image"].clamp(-1, 1), out["image_depth"])
 
     reconstruction = render(c25)
-    pred = reconstruction["image"]
-    metrics["psnr"] = float(psnr(pred, image)[0])
-    metrics["ssim"] = float(ssim(pred, image)[0])
-    if min(image.shape[-2:]) >= MS_SSIM_MIN_SIZE_PX:
-        metrics["ms_ssim"] = float(ms_ssim(pred, image)[0])
-    else:
-        skipped["ms_ssim"] = f"MS-SSIM needs images of at least {MS_SSIM_MIN_SIZE_PX} px, these are {image.shape[-1]}"
-    metrics["lpips_alex"] = float(networks.lpips_alex(pred, image)[0])
-    metrics["lpips_vgg"] = float(networks.lpips_vgg(pred, image)[0])
-
-    views_c25 = consistency_cameras(c25, config.novel_yaw_rad, config.novel_pitch_rad)
-    views = render(views_c25)
-    warp = warp_consistency(
-        image,
-        reconstruction["image_depth"],
-        c25,
-        views["image"],
-        views["image_depth"],
-        views_c25,
-        lpips=networks.lpips_alex,
-        rel_tol=config.warp_rel_tol,
-        grazing_cos=config.warp_grazing_cos,
-    )
-    metrics["warp_psnr"] = finite_mean(warp.psnr)
-    metrics["warp_lpips"] = None if warp.lpips is None else finite_mean(warp.lpips)
-    metrics["warp_coverage"] = float(warp.coverage.mean())
-
+    views = render(consistency_cameras(c25, config.novel_yaw_rad, config.novel_pitch_rad))
+    families = [
+        input_view_metrics(image, reconstruction.image, networks),
+        warp_metrics(image, reconstruction, views, networks.lpips_alex, config),
+    ]
     if networks.ibrnet is not None:
-        size = config.ibrnet_resolution or image.shape[-1]
         rendering = generator.config.rendering
-        predicted = render_ibrnet(
-            networks.ibrnet,
-            _resize(views["image"], size),
-            views_c25,
-            c25,
-            resolution=size,
-            near=optical_axis_near(c25, rendering.ray_start),
-            far=rendering.ray_end,
-            n_samples=config.ibrnet_samples,
-            n_importance=config.ibrnet_importance,
-            chunk_rays=config.ibrnet_chunk_rays,
-        )["rgb"]
-        target = _resize(image, size)
-        metrics["ibrnet_psnr"] = float(psnr(predicted, target)[0])
-        metrics["ibrnet_ssim"] = float(ssim(predicted, target)[0])
-        metrics["ibrnet_lpips"] = float(networks.lpips_alex(predicted, target)[0])
-
+        families.append(ibrnet_metrics(networks.ibrnet, networks.lpips_alex, image, c25, views, rendering, config))
     if networks.detector is not None:
-        identity_c25 = identity_cameras(
-            c25, config.identity_views, config.novel_yaw_rad, config.novel_pitch_rad, config.seed
+        novel = render(
+            identity_cameras(c25, config.identity_views, config.novel_yaw_rad, config.novel_pitch_rad, config.seed)
         )
-        novel = render(identity_c25)["image"]
-        inputs = image.expand(len(novel), -1, -1, -1)
-        for key, network, similarity in (
-            ("id_arcface", networks.arcface, identity_similarity),
-            ("id_facenet", networks.facenet, facenet_similarity),
-        ):
-            if network is None:
-                continue
-            try:
-                values = similarity(network, networks.detector, inputs, novel, names=("input", "novel view"))
-                metrics[key] = float(values.mean())
-            except NoFaceError as error:
-                skipped[key] = str(error)
+        families.append(identity_metrics(image, novel.image, networks))
         if config.pose_accuracy:
-            try:
-                metrics["pose_error"] = float(
-                    pose_errors(networks.detector, novel, identity_c25, PnPPoseEstimator()).mean()
-                )
-            except NoFaceError as error:
-                skipped["pose_error"] = str(error)
+            families.append(pose_metrics(networks.detector, novel))
+
+    metrics: Metrics = dict.fromkeys(METRIC_KEYS)
+    skipped = dict(networks.skipped)
+    for family_metrics, family_skipped in families:
+        metrics.update(family_metrics)
+        skipped.update(family_skipped)
     return metrics, skipped

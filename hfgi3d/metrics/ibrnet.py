@@ -40,6 +40,7 @@ import itertools
 import math
 import pickle
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -56,7 +57,7 @@ IBRNET_DOWNLOAD_HINT = (
     "of the README at https://github.com/googleinterns/IBRNet (the pretrained-model link: "
     "`gdown https://drive.google.com/uc?id=165Et85R8YnL-5NcehG0fzqsnAUN8uxUJ && unzip pretrained_model.zip` "
     f"gives pretrained/{IBRNET_CHECKPOINT_NAME}), then pass its path as the config entry "
-    "`evaluation.ibrnet_checkpoint`"
+    "`evaluation.metrics.ibrnet_checkpoint`"
 )
 CHECKPOINT_NETWORKS = ("feature_net", "net_coarse", "net_fine")
 """Top-level checkpoint keys that hold state dicts; ``net_fine`` is absent from coarse-only models."""
@@ -663,37 +664,89 @@ def _ray_mask(sample_mask: Tensor) -> Tensor:
     return well_seen.sum(dim=1) >= MIN_SAMPLES_PER_RAY
 
 
+@dataclass(frozen=True)
+class _SourceViews:
+    """The source views as IBRNet reads them, prepared once per target view."""
+
+    images: Tensor  # V×3×H×W in [0, 1]
+    cameras: Tensor  # V×34
+    features: tuple[Tensor, Tensor | None]  # coarse V×Cc×h×w, fine V×Cf×h×w (None without a fine network)
+
+
+def _check_render_inputs(src_images: Tensor, src_c25: Tensor, tgt_c25: Tensor) -> None:
+    if src_images.ndim != 4 or src_images.shape[1] != RGB_CHANNELS or len(src_images) != len(src_c25):
+        raise ValueError(
+            f"expected V×3×H×W source images with V×25 labels, got {tuple(src_images.shape)} and {tuple(src_c25.shape)}"
+        )
+    if tgt_c25.shape != (1, 25):
+        raise ValueError(f"expected one 1×25 target label, got {tuple(tgt_c25.shape)}")
+
+
+def _prepare_sources(model: IBRNet, src_images: Tensor, src_c25: Tensor, device: torch.device) -> _SourceViews:
+    """``V×3×H×W`` images in ``[-1, 1]`` and ``V×25`` labels → IBRNet's images, cameras and feature maps."""
+    height, width = src_images.shape[-2:]
+    images = ((src_images.to(device, torch.float32) + 1) / 2).clamp(0, 1)  # V×3×H×W in IBRNet's range
+    cameras = ibrnet_cameras(src_c25.to(device, torch.float32), height, width)
+    return _SourceViews(images, cameras, model.feature_net(images))
+
+
+def _render_samples(
+    net: IBRNetMLP,
+    origins: Tensor,
+    directions: Tensor,
+    depths: Tensor,
+    target_camera: Tensor,
+    sources: _SourceViews,
+    feature_maps: Tensor,
+) -> dict[str, Tensor]:
+    """One ray network at ``R×S`` depths along ``R`` rays: :func:`composite`'s outputs + the ray ``mask``."""
+    points = origins[:, None] + depths[..., None] * directions[:, None]  # R×S×3
+    rgb_feat, ray_diff, mask = sample_source_views(points, target_camera, sources.images, sources.cameras, feature_maps)
+    out = composite(net(rgb_feat, ray_diff, mask), depths)
+    out["mask"] = _ray_mask(mask)
+    return out
+
+
 def _render_chunk(
     model: IBRNet,
     origins: Tensor,
     directions: Tensor,
     target_camera: Tensor,
-    source_images: Tensor,
-    source_cameras: Tensor,
-    feature_maps: tuple[Tensor, Tensor | None],
+    sources: _SourceViews,
     near: float,
     far: float,
     n_samples: int,
     n_importance: int,
 ) -> dict[str, Tensor]:
     """Coarse (and fine) rendering of ``R`` rays; returns per-ray outputs of the last stage + ``rgb_coarse``."""
+    coarse_features, fine_features = sources.features
     depths = inverse_depth_samples(near, far, n_samples, len(origins), origins.device)  # R×S
-    points = origins[:, None] + depths[..., None] * directions[:, None]  # R×S×3
-    rgb_feat, ray_diff, mask = sample_source_views(
-        points, target_camera, source_images, source_cameras, feature_maps[0]
-    )
-    coarse = composite(model.net_coarse(rgb_feat, ray_diff, mask), depths)
-    coarse["mask"] = _ray_mask(mask)
-    if model.net_fine is None or feature_maps[1] is None or n_importance == 0:
+    coarse = _render_samples(model.net_coarse, origins, directions, depths, target_camera, sources, coarse_features)
+    if model.net_fine is None or fine_features is None or n_importance == 0:
         return {**coarse, "rgb_coarse": coarse["rgb"]}
     depths = importance_depths(depths, coarse["weights"], n_importance)  # R×(S+N)
-    points = origins[:, None] + depths[..., None] * directions[:, None]
-    rgb_feat, ray_diff, mask = sample_source_views(
-        points, target_camera, source_images, source_cameras, feature_maps[1]
-    )
-    fine = composite(model.net_fine(rgb_feat, ray_diff, mask), depths)
-    fine["mask"] = _ray_mask(mask)
+    fine = _render_samples(model.net_fine, origins, directions, depths, target_camera, sources, fine_features)
     return {**fine, "rgb_coarse": coarse["rgb"]}
+
+
+_IMAGE_KEYS = ("rgb", "rgb_coarse", "acc", "depth", "mask")
+"""Per-ray outputs of :func:`_render_chunk` that :func:`render_ibrnet` returns as images."""
+
+
+def _assemble_images(chunks: list[dict[str, Tensor]], resolution: int) -> dict[str, Tensor]:
+    """Row-major per-ray chunks (``R'×C`` or ``R'``) → ``1×C×R×R`` images, colours mapped to ``[-1, 1]``."""
+
+    def image(key: str) -> Tensor:  # R²×C or R² → 1×C×R×R
+        flat = torch.cat([chunk[key] for chunk in chunks]).reshape(resolution * resolution, -1)
+        return flat.T.reshape(1, -1, resolution, resolution)
+
+    return {
+        "rgb": image("rgb").clamp(0, 1) * 2 - 1,
+        "rgb_coarse": image("rgb_coarse").clamp(0, 1) * 2 - 1,
+        "acc": image("acc"),
+        "depth": image("depth"),
+        "mask": image("mask"),
+    }
 
 
 @torch.no_grad()
@@ -736,48 +789,18 @@ def render_ibrnet(
     Convention:
         Deterministic: no depth jitter and fixed importance quantiles, as IBRNet's evaluation.
     """
-    if src_images.ndim != 4 or src_images.shape[1] != RGB_CHANNELS or len(src_images) != len(src_c25):
-        raise ValueError(
-            f"expected V×3×H×W source images with V×25 labels, got {tuple(src_images.shape)} and {tuple(src_c25.shape)}"
-        )
-    if tgt_c25.shape != (1, 25):
-        raise ValueError(f"expected one 1×25 target label, got {tuple(tgt_c25.shape)}")
+    _check_render_inputs(src_images, src_c25, tgt_c25)
     device = next(model.parameters()).device
-    height, width = src_images.shape[-2:]
-    images = ((src_images.to(device, torch.float32) + 1) / 2).clamp(0, 1)  # V×3×H×W in IBRNet's range
-    source_cameras = ibrnet_cameras(src_c25.to(device, torch.float32), height, width)
+    sources = _prepare_sources(model, src_images, src_c25, device)
     target_camera = ibrnet_cameras(tgt_c25.to(device, torch.float32), resolution, resolution)[0]
-    feature_maps = model.feature_net(images)
     origins, directions = target_rays(target_camera, resolution, resolution)  # R²×3 each
 
-    outputs: dict[str, list[Tensor]] = {}
+    chunks = []
     starts = range(0, len(origins), chunk_rays)
     for start in tqdm(starts, desc="IBRNet", disable=not progress, leave=False):
-        stop = start + chunk_rays
-        chunk = _render_chunk(
-            model,
-            origins[start:stop],
-            directions[start:stop],
-            target_camera,
-            images,
-            source_cameras,
-            feature_maps,
-            near,
-            far,
-            n_samples,
-            n_importance,
+        rays = slice(start, start + chunk_rays)
+        out = _render_chunk(
+            model, origins[rays], directions[rays], target_camera, sources, near, far, n_samples, n_importance
         )
-        for key in ("rgb", "rgb_coarse", "acc", "depth", "mask"):
-            outputs.setdefault(key, []).append(chunk[key])
-
-    def image(key: str) -> Tensor:  # R²×C or R² → 1×C×R×R
-        flat = torch.cat(outputs[key]).reshape(resolution * resolution, -1)
-        return flat.T.reshape(1, -1, resolution, resolution)
-
-    return {
-        "rgb": image("rgb").clamp(0, 1) * 2 - 1,
-        "rgb_coarse": image("rgb_coarse").clamp(0, 1) * 2 - 1,
-        "acc": image("acc"),
-        "depth": image("depth"),
-        "mask": image("mask"),
-    }
+        chunks.append({key: out[key] for key in _IMAGE_KEYS})  # drops the R'×S weights
+    return _assemble_images(chunks, resolution)
