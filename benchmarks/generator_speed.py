@@ -17,7 +17,7 @@ import torch
 from hfgi3d.cameras import orbit_c25
 from hfgi3d.generator import TriPlaneGenerator, ffhq512_config, tiny_config
 
-CONFIGS = {"tiny": lambda: tiny_config(plane_resolution=32), "tiny256": tiny_config, "ffhq512": ffhq512_config}
+CONFIGS = {"tiny": tiny_config, "tiny256": lambda: tiny_config(plane_resolution=256), "ffhq512": ffhq512_config}
 
 
 def time_case(generator: TriPlaneGenerator, batch: int, precision: str, backward: bool, repeats: int) -> float:

@@ -1,10 +1,10 @@
 """Time one inversion and its evaluation: per-step time of each stage, the hand-over, the evaluation.
 
-    python benchmarks/inversion_speed.py --generator configs/generator/ffhq512.yaml \\
-        --estimate-steps 50 --pseudo-multiview-steps 50 --out inversion_speed.json
+    python benchmarks/inversion_speed.py --estimate-steps 50 --pseudo-multiview-steps 50 --out inversion_speed.json
 
-Runs :class:`~hfgi3d.inversion.InversionModule` on the bundled sample photo (upsampled to the
-generator's size, frontal camera) with a Lightning ``Trainer`` and the
+Runs :class:`~hfgi3d.inversion.InversionModule` with the paper's preset (``configs/hfgi3d.yaml``;
+the options below override it) on the bundled sample photo (upsampled to the generator's size,
+frontal camera) with a Lightning ``Trainer`` and the
 :class:`~hfgi3d.callbacks.evaluation.Evaluation` callback, and prints one JSON object: median
 step time per stage (first step of each stage excluded), the hand-over (``w_o`` fit + pseudo-view
 construction, measured inside the first stage-2 step), evaluation seconds and peak CUDA memory.
@@ -28,9 +28,11 @@ import torch
 
 from hfgi3d.callbacks.evaluation import Evaluation
 from hfgi3d.data.datamodule import PseudoViewDataModule
-from hfgi3d.data.inputs import SAMPLE_CAMERA, SAMPLE_IMAGE
+from hfgi3d.data.inputs import SAMPLE
 from hfgi3d.data.pseudo_views import PseudoViewConfig
 from hfgi3d.inversion import ESTIMATE, InversionModule
+from hfgi3d.metrics.evaluation import EvaluationConfig
+from hfgi3d.presets import load_preset, preset_path
 
 
 class StepTimer(L.Callback):
@@ -65,7 +67,7 @@ class StepTimer(L.Callback):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--generator", default="configs/generator/ffhq512.yaml")
+    parser.add_argument("--generator", default=str(preset_path("generator/ffhq512.yaml")))
     parser.add_argument("--estimate-steps", type=int, default=50)
     parser.add_argument("--pseudo-multiview-steps", type=int, default=50)
     parser.add_argument("--occluded-steps", type=int, default=200)
@@ -80,31 +82,35 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args()
 
+    preset = load_preset("hfgi3d.yaml")
     module = InversionModule(
-        generator=args.generator,
-        w_avg_samples=600,
-        estimate_steps=args.estimate_steps,
-        occluded_steps=args.occluded_steps,
-        pseudo_multiview_steps=args.pseudo_multiview_steps,
-        lpips_weights=args.lpips_weights_vgg,
+        **{
+            **preset["model"],
+            "generator": args.generator,
+            "estimate_steps": args.estimate_steps,
+            "occluded_steps": args.occluded_steps,
+            "pseudo_multiview_steps": args.pseudo_multiview_steps,
+            "lpips_weights": args.lpips_weights_vgg,
+        }
     )
+    data = preset["data"]
+    views = PseudoViewConfig(**{**data["pseudo_views"], "poisson_iterations": args.poisson_iterations})
     datamodule = PseudoViewDataModule(
-        str(SAMPLE_IMAGE),
-        str(SAMPLE_CAMERA),
-        num_views=args.num_views,
-        pseudo_views=PseudoViewConfig(poisson_iterations=args.poisson_iterations),
+        image=SAMPLE, num_views=args.num_views, mode=data["mode"], pseudo_views=views, seed=data["seed"]
+    )
+    metrics_config = EvaluationConfig(
+        **{
+            **preset["evaluation"]["metrics"],
+            "lpips_weights_vgg": args.lpips_weights_vgg,
+            "lpips_weights_alex": args.lpips_weights_alex,
+            "arcface_checkpoint": args.arcface_checkpoint,
+            "ibrnet_checkpoint": args.ibrnet_checkpoint,
+            "ibrnet_resolution": args.ibrnet_resolution,
+        }
     )
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as folder:
-        evaluation = Evaluation(
-            output_dir=folder,
-            every_n_steps=0,
-            lpips_weights_vgg=args.lpips_weights_vgg,
-            lpips_weights_alex=args.lpips_weights_alex,
-            arcface_checkpoint=args.arcface_checkpoint,
-            ibrnet_checkpoint=args.ibrnet_checkpoint,
-            ibrnet_resolution=args.ibrnet_resolution,
-        )
+        evaluation = Evaluation(every_n_steps=0, metrics=metrics_config, output_dir=folder)
         trainer = L.Trainer(
             accelerator=args.accelerator,
             devices=1,

@@ -11,11 +11,8 @@ peak GPU memory) so a benchmark group can be sorted and filtered as one table.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +21,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from hfgi3d.io import write_json_atomic
 from hfgi3d.metrics.evaluation import (
     METRIC_KEYS,
     EvaluationConfig,
@@ -43,39 +41,16 @@ class Evaluation(L.Callback):
     """Evaluate an :class:`~hfgi3d.inversion.InversionModule` fit (SPEC §7); see the module docstring.
 
     Args:
-        output_dir: where ``metrics.json`` goes; ``None`` lets the ``fit`` command use the run's folder.
         every_n_steps: input-view metrics during the fit every so many steps (0: only at stage ends).
-        lpips_resize … seed: see :class:`hfgi3d.metrics.evaluation.EvaluationConfig`.
+        metrics: what the final evaluation computes (:class:`hfgi3d.metrics.evaluation.EvaluationConfig`,
+            the ``evaluation.metrics.*`` config entries).
+        output_dir: where ``metrics.json`` goes; ``None`` lets the ``fit`` command use the run's folder.
     """
 
-    def __init__(
-        self,
-        output_dir: str | None = None,
-        every_n_steps: int = 100,
-        lpips_resize: int | None = 256,
-        lpips_weights_vgg: str | None = None,
-        lpips_weights_alex: str | None = None,
-        arcface_checkpoint: str | None = None,
-        arcface_arch: str | None = None,
-        facenet: bool = False,
-        pose_accuracy: bool = True,
-        identity_views: int = 1,
-        novel_yaw_rad: float = 0.35,
-        novel_pitch_rad: float = 0.25,
-        ibrnet_checkpoint: str | None = None,
-        ibrnet_resolution: int | None = None,
-        ibrnet_samples: int = 64,
-        ibrnet_importance: int = 64,
-        ibrnet_chunk_rays: int = 1024,
-        warp_rel_tol: float = 0.01,
-        warp_grazing_cos: float = 0.1,
-        strict: bool = False,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, every_n_steps: int, metrics: EvaluationConfig, output_dir: str | None = None) -> None:
         self.output_dir = Path(output_dir) if output_dir else None
         self.every_n_steps = every_n_steps
-        arguments = locals()
-        self.config = EvaluationConfig(**{f.name: arguments[f.name] for f in fields(EvaluationConfig)})
+        self.config = metrics
         self._networks: EvaluationNetworks | None = None
         self._started = 0.0
         self.metrics: dict[str, Any] | None = None
@@ -151,7 +126,7 @@ class Evaluation(L.Callback):
         }
         self.metrics = {"image_id": datamodule.image_id, **metrics, **run, "skipped": skipped}
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(self.output_dir / "metrics.json", self.metrics)
+        write_json_atomic(self.output_dir / "metrics.json", self.metrics)
         self._log(trainer, self.metrics)
         shown = ", ".join(f"{key} {value:.4g}" for key, value in metrics.items() if value is not None)
         rank_zero_info(f"evaluation of {datamodule.image_id}: {shown} (metrics.json in {self.output_dir})")
@@ -186,9 +161,3 @@ def _grouped(skipped: dict[str, str]) -> str:
     for key, reason in skipped.items():
         by_reason.setdefault(reason, []).append(key)
     return "; ".join(f"{', '.join(keys)} ({reason})" for reason, keys in by_reason.items())
-
-
-def _write_json(path: Path, values: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(values, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)

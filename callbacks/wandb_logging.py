@@ -78,7 +78,7 @@ def wandb_loggers(trainer: L.Trainer) -> list[LightningWandbLogger]:
 class WandbMedia(L.Callback):
     """Log an inversion's result files to every W&B logger of the trainer (see the module docstring).
 
-    Runs after :class:`~hfgi3d.outputs.InversionOutputs` has written them (``fit`` orders the
+    Runs after :class:`~hfgi3d.callbacks.outputs.InversionOutputs` has written them (``fit`` orders the
     callbacks). Without a W&B logger it does nothing: the files stay in the output folder.
 
     Args:

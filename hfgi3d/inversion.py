@@ -8,26 +8,31 @@ Two scheduled stages, with manual optimization:
   part of the input (``D = ‖x − G(w_e, p0)‖₂ ≤ θ``) and the DataModule builds the pseudo views
   from ``w_e`` and ``w_o``.
 * ``pseudo_multiview`` (the next ``pseudo_multiview_steps`` steps): G unfrozen (PTI-style),
-  latent optionally frozen; each step adds the occluded and visible losses of one auxiliary
-  view to the input-view loss (SPEC §5). ``use_pseudo_views=False`` gives the PTI baseline.
+  latent optionally frozen; each step adds the loss of one auxiliary view to the input-view
+  loss. ``aux_target`` picks what the auxiliary render is compared with: ``masked`` (the
+  paper's Eq. 5: ``O_i`` where ``M_o`` plus ``V_i`` where ``M_v``) or ``blended`` (the blended
+  pseudo view ``v_i``, no masks, as the authors' release trains). ``use_pseudo_views=False``
+  gives the PTI baseline.
 
-Log keys are slash-namespaced by stage (``estimate/loss_lpips``, ``pseudo_multiview/loss_visible``).
+Log keys are slash-namespaced by stage (``estimate/loss_lpips``, ``pseudo_multiview/loss_visible``);
+the ``fit`` command adds ``{stage}/lr`` (Lightning's ``LearningRateMonitor``, reading each stage's
+``LambdaLR``) and ``{stage}/step_time_s`` (:class:`hfgi3d.callbacks.timing.StepTimer`).
 """
 
 from __future__ import annotations
 
+import copy
 import math
-import time
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from torch import Tensor, nn
+from torch.optim.lr_scheduler import LambdaLR
 
 from hfgi3d.cameras import frontal_c25
 from hfgi3d.data.datamodule import PseudoViewDataModule
-from hfgi3d.generator import open_generator
-from hfgi3d.generator.checkpoint import TINY_GENERATOR
+from hfgi3d.generator import TriPlaneGenerator, open_generator
 from hfgi3d.geometry import difference_mask
 from hfgi3d.losses import LPIPS, reconstruction_loss
 
@@ -35,23 +40,31 @@ ESTIMATE = "estimate"
 PSEUDO_MULTIVIEW = "pseudo_multiview"
 
 
-def learning_rate(step: int, total: int, peak: float, rampup: float, rampdown: float) -> float:
-    """Peak lr with a linear warm-up over ``rampup``·total steps and a cosine ramp-down over the
-    last ``rampdown``·total steps (the PTI/EG3D projector schedule; 0 disables either ramp)."""
+AuxTarget = Literal["masked", "blended"]
+
+
+def lr_factor(step: int, total: int, rampup: float, rampdown: float) -> float:
+    """Multiplier of the peak lr at ``step``: a linear warm-up over ``rampup``·total steps and a
+    cosine ramp-down over the last ``rampdown``·total steps (the PTI/EG3D projector schedule;
+    0 disables either ramp). Used as a ``LambdaLR`` factor."""
     t = step / max(total, 1)
     factor = 1.0
     if rampdown > 0:
         factor *= 0.5 - 0.5 * math.cos(min(1.0, (1.0 - t) / rampdown) * math.pi)
     if rampup > 0:
         factor *= min(1.0, t / rampup)
-    return peak * factor
+    return factor
 
 
 class InversionModule(L.LightningModule):
     """Invert one photo into EG3D with pseudo-multi-view optimization.
 
+    The values of the paper and of the authors' release live in ``configs/hfgi3d.yaml`` and
+    ``configs/hfgi3d_official.yaml``; every argument is a config entry (``model.*``).
+
     Args:
-        generator: EG3D ``.pkl``, hfgi3d ``.pt``, GeneratorConfig ``.yaml`` or ``tiny``.
+        generator: EG3D ``.pkl``, hfgi3d ``.pt``, GeneratorConfig ``.yaml`` or ``tiny`` (the small
+            random generator of ``configs/demo.yaml``).
         latent_space: ``w`` (one 512-d vector) or ``w+`` (one per layer).
         w_avg_samples: samples for the starting latent and its spread (frontal camera).
         estimate_steps, estimate_lr: stage-1 length and peak learning rate.
@@ -63,12 +76,15 @@ class InversionModule(L.LightningModule):
         pseudo_multiview_steps, pseudo_multiview_lr: stage-2 length and Adam learning rate.
         freeze_latent: keep the latent fixed in stage 2 (the authors' release).
         use_pseudo_views: False gives the PTI baseline (input view only).
+        aux_target: ``masked`` (Eq. 5: ``O_i`` on ``M_o`` and ``V_i`` on ``M_v``) or
+            ``blended`` (``v_i``, unmasked).
         lambda_l2, lambda_lpips: weights of ``L_rec``'s terms.
-        lambda_occluded, lambda_visible: weights of the two auxiliary terms.
+        lambda_occluded, lambda_visible: weights of the two masked auxiliary terms.
+        lambda_pseudo: weight of the blended auxiliary term.
         lpips_resize: LPIPS input size (the projectors use 256); None keeps the render size.
-        lpips_weights: explicit LPIPS weights file (see :mod:`hfgi3d.losses`).
-        neural_rendering_resolution: override of the generator's (None keeps it).
         seed: generator init (random architectures) and latent sampling.
+        lpips_weights: explicit LPIPS weights file (see :mod:`hfgi3d.losses`); None searches.
+        neural_rendering_resolution: override of the generator's (None keeps it).
     """
 
     w_std: Tensor
@@ -79,30 +95,32 @@ class InversionModule(L.LightningModule):
 
     def __init__(
         self,
-        generator: str = TINY_GENERATOR,
-        latent_space: Literal["w", "w+"] = "w",
-        w_avg_samples: int = 600,
-        estimate_steps: int = 1000,
-        estimate_lr: float = 5e-3,
-        estimate_lr_rampup: float = 0.0,
-        estimate_lr_rampdown: float = 0.0,
-        estimate_noise: float = 0.0,
-        estimate_noise_ramp: float = 0.75,
-        occluded_steps: int = 200,
-        occluded_lr: float = 5e-3,
-        difference_threshold: float = 0.25,
-        pseudo_multiview_steps: int = 3000,
-        pseudo_multiview_lr: float = 3e-4,
-        freeze_latent: bool = False,
-        use_pseudo_views: bool = True,
-        lambda_l2: float = 1.0,
-        lambda_lpips: float = 1.0,
-        lambda_occluded: float = 1.0,
-        lambda_visible: float = 1.0,
-        lpips_resize: int | None = 256,
+        generator: str,
+        latent_space: Literal["w", "w+"],
+        w_avg_samples: int,
+        estimate_steps: int,
+        estimate_lr: float,
+        estimate_lr_rampup: float,
+        estimate_lr_rampdown: float,
+        estimate_noise: float,
+        estimate_noise_ramp: float,
+        occluded_steps: int,
+        occluded_lr: float,
+        difference_threshold: float,
+        pseudo_multiview_steps: int,
+        pseudo_multiview_lr: float,
+        freeze_latent: bool,
+        use_pseudo_views: bool,
+        aux_target: AuxTarget,
+        lambda_l2: float,
+        lambda_lpips: float,
+        lambda_occluded: float,
+        lambda_visible: float,
+        lambda_pseudo: float,
+        lpips_resize: int | None,
+        seed: int,
         lpips_weights: str | None = None,
         neural_rendering_resolution: int | None = None,
-        seed: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -122,7 +140,6 @@ class InversionModule(L.LightningModule):
         # on_fit_start (Lightning restores global_step only afterwards).
         self.register_buffer("latent_ready", torch.zeros((), dtype=torch.bool))
         self.register_buffer("handed_over", torch.zeros((), dtype=torch.bool))
-        self._step_started = 0.0
 
     # Helpers ------------------------------------------------------------------------------
 
@@ -177,7 +194,7 @@ class InversionModule(L.LightningModule):
         if not bool(self.latent_ready):
             self._init_latent()
         if bool(self.handed_over):
-            self._enter_stage_two()
+            self._enter_stage_two(resumed=True)
 
     @torch.no_grad()
     def _init_latent(self) -> None:
@@ -191,15 +208,24 @@ class InversionModule(L.LightningModule):
         self.latent.copy_(w_avg.expand_as(self.latent))
         self.latent_ready.fill_(True)
 
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        latent_opt = torch.optim.Adam([self.latent], lr=self.hp.estimate_lr, betas=(0.9, 0.999))
-        params = list(self.G.parameters()) + ([] if self.hp.freeze_latent else [self.latent])
-        tune_opt = torch.optim.Adam(params, lr=self.hp.pseudo_multiview_lr)
-        return [latent_opt, tune_opt]
+    def configure_optimizers(self) -> Any:
+        """One Adam per stage, each with a ``LambdaLR`` stepped once per step of its stage."""
+        hp = self.hp
+        latent_opt = torch.optim.Adam([self.latent], lr=hp.estimate_lr, betas=(0.9, 0.999))
+        params = list(self.G.parameters()) + ([] if hp.freeze_latent else [self.latent])
+        tune_opt = torch.optim.Adam(params, lr=hp.pseudo_multiview_lr)
+
+        def estimate_factor(step: int) -> float:
+            return lr_factor(step, hp.estimate_steps, hp.estimate_lr_rampup, hp.estimate_lr_rampdown)
+
+        schedulers = [
+            {"scheduler": LambdaLR(latent_opt, estimate_factor), "name": f"{ESTIMATE}/lr", "interval": "step"},
+            {"scheduler": LambdaLR(tune_opt, lambda step: 1.0), "name": f"{PSEUDO_MULTIVIEW}/lr", "interval": "step"},
+        ]
+        return [latent_opt, tune_opt], schedulers
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         step = self.global_step  # manual optimization: counts optimizer steps
-        self._step_started = time.perf_counter()
         if self.stage_at(step) == ESTIMATE:
             return self._estimate_step(batch, step)
         if not bool(self.handed_over):
@@ -210,56 +236,63 @@ class InversionModule(L.LightningModule):
 
     def _estimate_step(self, batch: dict[str, Tensor], step: int) -> Tensor:
         hp = self.hp
-        latent_opt = self._optimizer(0)
-        lr = learning_rate(step, hp.estimate_steps, hp.estimate_lr, hp.estimate_lr_rampup, hp.estimate_lr_rampdown)
-        for group in latent_opt.param_groups:
-            group["lr"] = lr
         ws = self.ws()
         if hp.estimate_noise > 0:
             fade = max(0.0, 1.0 - step / (hp.estimate_noise_ramp * hp.estimate_steps))
             ws = ws + torch.randn_like(ws) * self.w_std * hp.estimate_noise * fade**2
         losses = self._rec(self.render(ws, batch["c25"])["image"], batch["image"])
-        self._optimize(latent_opt, losses["loss"], ESTIMATE, step)
-        self._log(ESTIMATE, losses, lr)
+        self._optimize(0, losses["loss"], ESTIMATE, step)
+        self._log(ESTIMATE, losses)
         return losses["loss"]
 
     def _pseudo_multiview_step(self, batch: dict[str, Tensor], step: int) -> Tensor:
-        hp = self.hp
-        tune_opt = self._optimizer(1)
         ws = self.ws()
         input_losses = self._rec(self.render(ws, batch["c25"])["image"], batch["image"])
         losses = {name.replace("loss", "loss_input", 1): value for name, value in input_losses.items()}
         loss = losses["loss_input"]
-        if hp.use_pseudo_views:
-            aux = self.render(ws, batch["aux_c25"])["image"]
-            occluded = self._rec(aux, batch["aux_occluded"], batch["aux_mask_occluded"])["loss"]
-            visible = self._rec(aux, batch["aux_visible"], batch["aux_mask_visible"])["loss"]
-            losses.update(loss_occluded=occluded, loss_visible=visible)
-            loss = loss + hp.lambda_occluded * occluded + hp.lambda_visible * visible
+        if self.hp.use_pseudo_views:
+            aux_loss, aux_losses = self.auxiliary_loss(self.render(ws, batch["aux_c25"])["image"], batch)
+            losses.update(aux_losses)
+            loss = loss + aux_loss
         losses["loss"] = loss
-        self._optimize(tune_opt, loss, PSEUDO_MULTIVIEW, step)
-        self._log(PSEUDO_MULTIVIEW, losses, tune_opt.param_groups[0]["lr"])
+        self._optimize(1, loss, PSEUDO_MULTIVIEW, step)
+        self._log(PSEUDO_MULTIVIEW, losses)
         return loss
 
-    def _optimizer(self, index: int) -> Any:
-        optimizers = self.optimizers()
-        assert isinstance(optimizers, list)
-        return optimizers[index]
+    def auxiliary_loss(self, render: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """The auxiliary view's weighted loss and its unweighted terms (see ``aux_target``).
 
-    def _optimize(self, optimizer: Any, loss: Tensor, stage: str, step: int) -> None:
+        ``masked``: ``λ_o·L_rec(M_o·G(w, p_i), M_o·O_i) + λ_v·L_rec(M_v·G(w, p_i), M_v·V_i)``;
+        ``blended``: ``λ_p·L_rec(G(w, p_i), v_i)``.
+        """
+        hp = self.hp
+        if hp.aux_target == "masked":
+            occluded = self._rec(render, batch["aux_occluded"], batch["aux_mask_occluded"])["loss"]
+            visible = self._rec(render, batch["aux_visible"], batch["aux_mask_visible"])["loss"]
+            total = hp.lambda_occluded * occluded + hp.lambda_visible * visible
+            return total, {"loss_occluded": occluded, "loss_visible": visible}
+        if hp.aux_target == "blended":
+            pseudo = self._rec(render, batch["aux_pseudo"])["loss"]
+            return hp.lambda_pseudo * pseudo, {"loss_pseudo": pseudo}
+        raise ValueError(f"aux_target must be 'masked' or 'blended', got {hp.aux_target!r}")
+
+    def _optimize(self, index: int, loss: Tensor, stage: str, step: int) -> None:
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite loss ({loss.item()}) in stage '{stage}' at step {step}; "
                 "the last checkpoint on disk is the last good state"
             )
+        optimizers, schedulers = self.optimizers(), self.lr_schedulers()
+        assert isinstance(optimizers, list) and isinstance(schedulers, list)
+        optimizer, scheduler = optimizers[index], schedulers[index]
+        assert isinstance(scheduler, LambdaLR)
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         optimizer.step()
+        scheduler.step()
 
-    def _log(self, stage: str, losses: dict[str, Tensor], lr: float) -> None:
+    def _log(self, stage: str, losses: dict[str, Tensor]) -> None:
         values = {f"{stage}/{name}": value.detach() for name, value in losses.items()}
-        values[f"{stage}/lr"] = torch.tensor(lr)
-        values[f"{stage}/step_time_s"] = torch.tensor(time.perf_counter() - self._step_started)
         self.log_dict(values, on_step=True, prog_bar=False, batch_size=1)
         self.log("loss", losses["loss"].detach(), prog_bar=True, batch_size=1)
 
@@ -271,16 +304,29 @@ class InversionModule(L.LightningModule):
         if self.hp.use_pseudo_views:
             self.ws_occluded.copy_(self._fit_occluded_latent(self.ws_estimate))
         self.handed_over.fill_(True)
-        self._enter_stage_two()
+        self._enter_stage_two(resumed=False)
 
-    def _enter_stage_two(self) -> None:
-        """Unfreeze G and make the pseudo views available (at the hand-over or on resume)."""
+    def _enter_stage_two(self, resumed: bool) -> None:
+        """Unfreeze G and make the pseudo views available (at the hand-over, or on resume)."""
+        if self.hp.use_pseudo_views and not self.datamodule.ready:
+            stage_one = self._stage_one_generator(resumed)
+            self.datamodule.prepare_pseudo_views(stage_one, self.ws_estimate, self.ws_occluded)
         self.G.requires_grad_(True)
         self.G.train()
         if self.hp.freeze_latent:
             self.latent.requires_grad_(False)
-        if self.hp.use_pseudo_views and not self.datamodule.ready:
-            self.datamodule.prepare_pseudo_views(self.G, self.ws_estimate, self.ws_occluded)
+
+    def _stage_one_generator(self, resumed: bool) -> TriPlaneGenerator:
+        """A frozen copy of G as stage 1 left it, for the pseudo views.
+
+        Stage 1 never changes G, so this is the pretrained generator: a copy of ``G`` at the
+        hand-over, re-opened from its file when a run resumes in stage 2 (G is tuned by then).
+        """
+        if resumed:
+            stage_one = open_generator(self.hp.generator, self.hp.seed).to(self.device)
+        else:
+            stage_one = copy.deepcopy(self.G)
+        return stage_one.eval().requires_grad_(False)
 
     @torch.enable_grad()
     def _fit_occluded_latent(self, ws_estimate: Tensor) -> Tensor:

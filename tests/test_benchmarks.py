@@ -22,7 +22,7 @@ model: {generator: tiny, w_avg_samples: 16, estimate_steps: 4, estimate_lr: 0.01
         pseudo_multiview_steps: 4, pseudo_multiview_lr: 0.01, lpips_resize: null}
 data: {num_views: 2, pseudo_views: {poisson_iterations: 20}}
 outputs: {orbit_frames: 0, mesh_resolution: 0}
-evaluation: {every_n_steps: 0, lpips_resize: null}
+evaluation: {every_n_steps: 0}
 trainer: {accelerator: cpu, log_every_n_steps: 4, callbacks: []}
 """
 NUMBER_KEYS = ("novel_psnr", "novel_ssim", "novel_lpips", "psnr", "ssim", "lpips_alex", "warp_psnr")

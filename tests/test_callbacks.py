@@ -12,13 +12,14 @@ from hfgi3d.callbacks.wandb_logging import WandbLogger, resolve_mode
 from hfgi3d.cameras import orbit_c25
 from hfgi3d.cli import main
 from hfgi3d.generator import open_generator
-from hfgi3d.metrics.evaluation import METRIC_KEYS, EvaluationConfig, evaluate, load_networks
+from hfgi3d.metrics.evaluation import METRIC_KEYS, evaluate, load_networks
 from tests.ibrnet_checkpoint_writer import write_official_checkpoint
+from tests.presets import evaluation_config
 from tests.test_arcface import synthetic_checkpoint
 from tests.wandb_offline import read_offline_run
 
 TINY_FIT = [
-    "fit", "--config", "configs/demo.yaml",
+    "fit", "--config", "configs/hfgi3d.yaml", "--config", "configs/demo.yaml",
     "--model.w_avg_samples", "16", "--model.estimate_steps", "6", "--model.pseudo_multiview_steps", "6",
     "--model.occluded_steps", "2", "--data.num_views", "2", "--data.pseudo_views.poisson_iterations", "20",
     "--outputs.orbit_frames", "4", "--outputs.mesh_resolution", "24", "--evaluation.every_n_steps", "4",
@@ -102,9 +103,10 @@ def test_fit_without_wandb_writes_every_metric_and_the_reasons_for_skips(tmp_pat
     skipped = metrics["skipped"]
     for key in METRIC_KEYS:
         assert (metrics[key] is None) == (key in skipped), key
-    assert "evaluation.arcface_checkpoint" in skipped["id_arcface"]
+    assert "evaluation.metrics.arcface_checkpoint" in skipped["id_arcface"]
     assert "model_255000.pth" in skipped["ibrnet_psnr"]
     assert "161" in skipped["ms_ssim"]  # the tiny generator renders 128²
+    # MTCNN finding no face in this render: observed on the development machine (x86-64 CPU), not a reference result
     assert "no face" in skipped["pose_error"]  # the tiny random generator draws no face
     assert 0 < metrics["warp_coverage"] <= 1 and metrics["lpips_alex"] > 0
     assert not list(out.glob("wandb"))
@@ -113,7 +115,7 @@ def test_fit_without_wandb_writes_every_metric_and_the_reasons_for_skips(tmp_pat
 def test_strict_evaluation_fails_before_the_fit(tmp_path: Path) -> None:
     out = tmp_path / "run"
     with pytest.raises(FileNotFoundError, match="arcface_checkpoint"):
-        main([*TINY_FIT, "--output_dir", str(out), "--evaluation.strict", "true"])
+        main([*TINY_FIT, "--output_dir", str(out), "--evaluation.metrics.strict", "true"])
     assert not (out / "metrics.json").exists()
 
 
@@ -121,9 +123,9 @@ def test_wrong_network_files_fail_before_the_fit(tmp_path: Path) -> None:
     bad = tmp_path / "backbone.pth"
     torch.save({"not": torch.zeros(1)}, bad)
     with pytest.raises(ValueError, match=r"backbone\.pth"):
-        main([*TINY_FIT, "--output_dir", str(tmp_path / "a"), "--evaluation.arcface_checkpoint", str(bad)])
+        main([*TINY_FIT, "--output_dir", str(tmp_path / "a"), "--evaluation.metrics.arcface_checkpoint", str(bad)])
     with pytest.raises(FileNotFoundError, match=r"model_255000\.pth"):
-        main([*TINY_FIT, "--output_dir", str(tmp_path / "b"), "--evaluation.ibrnet_checkpoint", "nowhere.pth"])
+        main([*TINY_FIT, "--output_dir", str(tmp_path / "b"), "--evaluation.metrics.ibrnet_checkpoint", "nowhere.pth"])
 
 
 def test_evaluate_runs_ibrnet_on_the_five_views_and_skips_faceless_identity(tmp_path: Path) -> None:
@@ -134,7 +136,7 @@ def test_evaluate_runs_ibrnet_on_the_five_views_and_skips_faceless_identity(tmp_
     """
     write_official_checkpoint(tmp_path / "model_255000.pth")
     torch.save(synthetic_checkpoint("r50"), tmp_path / "backbone.pth")
-    config = EvaluationConfig(
+    config = evaluation_config(
         lpips_resize=None, ibrnet_checkpoint=str(tmp_path / "model_255000.pth"), ibrnet_resolution=32,
         ibrnet_samples=8, ibrnet_importance=8, arcface_checkpoint=str(tmp_path / "backbone.pth"),
     )  # fmt: skip
@@ -146,6 +148,8 @@ def test_evaluate_runs_ibrnet_on_the_five_views_and_skips_faceless_identity(tmp_
         ws = generator.mapping(torch.randn(1, 512, generator=torch.Generator().manual_seed(0)), c25)
         image = generator.synthesis(ws, c25, deterministic=True)["image"].clamp(-1, 1)
     metrics, skipped = evaluate(generator, ws, image, c25, networks, config)
+    # 40 dB (only the clamp differs) and MTCNN's "no face" below: measured on the development machine (x86-64 CPU)
+    # for this random generator, not reference values
     assert metrics["psnr"] is not None and metrics["psnr"] > 40  # the image is the generator's own render
     for key in ("ibrnet_psnr", "ibrnet_ssim", "ibrnet_lpips"):
         assert metrics[key] is not None and key not in skipped, key
@@ -172,6 +176,7 @@ def test_pose_error_is_the_distance_to_the_estimated_camera(tmp_path: Path) -> N
     c25 = load_camera(tmp_path / "aligned" / "dataset.json", "astronaut.png")
     detector = make_detector()
     same = float(pose_errors(detector, image, c25, PnPPoseEstimator())[0])
+    # 0.05 rad here and abs=0.03 below: measured on the development machine (x86-64 CPU) from MTCNN + PnP, not derived
     assert same < 0.05  # re-detecting landmarks on the crop moves them by a pixel or two
     from hfgi3d.cameras import split_c25, yaw_pitch_of
 

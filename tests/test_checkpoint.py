@@ -103,14 +103,17 @@ def test_convert_command_turns_an_official_pickle_into_a_checkpoint(tmp_path: Pa
     assert not marker_path_for(pickle_path).exists()
 
 
-def test_generator_config_presets_build_the_documented_architectures() -> None:
-    import yaml
-
+def test_generator_presets_are_the_architectures_they_name() -> None:
+    """tiny.yaml is the EG3D reference's configuration (with 32² planes); ffhq512.yaml is EG3D's defaults."""
     from hfgi3d.generator import GeneratorConfig, ffhq512_config
+    from hfgi3d.generator.config import config_from_eg3d
 
-    root = Path(__file__).parents[1] / "configs" / "generator"
-    assert GeneratorConfig.from_dict(yaml.safe_load((root / "tiny.yaml").read_text())) == tiny_config(32)
-    assert GeneratorConfig.from_dict(yaml.safe_load((root / "ffhq512.yaml").read_text())) == ffhq512_config()
+    reference = load_reference("tiny")
+    init_kwargs, rendering_kwargs = eg3d_init_kwargs(reference)
+    official = config_from_eg3d(init_kwargs, rendering_kwargs, reference.neural_rendering_resolution)
+    assert tiny_config(plane_resolution=reference.plane_resolution) == official
+    assert tiny_config().plane_resolution == 32
+    assert ffhq512_config() == GeneratorConfig()
 
 
 def test_render_command_accepts_an_architecture_yaml(tmp_path: Path) -> None:

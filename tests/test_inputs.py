@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from hfgi3d.benchmarks.__main__ import BASE_PRESET, METHODS
 from hfgi3d.cameras import orbit_c25
-from hfgi3d.cli import main
+from hfgi3d.data.datamodule import PseudoViewDataModule
 from hfgi3d.data.inputs import SAMPLE_CAMERA, SAMPLE_IMAGE, load_camera, load_image
-from hfgi3d.inversion import learning_rate
-
-PRESETS = sorted(p.stem for p in (Path(__file__).parents[1] / "configs").glob("*.yaml"))
+from hfgi3d.fit import InversionCLI
+from hfgi3d.inversion import InversionModule, lr_factor
+from hfgi3d.presets import preset_path
 
 
 @pytest.fixture
@@ -74,18 +77,72 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     assert image[0, :, :, 24:].mean() > 0.9 and image[0, :, :, :8].mean() < -0.9
 
 
-@pytest.mark.parametrize("preset", PRESETS)
-def test_presets_parse(preset: str, capsys: pytest.CaptureFixture) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", f"configs/{preset}.yaml", "--print_config"])
-    assert exit_info.value.code == 0
-    printed = capsys.readouterr().out
-    assert "estimate_steps" in printed and "pseudo_views" in printed and "outputs" in printed
+class _Parsed(Exception):  # a signal that carries the parsed config, not an error
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+
+class _ParseOnly(InversionCLI):
+    """Parse and validate the arguments as ``fit`` does, then stop before anything is built."""
+
+    def before_instantiate_classes(self) -> None:
+        raise _Parsed(self.config["fit"])
+
+
+def _resolved(*configs: str, extra: Sequence[str] = ()) -> Any:
+    args = ["fit"]
+    for config in configs:
+        args += ["--config", str(preset_path(config))]
+    with pytest.raises(_Parsed) as parsed:
+        _ParseOnly(InversionModule, PseudoViewDataModule, args=[*args, *extra])
+    return parsed.value.config
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_benchmark_method_composes_to_a_complete_config(method: str) -> None:
+    overrides = [str(preset_path(name)) for name in METHODS[method]]
+    config = _resolved(BASE_PRESET, *overrides, extra=["--model.generator", "g.pkl", "--data.image", "face.png"])
+    paper = _resolved(BASE_PRESET, extra=["--model.generator", "g.pkl", "--data.image", "face.png"])
+    changed = {key for key in paper.keys() if key.startswith(("model.", "data.")) and config.get(key) != paper.get(key)}
+    expected = {
+        "hfgi3d": set(),
+        "pti": {"model.use_pseudo_views"},
+        "ablation_no_occluded": {"data.pseudo_views.occluded_source"},
+        "ablation_no_visible_texture": {"data.pseudo_views.visible_source"},
+    }
+    if method in expected:
+        assert changed == expected[method]
+    else:  # the release changes many values; the ones that define it:
+        assert config["model.aux_target"] == "blended" and config["data.pseudo_views.poses"] == "orbit"
+        assert config["model.latent_space"] == "w+" and config["data.num_views"] == 30
+
+
+def test_demo_preset_picks_the_tiny_generator_and_the_sample_photo() -> None:
+    config = _resolved(BASE_PRESET, "demo.yaml")
+    assert config["model.generator"] == "tiny" and config["data.image"] == "sample"
+
+
+@pytest.mark.parametrize("missing", ["model.generator", "data.image"])
+def test_the_paper_preset_has_no_generator_or_photo_of_its_own(
+    missing: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    given = {"model.generator": "g.pkl", "data.image": "face.png"}
+    extra = [arg for key, value in given.items() if key != missing for arg in (f"--{key}", value)]
+    with pytest.raises(SystemExit):
+        _resolved(BASE_PRESET, extra=extra)
+    assert missing in capsys.readouterr().err
+
+
+def test_linked_values_are_typed_once() -> None:
+    config = _resolved(BASE_PRESET, "demo.yaml", extra=["--data.pseudo_views.yaw_range_rad", "0.5"])
+    assert config["evaluation.metrics.novel_yaw_rad"] == 0.5 and config["outputs.grid_yaw_rad"] == 0.5
+    assert config["evaluation.metrics.lpips_resize"] is None  # the demo's model.lpips_resize
+    assert config["trainer.max_steps"] == config["model.estimate_steps"] + config["model.pseudo_multiview_steps"]
 
 
 def test_learning_rate_schedule() -> None:
-    assert learning_rate(10, 100, 0.01, 0.0, 0.0) == 0.01
-    assert learning_rate(0, 100, 0.01, 0.05, 0.25) == 0.0  # warm-up starts at 0
-    assert learning_rate(50, 100, 0.01, 0.05, 0.25) == pytest.approx(0.01)
-    assert learning_rate(100, 100, 0.01, 0.05, 0.25) == pytest.approx(0.0, abs=1e-12)
-    assert 0 < learning_rate(90, 100, 0.01, 0.05, 0.25) < 0.01
+    assert lr_factor(10, 100, 0.0, 0.0) == 1.0
+    assert lr_factor(0, 100, 0.05, 0.25) == 0.0  # warm-up starts at 0
+    assert lr_factor(50, 100, 0.05, 0.25) == pytest.approx(1.0)
+    assert lr_factor(100, 100, 0.05, 0.25) == pytest.approx(0.0, abs=1e-12)
+    assert 0 < lr_factor(90, 100, 0.05, 0.25) < 1.0

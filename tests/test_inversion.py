@@ -17,15 +17,15 @@ from hfgi3d.cameras import orbit_c25
 from hfgi3d.cli import main
 from hfgi3d.data import pseudo_views
 from hfgi3d.data.datamodule import PseudoViewDataModule
-from hfgi3d.data.pseudo_views import PseudoViewConfig
 from hfgi3d.generator import open_generator
 from hfgi3d.inversion import ESTIMATE, PSEUDO_MULTIVIEW, InversionModule
+from tests.presets import data_args, model_args, pseudo_view_config
 
-FAST_MODEL = {
-    "generator": "tiny", "w_avg_samples": 16, "estimate_steps": 3, "occluded_steps": 2, "pseudo_multiview_steps": 3,
-    "estimate_lr": 0.01, "pseudo_multiview_lr": 1e-3, "lpips_resize": None,
-}  # fmt: skip
-FAST_VIEWS = PseudoViewConfig(poisson_iterations=50)
+FAST_MODEL = model_args(
+    generator="tiny", w_avg_samples=16, estimate_steps=3, occluded_steps=2, pseudo_multiview_steps=3,
+    estimate_lr=0.01, pseudo_multiview_lr=1e-3, lpips_resize=None,
+)  # fmt: skip
+FAST_VIEWS = pseudo_view_config(poisson_iterations=50)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,8 @@ def _trainer(tmp_path: Path, steps: int, callbacks: list[L.Callback]) -> L.Train
 
 
 def _datamodule(target: tuple[Path, Path], **kwargs: Any) -> PseudoViewDataModule:
-    return PseudoViewDataModule(str(target[0]), str(target[1]), num_views=2, pseudo_views=FAST_VIEWS, **kwargs)
+    args = data_args(num_views=2, pseudo_views=FAST_VIEWS, **kwargs)
+    return PseudoViewDataModule(image=str(target[0]), camera=str(target[1]), **args)
 
 
 def test_stages_switch_once_and_freeze_then_train_the_generator(
@@ -100,9 +101,11 @@ def test_on_the_fly_mode_builds_a_view_per_step(
     target: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cameras: list[torch.Tensor] = []
+    builders: list[dict[str, torch.Tensor]] = []
     original = pseudo_views.build_pseudo_views
 
     def spy(*args: Any, **kwargs: Any) -> Any:
+        builders.append({k: v.clone() for k, v in args[0].state_dict().items()})
         cameras.append(args[5])
         return original(*args, **kwargs)
 
@@ -113,6 +116,10 @@ def test_on_the_fly_mode_builds_a_view_per_step(
     assert len(cameras) == 3 and all(len(c) == 1 for c in cameras)  # one fresh view per stage-2 step
     assert len({tuple(c.flatten().tolist()) for c in cameras}) == 3
     assert datamodule.views is None
+    # Every view comes from the stage-1 (= pretrained) generator, not from the one being tuned.
+    pretrained = open_generator("tiny").state_dict()
+    assert all(torch.equal(state[k], pretrained[k]) for state in builders for k in pretrained)
+    assert not all(torch.equal(module.G.state_dict()[k], pretrained[k]) for k in pretrained)
 
 
 def test_pti_baseline_uses_no_pseudo_views(target: tuple[Path, Path], tmp_path: Path) -> None:
@@ -120,6 +127,45 @@ def test_pti_baseline_uses_no_pseudo_views(target: tuple[Path, Path], tmp_path: 
     datamodule = _datamodule(target)
     _trainer(tmp_path, module.total_steps, []).fit(module, datamodule=datamodule)
     assert datamodule.views is None and bool(module.handed_over)
+
+
+@pytest.mark.parametrize("aux_target", ["masked", "blended"])
+def test_the_auxiliary_target_decides_which_views_reach_the_gradient(aux_target: str) -> None:
+    """masked: O_i counts only on M_o and V_i only on M_v, v_i not at all; blended: only v_i counts."""
+    module = InversionModule(**{**FAST_MODEL, "aux_target": aux_target})
+    draw = torch.Generator().manual_seed(0)
+
+    def image() -> torch.Tensor:
+        return torch.rand(1, 3, 32, 32, generator=draw) * 2 - 1
+
+    visible = torch.zeros(1, 1, 32, 32)
+    visible[..., :16] = 1
+    batch = {
+        "aux_pseudo": image(), "aux_visible": image(), "aux_occluded": image(),
+        "aux_mask_visible": visible, "aux_mask_occluded": 1 - visible,
+    }  # fmt: skip
+    render = image().requires_grad_(True)
+
+    def gradient(**replaced: torch.Tensor) -> torch.Tensor:
+        render.grad = None
+        module.auxiliary_loss(render, {**batch, **replaced})[0].backward()
+        assert render.grad is not None
+        return render.grad.clone()
+
+    reference = gradient()
+
+    def moves(key: str, where: torch.Tensor) -> bool:
+        changed = torch.where(where.bool(), image(), batch[key])
+        return not torch.equal(gradient(**{key: changed}), reference)
+
+    everywhere = torch.ones_like(visible)
+    if aux_target == "masked":
+        assert moves("aux_visible", visible) and moves("aux_occluded", 1 - visible)
+        assert not moves("aux_visible", 1 - visible) and not moves("aux_occluded", visible)
+        assert not moves("aux_pseudo", everywhere)
+    else:
+        assert moves("aux_pseudo", everywhere)
+        assert not moves("aux_visible", everywhere) and not moves("aux_occluded", everywhere)
 
 
 class Killed(Exception):
@@ -171,9 +217,11 @@ def test_on_the_fly_resume_builds_from_the_stage_one_latent(
     assert not torch.equal(state["latent"].expand_as(state["ws_estimate"]), state["ws_estimate"])  # latent moved on
 
     geometry_latents: list[torch.Tensor] = []
+    builders: list[dict[str, torch.Tensor]] = []
     original = pseudo_views.build_pseudo_views
 
     def spy(*args: Any, **kwargs: Any) -> Any:
+        builders.append({k: v.clone() for k, v in args[0].state_dict().items()})
         geometry_latents.append(args[1].cpu())
         return original(*args, **kwargs)
 
@@ -184,6 +232,8 @@ def test_on_the_fly_resume_builds_from_the_stage_one_latent(
     )
     assert len(geometry_latents) == 2
     assert all(torch.equal(ws, state["ws_estimate"]) for ws in geometry_latents)
+    pretrained = open_generator("tiny").state_dict()  # the resumed G is tuned; the views' is not
+    assert all(torch.equal(builder[k], pretrained[k]) for builder in builders for k in pretrained)
 
 
 def _fail_build(*args: Any, **kwargs: Any) -> None:
@@ -224,7 +274,7 @@ def test_non_finite_loss_names_stage_and_step_and_keeps_the_checkpoint(
 
 
 def test_missing_camera_is_a_clear_error(target: tuple[Path, Path]) -> None:
-    datamodule = PseudoViewDataModule(str(target[0]), None)
+    datamodule = PseudoViewDataModule(image=str(target[0]), camera=None, **data_args())
     with pytest.raises(ValueError, match=r"no camera for .*target\.png: pass --data\.camera"):
         datamodule.load_input(128)
 
@@ -232,7 +282,8 @@ def test_missing_camera_is_a_clear_error(target: tuple[Path, Path]) -> None:
 def test_fit_command_end_to_end(target: tuple[Path, Path], tmp_path: Path) -> None:
     out = tmp_path / "result"
     args = [
-        "fit", "--config", "configs/demo.yaml", "--data.image", str(target[0]), "--data.camera", str(target[1]),
+        "fit", "--config", "configs/hfgi3d.yaml", "--config", "configs/demo.yaml",
+        "--data.image", str(target[0]), "--data.camera", str(target[1]),
         "--model.w_avg_samples", "16", "--model.estimate_steps", "25", "--model.pseudo_multiview_steps", "25",
         "--model.occluded_steps", "3", "--data.num_views", "2", "--data.pseudo_views.poisson_iterations", "50",
         "--outputs.orbit_frames", "4", "--outputs.mesh_resolution", "24", "--output_dir", str(out),

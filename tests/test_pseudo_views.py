@@ -8,15 +8,10 @@ import pytest
 import torch
 
 from hfgi3d.cameras import orbit_c25, split_c25, yaw_pitch_of
-from hfgi3d.data.pseudo_views import (
-    PseudoViewConfig,
-    auxiliary_cameras,
-    build_pseudo_views,
-    official_orbit_offsets_rad,
-    render_views,
-)
+from hfgi3d.data.pseudo_views import auxiliary_cameras, build_pseudo_views, render_views
 from hfgi3d.generator import TriPlaneGenerator, tiny_config
 from tests.eg3d_reference import load_reference, rebuild_state_dict
+from tests.presets import OFFICIAL, data_args, pseudo_view_config
 
 
 @pytest.fixture(scope="module")
@@ -33,19 +28,18 @@ def latents(generator: TriPlaneGenerator) -> tuple[torch.Tensor, torch.Tensor]:
     return ws[:1], ws[1:]
 
 
-def test_orbit_is_the_authors_30_views() -> None:
-    config = PseudoViewConfig(poses="orbit")
-    cameras = auxiliary_cameras(orbit_c25(0.2, 0.1), 5, config)
+def test_the_release_preset_orbits_the_authors_30_views() -> None:
+    data = data_args(*OFFICIAL)
+    cameras = auxiliary_cameras(orbit_c25(0.2, 0.1), data["num_views"], data["pseudo_views"])
     assert cameras.shape == (30, 25)
     yaw, pitch = yaw_pitch_of(split_c25(cameras)[0])
     i = torch.arange(30)
     torch.testing.assert_close(yaw, 0.35 * torch.sin(2 * math.pi * i / 30), atol=1e-5, rtol=0)
     torch.testing.assert_close(pitch, -0.05 + 0.25 * torch.cos(2 * math.pi * i / 30), atol=1e-5, rtol=0)
-    torch.testing.assert_close(torch.stack(official_orbit_offsets_rad()), torch.stack([yaw, pitch]), atol=1e-5, rtol=0)
 
 
 def test_random_poses_stay_in_range_around_the_input_pose() -> None:
-    config = PseudoViewConfig(yaw_range_rad=0.35, pitch_range_rad=0.25)
+    config = pseudo_view_config(yaw_range_rad=0.35, pitch_range_rad=0.25)
     c_input = orbit_c25(0.3, -0.1)
     cameras = auxiliary_cameras(c_input, 200, config, torch.Generator().manual_seed(0))
     yaw, pitch = yaw_pitch_of(split_c25(cameras)[0])
@@ -60,7 +54,7 @@ def test_input_pose_reproduces_the_input_image(generator: TriPlaneGenerator, lat
     ws_e, ws_o = latents
     image = torch.rand(1, 3, 128, 128) * 2 - 1
     c_input = orbit_c25(0.1, 0.05)
-    config = PseudoViewConfig(grazing_cos=-1.0, blend="alpha", feather_px=0)
+    config = pseudo_view_config(grazing_cos=-1.0, blend="alpha", feather_px=0)
     views = build_pseudo_views(generator, ws_e, ws_o, image, c_input, c_input, config)
     inner = views.mask_visible[..., 2:-2, 2:-2] > 0.5
     assert inner.float().mean() > 0.99
@@ -77,7 +71,7 @@ def test_side_views_have_complementary_masks_and_poisson_keeps_the_boundary(
     image = torch.rand(1, 3, 128, 128) * 2 - 1
     c_input = orbit_c25(0.0, 0.0)
     c_aux = orbit_c25(torch.tensor([0.35, -0.3]), torch.tensor([0.0, 0.2]))
-    config = PseudoViewConfig(poisson_iterations=500)
+    config = pseudo_view_config(poisson_iterations=500)
     views = build_pseudo_views(generator, ws_e, ws_o, image, c_input, c_aux, config)
     assert len(views) == 2 and views.pseudo.shape == (2, 3, 128, 128)
     torch.testing.assert_close(views.mask_visible + views.mask_occluded, torch.ones_like(views.mask_visible))
@@ -96,13 +90,13 @@ def test_ablation_sources(generator: TriPlaneGenerator, latents: tuple) -> None:
     ws_e, ws_o = latents
     image = torch.rand(1, 3, 128, 128) * 2 - 1
     c_input, c_aux = orbit_c25(0.0, 0.0), orbit_c25(0.3, 0.0)
-    generated_texture = PseudoViewConfig(visible_source="generated", blend="alpha")
+    generated_texture = pseudo_view_config(visible_source="generated", blend="alpha")
     views = build_pseudo_views(generator, ws_e, ws_o, image, c_input, c_aux, generated_texture)
     render_e, _ = render_views(generator, ws_e, c_aux)
     keep = views.visible != 0
     torch.testing.assert_close(views.visible[keep], render_e[keep])
 
-    interpolated = PseudoViewConfig(occluded_source="interpolated", blend="alpha", poisson_iterations=500)
+    interpolated = pseudo_view_config(occluded_source="interpolated", blend="alpha", poisson_iterations=500)
     views = build_pseudo_views(generator, ws_e, ws_o, image, c_input, c_aux, interpolated)
     seen = views.mask_visible > 0
     torch.testing.assert_close(views.occluded * seen, views.visible * seen, atol=1e-5, rtol=0)
@@ -113,5 +107,5 @@ def test_wrong_image_size_is_refused(generator: TriPlaneGenerator, latents: tupl
     ws_e, ws_o = latents
     with pytest.raises(ValueError, match="renders 128×128"):
         build_pseudo_views(
-            generator, ws_e, ws_o, torch.zeros(1, 3, 64, 64), orbit_c25(0, 0), orbit_c25(0.1, 0), PseudoViewConfig()
+            generator, ws_e, ws_o, torch.zeros(1, 3, 64, 64), orbit_c25(0, 0), orbit_c25(0.1, 0), pseudo_view_config()
         )

@@ -11,17 +11,23 @@ from pathlib import Path
 from hfgi3d.benchmarks.aggregate import CELEBA_COLUMNS, csv_table, markdown_table, summarize
 from hfgi3d.benchmarks.runner import Job, run
 from hfgi3d.benchmarks.store import MERGED_FILE, read_rows
+from hfgi3d.presets import preset_path
 
-METHODS = ("hfgi3d", "hfgi3d_official", "pti", "ablation_no_occluded", "ablation_no_visible_texture")
-"""Method name → preset ``configs/<name>.yaml``."""
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+BASE_PRESET = "hfgi3d.yaml"
+METHODS = {
+    "hfgi3d": (),
+    "hfgi3d_official": ("hfgi3d_official.yaml",),
+    "pti": ("baseline/pti.yaml",),
+    "ablation_no_occluded": ("ablation/no_occluded.yaml",),
+    "ablation_no_visible_texture": ("ablation/no_visible_texture.yaml",),
+}
+"""Method name → the overrides applied after the paper's preset, as ``fit --config`` takes them."""
+SYNTHETIC_CI_PROFILE = "benchmark/synthetic_ci.yaml"
 
 
-def _preset(method: str) -> Path:
-    path = CONFIGS / f"{method}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"no preset for method {method!r}: {path} does not exist")
-    return path
+def _presets(method: str) -> list[str]:
+    """The method's ``--config`` files, in order: the paper's preset, then its overrides."""
+    return [str(preset_path(name)) for name in (BASE_PRESET, *METHODS[method])]
 
 
 def log_to_wandb(folder: Path, group: str, columns: Sequence[str], rows: list[dict], summary: dict) -> None:
@@ -76,7 +82,7 @@ def celeba(args: argparse.Namespace) -> int:
     folder: Path = args.out
     write_image_list(folder / "images.txt", photos, args.seed)
     jobs = [
-        Job(photo.stem, method, {"preset": str(_preset(method)), "photo": str(photo)})
+        Job(photo.stem, method, {"presets": _presets(method), "photo": str(photo)})
         for photo in photos
         for method in args.methods
     ]
@@ -101,7 +107,7 @@ def synthetic(args: argparse.Namespace) -> int:
     folder: Path = args.out
     data = folder / "data"
     ids = prepare(args.generator, args.seed, args.images, data)
-    jobs = [Job(image_id, method, {"preset": str(_preset(method))}) for image_id in ids for method in args.methods]
+    jobs = [Job(image_id, method, {"presets": _presets(method)}) for image_id in ids for method in args.methods]
     lpips = LPIPS(net="alex", weights=args.lpips_weights_alex)
     job_fn = make_job_fn(args.generator, args.profile, data, folder / "runs", lpips, args.wandb)
     rows = run(jobs, folder, job_fn, args.accelerator, args.devices, args.num_nodes, args.retry_errors)
@@ -154,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     synth.add_argument("--generator", default="tiny", help="tiny, a GeneratorConfig .yaml, an EG3D .pkl or .pt")
     synth.add_argument(
         "--profile",
-        default=str(CONFIGS / "benchmark" / "synthetic_ci.yaml"),
+        default=str(preset_path(SYNTHETIC_CI_PROFILE)),
         help="config applied after each preset (CI size); 'none' runs the presets as they are",
     )
     synth.add_argument("--images", type=int, default=3)

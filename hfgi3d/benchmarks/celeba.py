@@ -1,7 +1,7 @@
 """The paper's protocol (SPEC §7): 1500 random CelebA-HQ images, every method, every metric.
 
 Each job aligns its photo with :func:`hfgi3d.preprocess.preprocess` (once per image, into
-``aligned/<image id>/``), inverts it with the method's preset (``configs/<method>.yaml``) and the
+``aligned/<image id>/``), inverts it with the method's preset (``hfgi3d.benchmarks.METHODS``) and the
 given EG3D checkpoint, and returns the run's ``metrics.json`` as its row. The image list (sampled
 with a fixed seed from the sorted folder listing) is written to ``images.txt`` next to the results.
 """

@@ -21,6 +21,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from hfgi3d.benchmarks.store import RANK_FILE, append_row, finished, merge
+from hfgi3d.presets import preset_path
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class Worker:
         return ["--trainer.accelerator", "cpu", "--trainer.devices", "1"]
 
 
-WANDB_PRESET = Path(__file__).resolve().parents[2] / "configs" / "logger" / "wandb.yaml"
+WANDB_PRESET = "logger/wandb.yaml"
 
 
 def run_fit(
@@ -67,15 +68,16 @@ def run_fit(
     wandb_group: str | None = None,
     extra: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Invert ``image`` with the job's preset, then ``profile``, via ``python -m hfgi3d fit``; returns ``metrics.json``.
+    """Invert ``image`` with the job's presets, then ``profile``, by ``python -m hfgi3d fit``; returns ``metrics.json``.
 
     The run goes to ``out`` (replacing what a killed attempt left) on this process's device and, with
     a ``wandb_group``, logs to that W&B group as ``<method>/<image id>``.
     """
     from hfgi3d.fit import main as fit_main
 
-    args = ["fit", "--config", str(job.payload["preset"])]
-    args += ["--config", profile] if profile else []
+    args = ["fit"]
+    for config in [*job.payload["presets"], *([profile] if profile else [])]:
+        args += ["--config", config]
     args += [
         "--model.generator", generator, "--data.image", str(image), "--data.camera", str(camera),
         "--output_dir", str(out), "--overwrite", "true", "--trainer.enable_progress_bar", "false",
@@ -83,7 +85,7 @@ def run_fit(
     ]  # fmt: skip
     if wandb_group:
         args += [
-            "--config", str(WANDB_PRESET), "--trainer.logger.init_args.group", wandb_group,
+            "--config", str(preset_path(WANDB_PRESET)), "--trainer.logger.init_args.group", wandb_group,
             "--trainer.logger.init_args.name", f"{job.method}/{job.image_id}",
             "--trainer.logger.init_args.tags", f"[{job.method}]",
         ]  # fmt: skip

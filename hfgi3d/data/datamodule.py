@@ -14,7 +14,6 @@ built so far (Lightning prefetches one batch ahead).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -22,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
-from hfgi3d.data.inputs import SAMPLE_CAMERA, SAMPLE_IMAGE, load_camera, load_image
+from hfgi3d.data.inputs import load_camera, load_image, resolve_input
 from hfgi3d.data.pseudo_views import PseudoViewConfig, PseudoViews, auxiliary_cameras, build_pseudo_views
 from hfgi3d.generator import TriPlaneGenerator
 
@@ -43,34 +42,33 @@ class PseudoViewDataModule(L.LightningDataModule):
     """Input photo + camera, and the pseudo views that stage 2 trains on.
 
     Args:
-        image: path of the aligned input photo (square); defaults to the bundled sample.
-        camera: its camera (see :mod:`hfgi3d.data.inputs`); defaults to the sample's when
-            ``image`` is the sample.
-        num_views: K pre-built auxiliary views (``mode='prebuilt'``); the official orbit
-            always has 30.
+        image: path of the aligned input photo (square), or ``sample`` for the bundled sample
+            photo (``configs/demo.yaml``).
+        camera: its camera (see :mod:`hfgi3d.data.inputs`); ``None`` with the sample photo.
+        num_views: K auxiliary views: pre-built ones (``mode='prebuilt'``) or the orbit's.
         mode: ``prebuilt`` builds K views once before stage 2 and draws one per step;
             ``on_the_fly`` builds a fresh random view every step (slower, more poses).
         pseudo_views: how views are chosen and built.
         seed: seeds pose sampling and per-step draws.
+
+    Views are built from the stage-1 latents with the stage-1 generator, a frozen copy that
+    stage 2's tuning does not touch (:meth:`prepare_pseudo_views`), in both modes.
     """
 
     def __init__(
         self,
-        image: str | None = None,
+        image: str,
+        num_views: int,
+        mode: Literal["prebuilt", "on_the_fly"],
+        pseudo_views: PseudoViewConfig,
+        seed: int,
         camera: str | None = None,
-        num_views: int = 16,
-        mode: Literal["prebuilt", "on_the_fly"] = "prebuilt",
-        pseudo_views: PseudoViewConfig | None = None,
-        seed: int = 0,
     ) -> None:
         super().__init__()
-        self.image_path = Path(image) if image else SAMPLE_IMAGE
-        if camera is None and self.image_path == SAMPLE_IMAGE:
-            camera = str(SAMPLE_CAMERA)
-        self.camera_path = camera
+        self.image_path, self.camera_path = resolve_input(image, camera)
         self.num_views = num_views
         self.mode = mode
-        self.config = pseudo_views or PseudoViewConfig()
+        self.config = pseudo_views
         self.seed = seed
         self.image: Tensor | None = None
         self.c25: Tensor | None = None
@@ -101,7 +99,9 @@ class PseudoViewDataModule(L.LightningDataModule):
     def prepare_pseudo_views(self, generator: TriPlaneGenerator, ws_estimate: Tensor, ws_occluded: Tensor) -> None:
         """Build the K views from the stage-1 latent ``w_e`` and the occluded latent ``w_o``.
 
-        In ``on_the_fly`` mode the generator and latents are kept to build a view per step.
+        ``generator`` must be the stage-1 generator and must not change afterwards (the module
+        passes a frozen copy). In ``on_the_fly`` mode it and the latents are kept to build a view
+        per step.
         """
         if self.image is None or self.c25 is None:
             raise RuntimeError("load_input must run before pseudo views are built")

@@ -15,9 +15,18 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 
+SAMPLE = "sample"
+"""The name that picks the bundled photo (only ``configs/demo.yaml`` uses it)."""
 SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "assets" / "sample_face.png"
 """A bundled FFHQ-aligned portrait (NASA astronaut photo from scikit-image, public domain)."""
 SAMPLE_CAMERA = SAMPLE_IMAGE.with_suffix(".json")
+
+
+def resolve_input(image: str, camera: str | None) -> tuple[Path, str | None]:
+    """The photo's path and its camera's: ``sample`` is the bundled photo with its camera."""
+    if image == SAMPLE:
+        return SAMPLE_IMAGE, camera or str(SAMPLE_CAMERA)
+    return Path(image), camera
 
 
 def load_image(path: str | Path, resolution: int) -> Tensor:

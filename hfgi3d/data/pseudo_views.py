@@ -31,26 +31,23 @@ from hfgi3d.geometry import (
     visibility_mask,
 )
 
-OFFICIAL_ORBIT_VIEWS = 30
-OFFICIAL_ORBIT_YAW_RAD = 0.35
-OFFICIAL_ORBIT_PITCH_RAD = 0.25
-OFFICIAL_ORBIT_PITCH_OFFSET_RAD = -0.05
-
 
 @dataclass
 class PseudoViewConfig:
-    """How auxiliary views are chosen and built; defaults are the paper's (SPEC §4).
+    """How auxiliary views are chosen and built. The values live in ``configs/`` (the paper's in
+    ``configs/hfgi3d.yaml``, the release's in ``configs/hfgi3d_official.yaml``).
 
     Attributes:
-        poses: ``random`` yaw/pitch offsets around the input pose, or the authors' fixed
-            30-view ``orbit`` (``yaw = 0.35 sin(2πi/30)``, ``pitch = −0.05 + 0.25 cos(2πi/30)``
-            around the frontal view).
-        yaw_range_rad, pitch_range_rad: half-widths of the uniform random offsets.
+        poses: ``random`` yaw/pitch offsets around the input pose, or a fixed ``orbit`` of K views
+            around the frontal view (the release: K = 30, ``yaw = 0.35 sin(2πi/K)``,
+            ``pitch = −0.05 + 0.25 cos(2πi/K)``).
+        yaw_range_rad, pitch_range_rad: half-widths of the random offsets; amplitudes of the orbit.
+        orbit_pitch_offset_rad: pitch of the orbit's centre (``orbit`` only).
         visibility_rel_tol: relative depth tolerance of the z-buffer test.
         grazing_cos: minimum cosine between surface normal and input ray to count as visible.
         erode_px: erosion of the visible mask, pixels.
         feather_px: width of the soft edge of ``M_v``, pixels.
-        blend: ``poisson`` (seamless cloning, the paper's default) or ``alpha``.
+        blend: ``poisson`` (seamless cloning) or ``alpha`` (Gaussian-feathered) blending of ``v_i``.
         alpha_radius_px: feathering radius of alpha blending.
         poisson_iterations, poisson_tol: conjugate-gradient budget of Poisson blending.
         visible_source: ``input`` (warped photo, the method) or ``generated`` (ablation
@@ -60,19 +57,20 @@ class PseudoViewConfig:
             the occluded region, a harmonic fill).
     """
 
-    poses: Literal["random", "orbit"] = "random"
-    yaw_range_rad: float = 0.35
-    pitch_range_rad: float = 0.25
-    visibility_rel_tol: float = 0.01
-    grazing_cos: float = 0.1
-    erode_px: int = 1
-    feather_px: int = 2
-    blend: Literal["poisson", "alpha"] = "poisson"
-    alpha_radius_px: int = 10
-    poisson_iterations: int = 2000
-    poisson_tol: float = 1e-5
-    visible_source: Literal["input", "generated"] = "input"
-    occluded_source: Literal["generated", "interpolated"] = "generated"
+    poses: Literal["random", "orbit"]
+    yaw_range_rad: float
+    pitch_range_rad: float
+    orbit_pitch_offset_rad: float
+    visibility_rel_tol: float
+    grazing_cos: float
+    erode_px: int
+    feather_px: int
+    blend: Literal["poisson", "alpha"]
+    alpha_radius_px: int
+    poisson_iterations: int
+    poisson_tol: float
+    visible_source: Literal["input", "generated"]
+    occluded_source: Literal["generated", "interpolated"]
 
 
 @dataclass
@@ -110,12 +108,15 @@ def auxiliary_cameras(
     """``K×25`` auxiliary cameras with the input camera's radius and intrinsics.
 
     ``random`` draws offsets uniformly in ``±yaw_range_rad`` / ``±pitch_range_rad`` around
-    the input pose; ``orbit`` ignores ``num_views`` and returns the authors' 30-view orbit.
+    the input pose; ``orbit`` returns K views on an ellipse of those amplitudes around the
+    frontal view, centred ``orbit_pitch_offset_rad`` in pitch.
     """
     cam2world_input, intrinsics = split_c25(c25_input[:1])
     radius = float(cam2world_input[0, :3, 3].norm())
     if config.poses == "orbit":
-        yaw, pitch = official_orbit_offsets_rad()
+        yaw, pitch = yaw_pitch_orbit(
+            num_views, config.yaw_range_rad, config.pitch_range_rad, config.orbit_pitch_offset_rad
+        )
     elif config.poses == "random":
         yaw0, pitch0 = yaw_pitch_of(cam2world_input.float())
         unit = torch.rand(2, num_views, generator=generator) * 2 - 1  # uniform in [-1, 1)
@@ -192,11 +193,4 @@ def build_pseudo_views(
         mask_visible=mask_visible,
         mask_occluded=1 - mask_visible,
         pseudo=pseudo,
-    )
-
-
-def official_orbit_offsets_rad() -> tuple[Tensor, Tensor]:
-    """Yaw/pitch offsets of the authors' 30-view orbit (radians, around the frontal view)."""
-    return yaw_pitch_orbit(
-        OFFICIAL_ORBIT_VIEWS, OFFICIAL_ORBIT_YAW_RAD, OFFICIAL_ORBIT_PITCH_RAD, OFFICIAL_ORBIT_PITCH_OFFSET_RAD
     )

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import yaml
+
+from hfgi3d.presets import preset_path
 
 SUPERRESOLUTION_RESOLUTIONS = {
     "SuperresolutionHybrid8XDC": 512,
@@ -92,26 +97,29 @@ class GeneratorConfig:
             rendering["avg_camera_pivot"] = tuple(rendering["avg_camera_pivot"])
         return cls(**values, rendering=RenderingConfig(**rendering))
 
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> GeneratorConfig:
+        """A config written as YAML (e.g. ``configs/generator/ffhq512.yaml``)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"generator config not found: {path}")
+        return cls.from_dict(yaml.safe_load(path.read_text()))
+
 
 def ffhq512_config() -> GeneratorConfig:
-    """The architecture of NVIDIA's ``ffhq512-128.pkl`` (and the rebalanced/AFHQ 512 models)."""
-    return GeneratorConfig()
+    """The architecture of NVIDIA's ``ffhq512-128.pkl`` (``configs/generator/ffhq512.yaml``)."""
+    return GeneratorConfig.from_yaml(preset_path("generator/ffhq512.yaml"))
 
 
-def tiny_config(plane_resolution: int = 256) -> GeneratorConfig:
-    """A small official-shaped architecture (channel_base 2048, channel_max 32, 128² output).
+def tiny_config(plane_resolution: int | None = None) -> GeneratorConfig:
+    """The small official-shaped architecture of ``configs/generator/tiny.yaml`` (128² output).
 
-    It is the configuration of the EG3D reference data in ``tests/data/eg3d_reference``;
-    with ``plane_resolution=32`` a forward pass takes tens of milliseconds on a CPU.
+    It is the configuration of the EG3D reference data in ``tests/data/eg3d_reference`` with
+    32² tri-planes (a forward pass takes tens of milliseconds on a CPU); ``plane_resolution=256``
+    gives the reference's official plane size.
     """
-    return GeneratorConfig(
-        img_resolution=128,
-        plane_resolution=plane_resolution,
-        channel_base=2048,
-        channel_max=32,
-        superresolution="SuperresolutionHybrid2X",
-        rendering=RenderingConfig(depth_resolution=12, depth_resolution_importance=12, neural_rendering_resolution=32),
-    )
+    config = GeneratorConfig.from_yaml(preset_path("generator/tiny.yaml"))
+    return config if plane_resolution is None else dataclasses.replace(config, plane_resolution=plane_resolution)
 
 
 _RENDERING_KEYS = {f.name for f in dataclasses.fields(RenderingConfig)} - {"neural_rendering_resolution"}

@@ -16,6 +16,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from hfgi3d.cameras import orbit_c25, yaw_pitch_grid, yaw_pitch_orbit
@@ -39,26 +40,29 @@ class InversionOutputs(L.Callback):
         output_dir: result folder; ``None`` lets the ``fit`` command use ``outputs/<image name>``.
         overwrite: replace existing results (otherwise the fit refuses to start).
         save_generator: also write the tuned generator (~120 MB for FFHQ-512).
-        orbit_frames: frames of the orbit video (yaw ±0.35, pitch ±0.25 rad ellipse).
+        orbit_frames: frames of the orbit video (an ellipse of the grid's half-ranges); 0 skips it.
         orbit_fps: frame rate of the orbit video.
-        grid_yaw_rad, grid_pitch_rad, grid_size: the novel-view grid (half-ranges, yaw×pitch count).
+        grid_yaw_rad, grid_pitch_rad, grid_size: the novel-view grid (half-ranges, yaw×pitch count);
+            ``fit`` links the half-ranges to the pseudo views' (``data.pseudo_views.*_range_rad``).
         mesh_resolution: marching-cubes grid resolution (voxels per side); 0 skips the mesh.
         mesh_level: density-logit level of the surface (EG3D uses 10). ``None``, or a level the
             grid never crosses (random tiny generators), uses the grid's 90th percentile.
+
+    The values live in ``configs/`` (``outputs.*``).
     """
 
     def __init__(
         self,
+        save_generator: bool,
+        orbit_frames: int,
+        orbit_fps: int,
+        grid_yaw_rad: float,
+        grid_pitch_rad: float,
+        grid_size: tuple[int, int],
+        mesh_resolution: int,
+        mesh_level: float | None,
         output_dir: str | None = None,
         overwrite: bool = False,
-        save_generator: bool = False,
-        orbit_frames: int = 60,
-        orbit_fps: int = 30,
-        grid_yaw_rad: float = 0.35,
-        grid_pitch_rad: float = 0.25,
-        grid_size: tuple[int, int] = (5, 3),
-        mesh_resolution: int = 128,
-        mesh_level: float | None = 10.0,
     ) -> None:
         self.output_dir = Path(output_dir) if output_dir else None
         self.overwrite = overwrite
@@ -120,8 +124,8 @@ class InversionOutputs(L.Callback):
             rows = [shown.pseudo, shown.visible, shown.occluded, shown.mask_visible.expand_as(shown.pseudo) * 2 - 1]
             save_image_grid(torch.cat(rows).clamp(-1, 1), out / "pseudo_views.png", nrow=len(shown))
             save_image_grid(mask_overlay(shown), out / "pseudo_view_masks.png", nrow=len(shown))
-        if self.mesh_resolution > 0:
-            self._write_mesh(generator, ws, out / "mesh.ply")
+        if self.mesh_resolution > 0 and not self._write_mesh(generator, ws, out / "mesh.ply"):
+            rank_zero_warn(f"no mesh written: the density field of {datamodule.image_id} has no usable surface level")
         torch.save({"ws": ws.cpu(), "ws_occluded": module.ws_occluded.cpu()}, out / "latent.pt")
         if self.save_generator:
             save_generator(generator, out / "generator.pt")

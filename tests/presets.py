@@ -1,0 +1,37 @@
+"""The presets as constructor arguments, for tests that build the modules directly instead of through
+``python -m hfgi3d fit``. Values come from ``configs/`` (:func:`hfgi3d.presets.load_preset`), so a test
+exercises what users run; each test overrides only what it shrinks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hfgi3d.data.pseudo_views import PseudoViewConfig
+from hfgi3d.metrics.evaluation import EvaluationConfig
+from hfgi3d.presets import load_preset
+
+PAPER = ("hfgi3d.yaml",)
+OFFICIAL = ("hfgi3d.yaml", "hfgi3d_official.yaml")
+
+
+def model_args(**overrides: Any) -> dict[str, Any]:
+    """``InversionModule`` arguments: the paper's, then ``overrides``."""
+    return {**load_preset(*PAPER)["model"], **overrides}
+
+
+def pseudo_view_config(**overrides: Any) -> PseudoViewConfig:
+    """The paper's pseudo-view settings, then ``overrides``."""
+    return PseudoViewConfig(**{**load_preset(*PAPER)["data"]["pseudo_views"], **overrides})
+
+
+def data_args(*presets: str, **overrides: Any) -> dict[str, Any]:
+    """``PseudoViewDataModule`` arguments without ``image``/``camera``: the presets' (default: the
+    paper's), then ``overrides``."""
+    data = dict(load_preset(*(presets or PAPER))["data"])
+    data["pseudo_views"] = PseudoViewConfig(**data["pseudo_views"])
+    return {**data, **overrides}
+
+
+def evaluation_config(**overrides: Any) -> EvaluationConfig:
+    """The paper's evaluation protocol (with the values ``fit`` links in), then ``overrides``."""
+    return EvaluationConfig(**{**load_preset(*PAPER)["evaluation"]["metrics"], **overrides})
