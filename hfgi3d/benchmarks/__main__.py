@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hfgi3d.benchmarks.aggregate import CELEBA_COLUMNS, csv_table, markdown_table, summarize
+from hfgi3d.benchmarks.celeba import PAPER_IMAGES
 from hfgi3d.benchmarks.runner import Job, run
 from hfgi3d.benchmarks.store import MERGED_FILE, read_rows
 from hfgi3d.presets import preset_path
@@ -150,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cel.add_argument("--out", type=Path, default=Path("benchmarks/results/celeba"), help="benchmark folder (resumes)")
     cel.add_argument("--data", default=None, help="CelebA-HQ image folder (default: $HFGI3D_CELEBAHQ)")
     cel.add_argument("--generator", default=None, help="EG3D ffhq512-128.pkl or .pt (default: $HFGI3D_EG3D)")
-    cel.add_argument("--images", type=int, default=1500)
+    cel.add_argument("--images", type=int, default=PAPER_IMAGES, help=f"photos sampled (the paper: {PAPER_IMAGES})")
     cel.add_argument("--seed", type=int, default=0)
     cel.add_argument("--profile", default=None, help="config applied after each preset (default: none)")
     cel.set_defaults(run=celeba)
