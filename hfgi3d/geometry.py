@@ -450,7 +450,7 @@ def poisson_blend(visible: Tensor, occluded: Tensor, mask: Tensor, iterations: i
 
 
 def difference_mask(x: Tensor, y: Tensor, threshold: float) -> Tensor:
-    """In-distribution mask of SPEC §4 step 4: 1 where ``‖x − y‖₂ ≤ threshold`` over channels.
+    """In-distribution mask of the occluded texture (docs/method.md §5): 1 where ``‖x − y‖₂ ≤ threshold`` over channels.
 
     Args:
         x: ``B×C×H×W`` image (e.g. the input photo, EG3D range ``[-1, 1]``).

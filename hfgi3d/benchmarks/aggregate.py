@@ -32,7 +32,7 @@ CELEBA_COLUMNS = (
 """Columns of the CelebA-HQ table (the keys of ``metrics.json``)."""
 
 PAPER = {
-    # Xie et al., CVPR 2023, Table 1/3 (SPEC §7): PSNR / SSIM / LPIPS at the input view, IBRNet
+    # Xie et al., CVPR 2023, Table 1/3 (docs/method.md §9): PSNR / SSIM / LPIPS at the input view, IBRNet
     # consistency PSNR, ArcFace ID; ~5 min per image on an RTX 2080.
     "hfgi3d": {"psnr": 29.43, "ssim": 0.918, "lpips_alex": 0.172, "ibrnet_psnr": 21.69, "id_arcface": 0.744},
     "pti": {"psnr": 26.64, "ssim": 0.879, "lpips_alex": 0.271, "ibrnet_psnr": 21.20, "id_arcface": 0.657},

@@ -1,4 +1,4 @@
-"""The paper's protocol (SPEC §7): 1500 random CelebA-HQ images, every method, every metric.
+"""The paper's protocol (docs/method.md §9): 1500 random CelebA-HQ images, every method, every metric.
 
 Each job aligns its photo with :func:`hfgi3d.preprocess.preprocess` (once per image, into
 ``aligned/<image id>/``), inverts it with the method's preset (``hfgi3d.benchmarks.METHODS``) and the

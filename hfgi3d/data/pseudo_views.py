@@ -1,4 +1,4 @@
-"""Pseudo-multi-view construction (SPEC §4): auxiliary cameras and their pseudo views.
+"""Pseudo-multi-view construction (docs/method.md §5): auxiliary cameras and their pseudo views.
 
 For each auxiliary camera ``p_i`` the input photo ``x`` (seen from ``p0``) is warped into
 ``p_i`` wherever the stage-1 geometry says the surface is visible from ``p0`` (``V_i``,

@@ -1,4 +1,4 @@
-"""The paper's evaluation of one inversion (SPEC §7) plus hfgi3d's model-free consistency.
+"""The paper's evaluation of one inversion (docs/method.md §9) plus hfgi3d's model-free consistency.
 
 :func:`load_networks` reads every network the evaluation can use once (and says which metrics
 must be skipped, and why); :func:`evaluate` scores an inverted latent + generator against the

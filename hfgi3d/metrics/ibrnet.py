@@ -1,7 +1,7 @@
 """IBRNet (Wang et al., CVPR 2021) inference for the 3D-consistency metric, in plain PyTorch.
 
 The metric renders a few views of an inverted face, asks IBRNet to re-synthesise the input
-view from them, and scores the prediction against the input (SPEC §7). This module holds the
+view from them, and scores the prediction against the input (docs/method.md §9). This module holds the
 networks, loads the authors' released ``model_255000.pth`` by key name, and renders one target
 view from source views. It does not import IBRNet's code.
 
