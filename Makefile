@@ -37,7 +37,7 @@ format: $(STAMP)  ## apply ruff's fixes and formatting
 	$(BIN)/ruff format .
 
 demo: $(STAMP)  ## invert the bundled sample photo with the tiny generator (configs/demo.yaml) into outputs/demo
-	$(BIN)/python -m hfgi3d fit --config configs/hfgi3d.yaml --config configs/demo.yaml --output_dir outputs/demo --overwrite true
+	$(BIN)/python -m hfgi3d fit --config configs/hfgi3d.yaml --config configs/demo.yaml --output_dir outputs/demo --overwrite
 
 benchmark: $(STAMP)  ## the paper's protocol: HFGI3D_CELEBAHQ=DIR HFGI3D_EG3D=ffhq512-128.pkl [BENCHMARK_ARGS="--accelerator gpu --devices 8 --wandb GROUP"]
 	$(BIN)/python -m hfgi3d.benchmarks celeba --out benchmarks/results/celeba $(BENCHMARK_ARGS)

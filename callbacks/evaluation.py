@@ -19,7 +19,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 
 from hfgi3d.io import write_json_atomic
 from hfgi3d.metrics.evaluation import (
@@ -34,11 +34,20 @@ from hfgi3d.metrics.fidelity import psnr, ssim
 RUN_KEYS = ("seconds", "eval_seconds", "steps", "peak_gpu_memory_mb")
 """Run statistics stored and logged next to the metrics."""
 TABLE_COLUMNS = ("image_id", *METRIC_KEYS, *RUN_KEYS)
+METRIC_FAMILIES = {
+    "psnr": "input view",
+    "warp_psnr": "warp consistency",
+    "ibrnet_psnr": "IBRNet consistency",
+    "id_arcface": "ArcFace identity",
+    "id_facenet": "FaceNet identity",
+    "pose_error": "pose error",
+}
+"""A metric of each family, and the family's name in the console's status line."""
 _MIB = 2**20
 
 
 class Evaluation(L.Callback):
-    """Evaluate an :class:`~hfgi3d.inversion.InversionModule` fit (SPEC §7); see the module docstring.
+    """Evaluate an :class:`~hfgi3d.inversion.InversionModule` fit (docs/method.md §9); see the module docstring.
 
     Args:
         every_n_steps: input-view metrics during the fit every so many steps (0: only at stage ends).
@@ -53,6 +62,7 @@ class Evaluation(L.Callback):
         self.config = metrics
         self._networks: EvaluationNetworks | None = None
         self._started = 0.0
+        self._seconds_before = 0.0  # fit time of the segments before a resume
         self.metrics: dict[str, Any] | None = None
         """The last evaluation's ``metrics.json`` content (``None`` before the fit ends)."""
 
@@ -65,7 +75,7 @@ class Evaluation(L.Callback):
             # Loaded before the fit so that a wrong file fails in seconds, not after the inversion.
             self._networks = load_networks(self.config)
             if self._networks.skipped:
-                rank_zero_warn(f"evaluation will skip {_grouped(self._networks.skipped)}")
+                rank_zero_info(f"note: the evaluation will skip {_grouped(self._networks.skipped)}")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._started = time.perf_counter()
@@ -99,10 +109,18 @@ class Evaluation(L.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(values, step=step)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The fit time so far, so that ``seconds`` covers every segment of a resumed run."""
+        return {"seconds": self._seconds_before + time.perf_counter() - self._started}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._seconds_before = float(state_dict["seconds"])
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        seconds = time.perf_counter() - self._started
+        seconds = self._seconds_before + time.perf_counter() - self._started
         if not trainer.is_global_zero:
             return
+        rank_zero_info(f"evaluating {trainer.datamodule.image_id}: {', '.join(self._planned())}")  # type: ignore[attr-defined]
         assert self._networks is not None and self.output_dir is not None
         module: Any = pl_module
         datamodule: Any = trainer.datamodule  # type: ignore[attr-defined]
@@ -130,6 +148,12 @@ class Evaluation(L.Callback):
         self._log(trainer, self.metrics)
         shown = ", ".join(f"{key} {value:.4g}" for key, value in metrics.items() if value is not None)
         rank_zero_info(f"evaluation of {datamodule.image_id}: {shown} (metrics.json in {self.output_dir})")
+
+    def _planned(self) -> list[str]:
+        """The metric families this evaluation computes (for the status line)."""
+        assert self._networks is not None
+        computed = [key for key in METRIC_KEYS if key not in self._networks.skipped]
+        return [name for key, name in METRIC_FAMILIES.items() if key in computed]
 
     # Logging ------------------------------------------------------------------------------
 

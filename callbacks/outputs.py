@@ -11,26 +11,25 @@ evaluation callback (:mod:`hfgi3d.callbacks.evaluation`) adds ``metrics.json`` t
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from hfgi3d.cameras import orbit_c25, yaw_pitch_grid, yaw_pitch_orbit
 from hfgi3d.data.pseudo_views import PseudoViews
 from hfgi3d.generator import save_generator
 from hfgi3d.mesh import VoxelGrid, generator_field, mesh_from_grid, sample_grid, write_glb, write_ply
+from hfgi3d.validation import RESULT_FILES
 from hfgi3d.video import save_image_grid, write_video
 
 MASK_TINT_VISIBLE = (-1.0, 1.0, -1.0)  # green, in [-1, 1]
 MASK_TINT_OCCLUDED = (1.0, -1.0, -1.0)  # red
 MASK_TINT_ALPHA = 0.4
-
-RESULT_FILES = ("metrics.json", "reconstruction.png")
-"""Files whose presence means a folder already holds results (guarded by ``overwrite``)."""
 
 
 class InversionOutputs(L.Callback):
@@ -92,6 +91,11 @@ class InversionOutputs(L.Callback):
         datamodule: Any = trainer.datamodule  # type: ignore[attr-defined]
         out = self.output_dir
         out.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        parts = ["reconstruction", f"{self.grid_size[0]}×{self.grid_size[1]} novel views"]
+        parts += [f"orbit video ({self.orbit_frames} frames)"] if self.orbit_frames > 0 else []
+        parts += [f"mesh ({self.mesh_resolution}³)"] if self.mesh_resolution > 0 else []
+        rank_zero_info(f"writing {', '.join(parts)} to {out}")
         generator = module.G.eval()
         device = module.device
         image, c25 = datamodule.image.to(device), datamodule.c25.to(device)
@@ -129,6 +133,7 @@ class InversionOutputs(L.Callback):
         torch.save({"ws": ws.cpu(), "ws_occluded": module.ws_occluded.cpu()}, out / "latent.pt")
         if self.save_generator:
             save_generator(generator, out / "generator.pt")
+        rank_zero_info(f"results written in {time.perf_counter() - started:.1f} s")
 
     def _write_mesh(self, generator: Any, ws: Tensor, path: Path) -> bool:
         """Write the mesh (``.ply`` and ``.glb``); returns False when the density field has no usable level."""

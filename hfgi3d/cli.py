@@ -5,12 +5,17 @@ Commands:
     convert-eg3d IN.pkl OUT.pt   convert an official EG3D network pickle to an hfgi3d checkpoint
     render                       render views of a generator (official pickle, checkpoint or tiny)
     preprocess IN OUT            align face photos to EG3D's FFHQ crop and estimate their cameras
+
+Every command answers a bad input with one line (``error: …``) and exit code 2, before it builds
+or writes anything; ``--debug`` (or ``HFGI3D_DEBUG=1``) shows the traceback instead. Options are
+never abbreviated, and ``--overwrite`` is a bare flag everywhere.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -18,19 +23,52 @@ from pathlib import Path
 
 import torch
 
+from hfgi3d.errors import InputError
+
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "HFGI3D_DEBUG"
+USER_ERRORS = (InputError, argparse.ArgumentError, FileNotFoundError, FileExistsError, ValueError)
+"""What a command reports in one line: bad input, files in the way, unusable files (ValueError
+covers the generator and checkpoint loaders' messages)."""
+
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; returns its exit code (2 for bad input, reported in one line on stderr)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [arg for arg in argv if arg != DEBUG_FLAG]
+    try:
+        return _run(argv)
+    except USER_ERRORS as error:
+        if debug:
+            raise
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return 2
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (jsonargparse and torch spread theirs over several)."""
+    return " ".join(str(error).split())
+
+
+def _run(argv: list[str]) -> int:
     if argv and argv[0] == "fit":
+        from hfgi3d.validation import check_fit_inputs, fit_inputs_from_argv
+
+        # Checked before Lightning is even imported: a bad input is refused in well under a second.
+        check_fit_inputs(fit_inputs_from_argv(argv[1:]))
         from hfgi3d.fit import main as fit_main
 
         return fit_main(argv)
-    parser = argparse.ArgumentParser(prog="python -m hfgi3d", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m hfgi3d", description=__doc__.split("\n\n")[0], allow_abbrev=False, exit_on_error=False
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("fit", help="invert one photo (`python -m hfgi3d fit --help` lists every option)")
 
     convert = commands.add_parser(
         "convert-eg3d",
+        allow_abbrev=False,
         help="convert an official EG3D network pickle to an hfgi3d checkpoint",
         description="Read G_ema from an official EG3D pickle (no code in it is executed) "
         "and write an hfgi3d checkpoint that loads with torch.load(weights_only=True).",
@@ -42,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     render = commands.add_parser(
         "render",
+        allow_abbrev=False,
         help="render a grid of views of a generator for some seeds",
         description="Render each seed from a yaw × pitch grid of cameras (EG3D convention) "
         "and write one image grid and one depth grid per seed.",
@@ -67,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     preprocess = commands.add_parser(
         "preprocess",
+        allow_abbrev=False,
         help="align face photos to EG3D's FFHQ crop and estimate their cameras",
         description="Detect the face of each photo (MTCNN), cut EG3D's 512² FFHQ-aligned crop (roll removed) and "
         "estimate its camera from five landmarks. Writes OUT/<stem>.png, an EG3D dataset.json with the cameras "
@@ -94,11 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     preprocess.set_defaults(run=_preprocess)
 
     args = parser.parse_args(argv)
-    try:
-        return int(args.run(args))
-    except (FileNotFoundError, FileExistsError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return int(args.run(args))
 
 
 def _convert_eg3d(args: argparse.Namespace) -> int:

@@ -23,26 +23,36 @@ Every fit also logs ``{stage}/lr`` (``LearningRateMonitor``) and ``{stage}/step_
 
 from __future__ import annotations
 
+import logging
+import shlex
+import signal
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+from jsonargparse import ActionYesNo
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from hfgi3d.callbacks.evaluation import Evaluation
 from hfgi3d.callbacks.outputs import InversionOutputs
+from hfgi3d.callbacks.progress import InterruptCheckpoint, StageProgressBar
 from hfgi3d.callbacks.timing import StepTimer
 from hfgi3d.callbacks.wandb_logging import WandbMedia, wandb_loggers
 from hfgi3d.data.datamodule import PseudoViewDataModule
-from hfgi3d.data.inputs import resolve_input
+from hfgi3d.data.inputs import read_photo, resolve_input
 from hfgi3d.inversion import InversionModule
 from hfgi3d.presets import LINKS
+from hfgi3d.validation import INTERRUPTED_CHECKPOINT, FitInputs, check_fit_inputs, output_dir_for
 
 CALLBACK_GROUPS = ("outputs", "evaluation", "media")
 """Config groups of the callbacks that write into the output folder, in the order they run."""
+CSV_LOGGER = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "."}}
+"""The default logger: metrics.csv in the output folder ("." is replaced; configs/logger/wandb.yaml swaps it)."""
 
 
 def _total_steps(estimate_steps: int, pseudo_multiview_steps: int) -> int:
@@ -64,12 +74,45 @@ def _logger_entries(trainer_config: Any) -> list[Any]:
     return [entry for entry in entries if entry is not None and not isinstance(entry, bool)]
 
 
+LIBRARY_NOISE = (
+    # torch's pytree deprecation, raised inside Lightning's own code: nothing a user can act on.
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    # The stage-1 generator is frozen in eval mode on purpose (and LPIPS is never trained).
+    r"Found \d+ module\(s\) in eval mode at the start of training",
+    # Manual optimization: a checkpoint holds the state after the step, which is what resuming needs.
+    r"Using ModelCheckpoint with manual optimization",
+    # Callbacks are given by the config and rebuilt on resume; Lightning's reminder is about other set-ups.
+    r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint",
+    # With an on-exception checkpoint Lightning looks for one to resume from; fit resumes only from
+    # an explicit --ckpt_path (an interrupted run in the output folder is refused, or removed with --overwrite).
+    r"`.fit\(ckpt_path=None\)` was called without a model",
+    r'.fit\(ckpt_path="last"\) is set, but there is no last checkpoint available',
+    # `args` are the command line (python -m hfgi3d passes sys.argv[1:]), a benchmark's or a test's
+    # arguments; LightningCLI warns whenever sys.argv is not empty as well.
+    r"LightningCLI's args parameter is intended",
+)
+"""Warnings of the libraries that say nothing to an hfgi3d user, silenced by message (and only these)."""
+
+
+class _NoAdvertisement(logging.Filter):
+    """Drops Lightning's tip to install its cloud logger, printed at every fit (advice, not information)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "try installing [litlogger]" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdvertisement())
+
+
 class InversionCLI(LightningCLI):
+    """``fit``'s LightningCLI: the groups, links and output folder of an inversion (module docstring)."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Errors become exceptions (fit prints one line) and no option may be abbreviated.
+        kwargs.setdefault("parser_kwargs", {"exit_on_error": False, "allow_abbrev": False})
         with warnings.catch_warnings():
-            # `args` are the command line (python -m hfgi3d passes sys.argv[1:]) or a benchmark's or
-            # a test's arguments; LightningCLI warns whenever sys.argv is not empty as well.
-            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+            for message in LIBRARY_NOISE:
+                warnings.filterwarnings("ignore", message=message)
             super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -77,7 +120,9 @@ class InversionCLI(LightningCLI):
         parser.add_lightning_class_args(Evaluation, "evaluation")
         parser.add_lightning_class_args(WandbMedia, "media")
         parser.add_argument("--output_dir", type=str | None, default=None, help="results (default outputs/<image>)")
-        parser.add_argument("--overwrite", type=bool, default=False, help="replace existing results")
+        parser.add_argument(
+            "--overwrite", action=ActionYesNo, default=False, help="replace existing results (--no_overwrite: refuse)"
+        )
         parser.link_arguments(
             ("model.estimate_steps", "model.pseudo_multiview_steps"), "trainer.max_steps", compute_fn=_total_steps
         )
@@ -87,37 +132,91 @@ class InversionCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        image, _ = resolve_input(config["data"]["image"], None)
-        output_dir = config.get("output_dir") or config["outputs"].get("output_dir")
-        if not output_dir:
-            output_dir = str(Path("outputs") / image.stem)
+        inputs = FitInputs.from_config(config.as_dict())
+        for note in check_fit_inputs(inputs):
+            print(f"note: {note}", file=sys.stderr)
+        output_dir = str(output_dir_for(inputs))
         for group in CALLBACK_GROUPS:
             config[group]["output_dir"] = output_dir
         if config["trainer"].get("default_root_dir") in (None, "."):
             config["trainer"]["default_root_dir"] = output_dir
-        image_id = image.stem
+        image_id = Path(resolve_input(config["data"]["image"], None)[0]).stem
         for entry in _logger_entries(config["trainer"]):
             init_args = entry.get("init_args")
-            if init_args is not None and str(entry.get("class_path", "")).endswith("WandbLogger"):
-                if init_args.get("save_dir") in (None, "."):
-                    init_args["save_dir"] = output_dir
-                if init_args.get("name") is None:
-                    init_args["name"] = image_id
+            if init_args is None:
+                continue
+            if init_args.get("save_dir") in (None, "."):
+                init_args["save_dir"] = output_dir
+            if str(entry.get("class_path", "")).endswith("WandbLogger") and init_args.get("name") is None:
+                init_args["name"] = image_id
+        interrupted = Path(output_dir) / INTERRUPTED_CHECKPOINT
+        for callback in self.trainer_defaults["callbacks"]:
+            if isinstance(callback, InterruptCheckpoint):
+                callback.dirpath = str(interrupted.parent)
+        if inputs.overwrite and inputs.ckpt_path is None and interrupted.is_file():
+            print(f"note: starting over: removed the interrupted run's {interrupted}", file=sys.stderr)
+            interrupted.unlink()
+        if config["trainer"].get("enable_progress_bar") is False:  # Lightning refuses a bar it was told not to show
+            self.trainer_defaults["callbacks"] = [
+                callback
+                for callback in self.trainer_defaults["callbacks"]
+                if not isinstance(callback, StageProgressBar)
+            ]
+
+    def before_fit(self) -> None:
+        """The photo against the generator's size, where that was unknown before the generator was read."""
+        datamodule: Any = self.datamodule
+        resolution = self.model.G.config.img_resolution
+        read_photo(datamodule.image_path, resolution)
 
 
 def main(args: Sequence[str]) -> int:
-    """Run the LightningCLI with ``args`` (starting with the subcommand, e.g. ``fit``)."""
-    cli = InversionCLI(
-        InversionModule,
-        PseudoViewDataModule,
-        save_config_callback=LogConfig,
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults={"callbacks": [LearningRateMonitor(logging_interval="step"), StepTimer()]},
-        seed_everything_default=0,
-        args=list(args),
-    )
+    """Run the LightningCLI with ``args`` (starting with the subcommand, e.g. ``fit``).
+
+    Returns 0, or 130 / 143 when Ctrl-C / SIGTERM interrupted the fit, after saying where the
+    resumable checkpoint is and the command that resumes it. Bad input raises
+    :class:`~hfgi3d.errors.InputError` (or jsonargparse's ``ArgumentError``) before anything is built.
+    """
+    args = list(args)
+    interrupt = InterruptCheckpoint()
+    callbacks = [LearningRateMonitor(logging_interval="step"), StepTimer(), StageProgressBar(), interrupt]
+    try:
+        cli = InversionCLI(
+            InversionModule,
+            PseudoViewDataModule,
+            save_config_callback=LogConfig,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={"callbacks": callbacks, "logger": CSV_LOGGER},
+            seed_everything_default=0,
+            args=args,
+        )
+    except (SystemExit, SIGTERMException):
+        if interrupt.signal is None:
+            raise
+        # Lightning ignores further Ctrl-C while it shuts down; give the process its handler back.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print(_resume_message(interrupt, args), file=sys.stderr)
+        return 128 + (signal.SIGINT if interrupt.signal == "SIGINT" else signal.SIGTERM)
     trainer = getattr(cli, "trainer", None)
     for logger in wandb_loggers(trainer) if trainer is not None else []:
         if logger._experiment is not None:
             logger.experiment.finish()  # flush the run now (offline files complete), not at exit
     return 0
+
+
+def _resume_message(interrupt: InterruptCheckpoint, args: list[str]) -> str:
+    """Where the interrupted run's checkpoint is, and the exact command that resumes it."""
+    kept: list[str] = []
+    skip = False
+    for arg in args:  # drop a previous --ckpt_path: the resume starts from the new file
+        if skip:
+            skip = False
+        elif arg == "--ckpt_path":
+            skip = True
+        elif not arg.startswith("--ckpt_path="):
+            kept.append(arg)
+    command = shlex.join(["python", "-m", "hfgi3d", *kept, "--ckpt_path", interrupt.ckpt_path])
+    return (
+        f"interrupted ({interrupt.signal}) after step {interrupt.step}: the run is saved in {interrupt.ckpt_path}\n"
+        f"resume with: {command}"
+    )

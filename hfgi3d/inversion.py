@@ -1,4 +1,4 @@
-"""Pseudo-multi-view inversion of one photo (SPEC §3–§5) as a LightningModule.
+"""Pseudo-multi-view inversion of one photo (docs/method.md §4–§6) as a LightningModule.
 
 Two scheduled stages, with manual optimization:
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from typing import Any, Literal
 
 import lightning as L
@@ -41,6 +42,21 @@ PSEUDO_MULTIVIEW = "pseudo_multiview"
 
 
 AuxTarget = Literal["masked", "blended"]
+RNG_KEY = "hfgi3d_rng_state"
+"""Checkpoint entry with the global RNG state (CPU and CUDA) of the step to run next."""
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def lr_factor(step: int, total: int, rampup: float, rampdown: float) -> float:
@@ -140,6 +156,8 @@ class InversionModule(L.LightningModule):
         # on_fit_start (Lightning restores global_step only afterwards).
         self.register_buffer("latent_ready", torch.zeros((), dtype=torch.bool))
         self.register_buffer("handed_over", torch.zeros((), dtype=torch.bool))
+        self._rng_at_step_start: dict[str, Any] | None = None
+        self._rng_to_restore: dict[str, Any] | None = None
 
     # Helpers ------------------------------------------------------------------------------
 
@@ -158,6 +176,11 @@ class InversionModule(L.LightningModule):
     @property
     def total_steps(self) -> int:
         return self.hp.estimate_steps + self.hp.pseudo_multiview_steps
+
+    def stage_spans(self) -> list[tuple[str, int, int]]:
+        """``(stage, first step, end step)`` of each stage, in order."""
+        estimate_end = self.hp.estimate_steps
+        return [(ESTIMATE, 0, estimate_end), (PSEUDO_MULTIVIEW, estimate_end, self.total_steps)]
 
     def stage_at(self, step: int) -> str:
         return ESTIMATE if step < self.hp.estimate_steps else PSEUDO_MULTIVIEW
@@ -223,6 +246,27 @@ class InversionModule(L.LightningModule):
             {"scheduler": LambdaLR(tune_opt, lambda step: 1.0), "name": f"{PSEUDO_MULTIVIEW}/lr", "interval": "step"},
         ]
         return [latent_opt, tune_opt], schedulers
+
+    # Resuming gives the run an uninterrupted one would have: the global RNG (ray jitter, latent
+    # noise) is saved as it was when the step in progress began, and restored before training.
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._rng_at_step_start = _rng_state()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._rng_at_step_start = None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # An interrupted step did not happen: the resumed run repeats it from the same RNG state.
+        checkpoint[RNG_KEY] = self._rng_at_step_start or _rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._rng_to_restore = checkpoint.get(RNG_KEY)
+
+    def on_train_start(self) -> None:
+        if self._rng_to_restore is not None:
+            _set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         step = self.global_step  # manual optimization: counts optimizer steps
@@ -298,11 +342,20 @@ class InversionModule(L.LightningModule):
 
     # Stage 1 → stage 2 ----------------------------------------------------------------------
 
+    def _status(self, message: str) -> None:
+        """One line for the person at the console, printed above the progress bar."""
+        if self._trainer is not None and self.trainer.progress_bar_callback is not None:
+            self.print(message)
+
     def _hand_over(self) -> None:
         """Keep ``w_e``, fit ``w_o``, then enter stage 2 (runs once)."""
         self.ws_estimate.copy_(self.ws().detach())
-        if self.hp.use_pseudo_views:
+        # The no_occluded ablation fills occluded regions from the photo: it needs no w_o.
+        if self.hp.use_pseudo_views and self.datamodule.config.occluded_source == "generated":
+            self._status(f"hand-over: fitting the occluded latent w_o ({self.hp.occluded_steps} steps)")
+            started = time.perf_counter()
             self.ws_occluded.copy_(self._fit_occluded_latent(self.ws_estimate))
+            self._status(f"hand-over: w_o fitted in {time.perf_counter() - started:.1f} s")
         self.handed_over.fill_(True)
         self._enter_stage_two(resumed=False)
 
@@ -310,7 +363,12 @@ class InversionModule(L.LightningModule):
         """Unfreeze G and make the pseudo views available (at the hand-over, or on resume)."""
         if self.hp.use_pseudo_views and not self.datamodule.ready:
             stage_one = self._stage_one_generator(resumed)
+            started = time.perf_counter()
+            if self.datamodule.mode == "prebuilt":
+                self._status(f"hand-over: building {self.datamodule.num_views} pseudo views")
             self.datamodule.prepare_pseudo_views(stage_one, self.ws_estimate, self.ws_occluded)
+            if self.datamodule.mode == "prebuilt":
+                self._status(f"hand-over: pseudo views built in {time.perf_counter() - started:.1f} s")
         self.G.requires_grad_(True)
         self.G.train()
         if self.hp.freeze_latent:
@@ -330,7 +388,7 @@ class InversionModule(L.LightningModule):
 
     @torch.enable_grad()
     def _fit_occluded_latent(self, ws_estimate: Tensor) -> Tensor:
-        """``w_o``: from ``w_e``, fit ``G(w, p0)·D`` to ``x·D`` with G frozen (SPEC §4 step 4)."""
+        """``w_o``: from ``w_e``, fit ``G(w, p0)·D`` to ``x·D`` with G frozen (docs/method.md, pseudo views)."""
         assert self.datamodule.image is not None and self.datamodule.c25 is not None
         image, c25 = self.datamodule.image.to(self.device), self.datamodule.c25.to(self.device)
         with torch.no_grad():

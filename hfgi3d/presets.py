@@ -38,7 +38,7 @@ def load_preset(*names: str) -> dict[str, Any]:
     """The presets ``names`` merged in order (as ``fit --config a --config b``), links applied."""
     config: dict[str, Any] = {}
     for name in names:
-        config = _merged(config, yaml.safe_load(preset_path(name).read_text()) or {})
+        config = merged(config, yaml.safe_load(preset_path(name).read_text()) or {})
     for source, target in LINKS:
         *groups, key = target.split(".")
         node = config
@@ -55,10 +55,11 @@ def _get(config: dict[str, Any], dotted: str) -> Any:
     return node
 
 
-def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """``override`` on ``base``: mappings merge key by key, anything else (lists included) replaces."""
-    merged = dict(base)
+def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` on ``base`` (as ``--config base --config override``): mappings merge key by key,
+    anything else (lists included) replaces."""
+    result = dict(base)
     for key, value in override.items():
-        both_mappings = isinstance(value, dict) and isinstance(merged.get(key), dict)
-        merged[key] = _merged(merged[key], value) if both_mappings else value
-    return merged
+        both_mappings = isinstance(value, dict) and isinstance(result.get(key), dict)
+        result[key] = merged(result[key], value) if both_mappings else value
+    return result

@@ -425,6 +425,9 @@ def test_cli_overwrite_merge_and_exit_codes(tmp_path: Path, capsys: pytest.Captu
     assert main(["preprocess", str(photos), str(output)]) == 0  # first skipped, second added ...
     labels = dict(json.loads((output / DATASET_JSON).read_text())["labels"])
     assert sorted(labels) == ["first.png", "second.png"]  # ... and the dataset keeps both labels
+    report = _report(output)  # ... and so does the report: the first run's entry is not lost
+    assert sorted(Path(entry["output"]).name for entry in report["processed"]) == ["first.png", "second.png"]
+    assert report["skipped"] == [] and report["runs"] == 3
     assert main(["preprocess", str(photos), str(output), "--overwrite"]) == 0
     assert len(_report(output)["processed"]) == 2
     assert main(["preprocess", str(tmp_path / "missing"), str(output)]) == 2

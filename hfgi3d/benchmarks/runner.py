@@ -80,7 +80,7 @@ def run_fit(
         args += ["--config", config]
     args += [
         "--model.generator", generator, "--data.image", str(image), "--data.camera", str(camera),
-        "--output_dir", str(out), "--overwrite", "true", "--trainer.enable_progress_bar", "false",
+        "--output_dir", str(out), "--overwrite", "--trainer.enable_progress_bar", "false",
         *worker.trainer_args(), *extra,
     ]  # fmt: skip
     if wandb_group:

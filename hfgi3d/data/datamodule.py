@@ -5,10 +5,11 @@ and, from stage 2 on, one auxiliary view drawn at random: ``aux_c25`` (``p_i``),
 ``aux_pseudo`` (``v_i``), ``aux_visible`` (``V_i``), ``aux_occluded`` (``O_i``),
 ``aux_mask_visible`` (``M_v``) and ``aux_mask_occluded`` (``M_o``).
 
-The DataLoader only yields the step's random choice; the tensors are attached in
+The DataLoader only paces the steps; the tensors are attached in
 :meth:`PseudoViewDataModule.on_after_batch_transfer` (by :meth:`~PseudoViewDataModule.assemble`),
 i.e. right before the step runs, so the batch a step sees always reflects the pseudo views
-built so far (Lightning prefetches one batch ahead).
+built so far (Lightning prefetches one batch ahead). The auxiliary view a step draws depends on
+``seed`` and the step number only, so a resumed run draws what an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -26,16 +27,12 @@ from hfgi3d.data.pseudo_views import PseudoViewConfig, PseudoViews, auxiliary_ca
 from hfgi3d.generator import TriPlaneGenerator
 
 
-class _StepDraws(IterableDataset):
-    """An endless stream of per-step random draws (a view index and a seed)."""
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
+class _Steps(IterableDataset):
+    """An endless stream of empty batches: one per step (the step's tensors come from :meth:`assemble`)."""
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
-        generator = torch.Generator().manual_seed(self.seed)
         while True:
-            yield {"draw": torch.randint(0, 2**31 - 1, (1,), generator=generator)[0]}
+            yield {}
 
 
 class PseudoViewDataModule(L.LightningDataModule):
@@ -87,7 +84,7 @@ class PseudoViewDataModule(L.LightningDataModule):
             self.image = load_image(self.image_path, resolution)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(_StepDraws(self.seed), batch_size=None, num_workers=0)
+        return DataLoader(_Steps(), batch_size=None, num_workers=0)
 
     # Stage 1 → stage 2 hand-over --------------------------------------------------------
 
@@ -116,24 +113,27 @@ class PseudoViewDataModule(L.LightningDataModule):
         )  # fmt: skip
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> dict[str, Tensor]:
-        return self.assemble(int(batch["draw"]), batch["draw"].device)
+        assert self.trainer is not None
+        return self.assemble(self.trainer.global_step, self.trainer.strategy.root_device)
 
-    def assemble(self, draw_seed: int, device: torch.device) -> dict[str, Tensor]:
-        """The step's batch: the input view, plus one auxiliary view drawn with ``draw_seed``
-        once pseudo views are available (see the module docstring for the keys)."""
+    def assemble(self, step: int, device: torch.device) -> dict[str, Tensor]:
+        """Step ``step``'s batch: the input view, plus one auxiliary view drawn for that step once
+        pseudo views are available (see the module docstring for the keys)."""
         if self.image is None or self.c25 is None:
             raise RuntimeError("the input was not loaded; the LightningModule's setup loads it")
         out = {"image": self.image.to(device), "c25": self.c25.to(device)}
         if not self.ready:
             return out
-        draw = torch.Generator().manual_seed(draw_seed)
+        draw = torch.Generator().manual_seed((self.seed << 32) + step)
         if self.views is not None:
             index = int(torch.randint(0, len(self.views), (1,), generator=draw))
             view = self.views.select(index).to(device)
         else:
             assert self._builder is not None
             generator, ws_e, ws_o = self._builder
-            camera = auxiliary_cameras(self.c25, 1, self.config, draw).to(device)
+            cameras = auxiliary_cameras(self.c25, self.num_views, self.config, draw)  # fresh random or the orbit
+            index = int(torch.randint(0, len(cameras), (1,), generator=draw))
+            camera = cameras[index : index + 1].to(device)
             view = build_pseudo_views(generator, ws_e, ws_o, out["image"], out["c25"], camera, self.config)
         out.update(
             aux_c25=view.c25, aux_pseudo=view.pseudo, aux_visible=view.visible, aux_occluded=view.occluded,

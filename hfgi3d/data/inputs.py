@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
+
+from hfgi3d.errors import InputError
 
 SAMPLE = "sample"
 """The name that picks the bundled photo (only ``configs/demo.yaml`` uses it)."""
@@ -29,26 +31,59 @@ def resolve_input(image: str, camera: str | None) -> tuple[Path, str | None]:
     return Path(image), camera
 
 
+PREPROCESS_HINT = "align it with `python -m hfgi3d preprocess PHOTO OUT/`, which writes the crop and its camera"
+
+
+def open_photo(path: str | Path) -> tuple[Image.Image, list[str]]:
+    """The photo as an RGB image (EXIF orientation applied) and notes on conversions made.
+
+    Raises:
+        InputError: missing, a folder, not an image, truncated or corrupt.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder, not a photo: pass an image file")
+    if not path.is_file():
+        raise InputError(f"photo not found: {path}")
+    try:
+        with Image.open(path) as handle:
+            handle.load()  # decodes every pixel: a truncated file fails here, not later
+            mode = handle.mode
+            image = ImageOps.exif_transpose(handle).convert("RGB")
+    except UnidentifiedImageError:
+        raise InputError(f"{path} is not an image file (no known image format): pass a PNG or JPEG photo") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise InputError(f"cannot read the photo {path}: {error} (the file is truncated or corrupt)") from None
+    notes = []
+    if mode not in ("RGB",):
+        kind = {"L": "grayscale", "LA": "grayscale with alpha", "RGBA": "RGBA", "P": "palette", "I;16": "16-bit"}
+        notes.append(f"{path.name} is {kind.get(mode, mode)} ({mode}): converted to RGB")
+    return image, notes
+
+
+def read_photo(path: str | Path, resolution: int | None) -> tuple[Image.Image, list[str]]:
+    """The photo (see :func:`open_photo`), refused unless square and at least ``resolution`` px
+    (the generator's output, when known); returns it with notes on conversions."""
+    image, notes = open_photo(path)
+    if image.width != image.height:
+        raise InputError(
+            f"{path} is {image.width}×{image.height} px: hfgi3d needs a square FFHQ-aligned crop; {PREPROCESS_HINT}"
+        )
+    if resolution is not None and image.width < resolution:
+        raise InputError(
+            f"{path} is {image.width}×{image.height} px, smaller than the generator's {resolution}×{resolution}; "
+            f"{PREPROCESS_HINT}"
+        )
+    return image, notes
+
+
 def load_image(path: str | Path, resolution: int) -> Tensor:
     """``1×3×R×R`` image in ``[-1, 1]`` from a square, aligned photo (EXIF orientation applied).
 
     Raises:
-        FileNotFoundError: no such file.
-        ValueError: unreadable or not square (run the preprocessing command first).
+        InputError: see :func:`read_photo`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"input image not found: {path}")
-    try:
-        with Image.open(path) as handle:
-            image = ImageOps.exif_transpose(handle).convert("RGB")
-    except OSError as error:
-        raise ValueError(f"cannot read {path} as an image: {error}") from error
-    if image.width != image.height:
-        raise ValueError(
-            f"{path} is {image.width}×{image.height}; hfgi3d needs a square FFHQ-aligned crop "
-            "(align the photo with the preprocessing command first)"
-        )
+    image, _ = read_photo(path, resolution)
     if image.width != resolution:
         image = image.resize((resolution, resolution), Image.Resampling.LANCZOS)
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0  # H×W×3
@@ -56,27 +91,42 @@ def load_image(path: str | Path, resolution: int) -> Tensor:
 
 
 def load_camera(path: str | Path | None, image_path: str | Path) -> Tensor:
-    """``1×25`` camera label for ``image_path`` (see the module docstring for the formats)."""
+    """``1×25`` camera label for ``image_path`` (see the module docstring for the formats).
+
+    Raises:
+        InputError: no camera given, missing file, unreadable, or not 25 finite numbers.
+    """
     if path is None:
-        raise ValueError(
+        raise InputError(
             f"no camera for {image_path}: pass --data.camera (a 25-vector .json/.npy or an EG3D "
             "dataset.json), or align the photo with the preprocessing command, which writes one"
         )
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"the camera {path} is a folder: pass its .json, .npy or dataset.json file")
     if not path.is_file():
-        raise FileNotFoundError(f"camera file not found: {path}")
+        raise InputError(f"camera file not found: {path}")
     if path.suffix == ".npy":
-        values = np.load(path, allow_pickle=False)
+        try:
+            values = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            raise InputError(f"cannot read the camera {path} as a .npy array: {error}") from None
     else:
         try:
             content = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"{path} is not valid JSON: {error}") from error
+            raise InputError(f"the camera {path} is not valid JSON: {error}") from None
         values = _camera_from_json(content, path, Path(image_path).name)
-    array = np.asarray(values, dtype=np.float32).reshape(-1)
-    if array.size != 25 or not np.isfinite(array).all():
-        raise ValueError(f"{path}: expected 25 finite numbers (cam2world 4×4 + intrinsics 3×3), got {array.size}")
-    return torch.from_numpy(array).reshape(1, 25)
+    try:
+        array = np.asarray(values, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise InputError(f"the camera in {path} is not a list of numbers") from None
+    if array.size != 25:
+        raise InputError(f"the camera in {path} has {array.size} numbers, expected 25 (cam2world 4×4 + intrinsics 3×3)")
+    if not np.isfinite(array).all():
+        bad = ", ".join(str(i) for i in np.flatnonzero(~np.isfinite(array))[:5])
+        raise InputError(f"the camera in {path} holds NaN or infinite values (at index {bad})")
+    return torch.from_numpy(array.astype(np.float32)).reshape(1, 25)
 
 
 def _camera_from_json(content: object, path: Path, image_name: str) -> object:
@@ -85,8 +135,11 @@ def _camera_from_json(content: object, path: Path, image_name: str) -> object:
     if isinstance(content, dict) and "c25" in content:
         return content["c25"]
     if isinstance(content, dict) and "labels" in content:
-        labels = dict((Path(name).name, label) for name, label in content["labels"])
+        try:
+            labels = dict((Path(name).name, label) for name, label in content["labels"])
+        except (TypeError, ValueError):
+            raise InputError(f"{path} is not an EG3D dataset.json: 'labels' must be [[name, c25], ...]") from None
         if image_name not in labels:
-            raise ValueError(f"{path} has no label for {image_name} (it lists {len(labels)} images)")
+            raise InputError(f"{path} has no label for {image_name} (it lists {len(labels)} images)")
         return labels[image_name]
-    raise ValueError(f"{path}: expected a list of 25 numbers, {{'c25': [...]}} or an EG3D dataset.json")
+    raise InputError(f"{path}: expected a list of 25 numbers, {{'c25': [...]}} or an EG3D dataset.json")

@@ -14,8 +14,11 @@ import zipfile
 from pathlib import Path
 
 import torch
+import yaml
 
+from hfgi3d.errors import InputError
 from hfgi3d.generator.config import GeneratorConfig, config_from_eg3d, tiny_config
+from hfgi3d.generator.eg3d_pickle import is_eg3d_pickle
 from hfgi3d.generator.triplane import TriPlaneGenerator
 from hfgi3d.io import atomic_path
 
@@ -80,6 +83,39 @@ def open_generator(spec: str, seed: int = 0) -> TriPlaneGenerator:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return TriPlaneGenerator(config).eval()
+
+
+def generator_resolution(spec: str) -> int | None:
+    """The output resolution of the generator ``spec`` names, found without building it.
+
+    ``None`` for an EG3D pickle (its configuration sits behind the weights: it is known once
+    the file is read). Used to check inputs before anything heavy happens.
+
+    Raises:
+        InputError: the file is missing, a folder, or neither kind of generator file.
+    """
+    if spec == TINY_GENERATOR:
+        return tiny_config().img_resolution
+    path = Path(spec)
+    if path.is_dir():
+        raise InputError(f"the generator {path} is a folder: pass the .pkl or .pt file itself")
+    if not path.is_file():
+        raise InputError(f"generator file not found: {path}; {EG3D_DOWNLOAD_HINT}")
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            return GeneratorConfig.from_yaml(path).img_resolution
+        except (TypeError, ValueError, yaml.YAMLError) as error:
+            raise InputError(f"{path} is not a generator config: {error}") from None
+    if zipfile.is_zipfile(path):
+        try:
+            # mmap: only the small index is read, not the weights
+            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return int(payload["config"]["img_resolution"])
+        except Exception as error:  # torch raises many types for files that are not its checkpoints
+            raise InputError(f"{path} is a zip file but not an hfgi3d generator checkpoint ({error})") from None
+    if not is_eg3d_pickle(path):
+        raise InputError(f"{path} is neither an EG3D network pickle nor an hfgi3d checkpoint; {EG3D_DOWNLOAD_HINT}")
+    return None
 
 
 def plane_resolution_of(state_dict: dict[str, torch.Tensor]) -> int:

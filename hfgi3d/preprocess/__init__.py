@@ -68,6 +68,7 @@ from hfgi3d.preprocess.report import (
     format_summary,
     quality_warnings,
     read_labels,
+    read_report,
     write_labels,
     write_report,
 )
@@ -133,6 +134,7 @@ def preprocess(
     inputs = list_inputs(input_path)
     _check_output_dir(input_path, output_dir)
     labels = read_labels(output_dir / DATASET_JSON)
+    read_report(output_dir / REPORT_JSON)  # a stale file is refused now, not after the run
     output_dir.mkdir(parents=True, exist_ok=True)
     estimator = PnPPoseEstimator() if estimator is None else estimator
     from_folder = input_path.is_dir()

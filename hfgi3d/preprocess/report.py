@@ -15,7 +15,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from hfgi3d.io import write_json_atomic
 from hfgi3d.preprocess.crop import DEFAULT_SIZE, AlignedFace
@@ -157,7 +157,44 @@ def write_labels(path: Path, labels: dict[str, list[float]]) -> None:
 
 
 def write_report(path: Path, report: PreprocessReport) -> None:
-    write_json_atomic(path, report.to_json(), indent=_JSON_INDENT)
+    """Write ``preprocess_report.json``, keeping what earlier runs into the folder reported.
+
+    The file holds one entry per photo, its latest outcome: a photo this run processed or skipped
+    replaces its earlier entry, except that a crop which already exists (skipped as ``exists``)
+    keeps the entry of the run that made it. ``input``/``options`` describe this run; ``runs``
+    counts the runs.
+    """
+    content = report.to_json()
+    previous = read_report(path)
+    runs = 1
+    if previous is not None:
+        keep_processed = {entry.input for entry in report.skipped if entry.code == "exists"}
+        attempted = {entry.input for entry in report.processed} | {entry.input for entry in report.skipped}
+        redone = attempted - keep_processed
+        processed = [e for e in previous["processed"] if e["input"] not in redone]
+        processed += [asdict(entry) for entry in report.processed]
+        done = {entry["input"] for entry in processed}
+        skipped = [e for e in previous["skipped"] if e["input"] not in redone | keep_processed]
+        skipped += [asdict(entry) for entry in report.skipped if entry.input not in done]
+        content.update(processed=processed, skipped=skipped, num_processed=len(processed), num_skipped=len(skipped))
+        runs = int(previous.get("runs", 1)) + 1
+    content["runs"] = runs
+    write_json_atomic(path, content, indent=_JSON_INDENT)
+
+
+def read_report(path: Path) -> dict[str, Any] | None:
+    """An existing ``preprocess_report.json`` (``None`` if there is none)."""
+    if not path.exists():
+        return None
+    try:
+        content = json.loads(path.read_text())
+        if not isinstance(content["processed"], list) or not isinstance(content["skipped"], list):
+            raise TypeError("processed/skipped are not lists")
+        return dict(content)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"{path} exists but is not a preprocess report ({error}): move it away or pick another output folder"
+        ) from error
 
 
 def quality_warnings(face: AlignedFace, yaw: float, pitch: float, size: int) -> list[str]:

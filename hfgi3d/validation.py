@@ -1,0 +1,178 @@
+"""Checks of ``fit``'s inputs, made before anything heavy is imported, built or written.
+
+:func:`fit_inputs_from_argv` reads the few values the checks need from the command line and the
+YAML files it names, without LightningCLI, so a wrong photo, camera, generator file, results
+folder or step count is refused in well under a second, before torch models or Lightning are
+loaded. ``fit`` runs the same :func:`check_fit_inputs` on the parsed config before it builds
+anything (the authority, should a value come in a form this fast reader does not know).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hfgi3d.data.inputs import SAMPLE, load_camera, read_photo, resolve_input
+from hfgi3d.errors import InputError
+from hfgi3d.generator.checkpoint import generator_resolution
+
+RESULT_FILES = ("metrics.json", "reconstruction.png")
+"""Files whose presence means a folder already holds results (guarded by ``--overwrite``)."""
+INTERRUPTED_CHECKPOINT = Path("checkpoints") / "interrupted.ckpt"
+"""Where, inside its output folder, an interrupted fit leaves its resumable checkpoint."""
+
+COUNT_MINIMUM = {
+    "model.estimate_steps": 0,
+    "model.pseudo_multiview_steps": 0,
+    "model.occluded_steps": 0,
+    "model.w_avg_samples": 1,
+    "data.num_views": 1,
+}
+"""Step and view counts, with the smallest value each accepts."""
+
+
+@dataclass
+class FitInputs:
+    """What the checks look at, as ``fit`` would receive it (``None``: not given)."""
+
+    generator: str | None = None
+    image: str | None = None
+    camera: str | None = None
+    output_dir: str | None = None
+    overwrite: bool = False
+    ckpt_path: str | None = None
+    counts: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> FitInputs:
+        """From a nested config (the YAML layout, or ``fit``'s parsed namespace as a dict)."""
+
+        def get(dotted: str) -> Any:
+            node: Any = config
+            for key in dotted.split("."):
+                node = node.get(key) if isinstance(node, Mapping) else None
+            return node
+
+        return cls(
+            generator=get("model.generator"),
+            image=get("data.image"),
+            camera=get("data.camera"),
+            output_dir=get("output_dir") or get("outputs.output_dir"),
+            overwrite=bool(get("overwrite")),
+            ckpt_path=get("ckpt_path"),
+            counts={key: get(key) for key in COUNT_MINIMUM if get(key) is not None},
+        )
+
+
+def output_dir_for(inputs: FitInputs) -> Path:
+    """The run's folder: ``--output_dir``, else ``outputs/<photo name>``."""
+    if inputs.output_dir:
+        return Path(inputs.output_dir)
+    image, _ = resolve_input(inputs.image or SAMPLE, None)
+    return Path("outputs") / image.stem
+
+
+def check_fit_inputs(inputs: FitInputs) -> list[str]:
+    """Refuse what ``fit`` cannot use (:class:`~hfgi3d.errors.InputError`, one line); returns notes
+    on conversions made (a grayscale photo, …). Reads the photo and the camera, nothing else."""
+    for key, value in inputs.counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < COUNT_MINIMUM[key]:
+            raise InputError(f"--{key} must be a whole number ≥ {COUNT_MINIMUM[key]}, got {value!r}")
+    stages = [inputs.counts.get(key) for key in ("model.estimate_steps", "model.pseudo_multiview_steps")]
+    if stages == [0, 0]:
+        raise InputError("--model.estimate_steps and --model.pseudo_multiview_steps are both 0: nothing to fit")
+    resolution = None if inputs.generator is None else generator_resolution(inputs.generator)
+    notes: list[str] = []
+    if inputs.image is not None:
+        image, camera = resolve_input(inputs.image, inputs.camera)
+        _, notes = read_photo(image, resolution)
+        load_camera(camera, image)
+    _check_output_dir(output_dir_for(inputs), inputs.overwrite, inputs.ckpt_path)
+    if inputs.ckpt_path is not None and not Path(inputs.ckpt_path).is_file():
+        raise InputError(f"checkpoint to resume from not found: {inputs.ckpt_path}")
+    return notes
+
+
+def _check_output_dir(folder: Path, overwrite: bool, ckpt_path: str | None) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"the output folder {folder} is a file: choose another --output_dir")
+    interrupted = folder / INTERRUPTED_CHECKPOINT
+    if interrupted.is_file() and ckpt_path is None and not overwrite:
+        raise InputError(
+            f"{folder} holds an interrupted run: resume it with --ckpt_path {interrupted}, "
+            "or pass --overwrite to start over"
+        )
+    existing = [name for name in RESULT_FILES if (folder / name).exists()]
+    if existing and not overwrite:
+        raise InputError(
+            f"{folder} already holds results ({', '.join(existing)}); pass --overwrite to replace them "
+            "or choose another --output_dir"
+        )
+
+
+def fit_inputs_from_argv(args: Sequence[str]) -> FitInputs:
+    """:class:`FitInputs` from ``fit``'s arguments (after the word ``fit``): the ``--config`` files
+    merged in order, then ``--key value`` / ``--key=value`` overrides of the keys checked here.
+
+    Raises:
+        InputError: a config file is missing or not YAML.
+    """
+    from hfgi3d.presets import merged
+
+    config: dict[str, Any] = {}
+    overrides: dict[str, str] = {}
+    tokens = list(args)
+    index = 0
+    while index < len(tokens):
+        token = tokens[index]
+        index += 1
+        if not token.startswith("-"):
+            continue
+        key, has_value, value = token.lstrip("-").partition("=")
+        if not has_value:
+            follows = index < len(tokens) and not tokens[index].startswith("--")
+            value = tokens[index] if follows else ""
+            index += follows
+        if key in ("config", "c"):
+            config = merged(config, _read_yaml(value))
+        else:
+            overrides[key] = value
+    for key, value in overrides.items():
+        *groups, name = key.split(".")
+        node = config
+        for group in groups:
+            child = node.get(group)
+            node = node.setdefault(group, {}) if not isinstance(child, dict) else child
+        node[name] = _yaml_value(value)
+    if "no_overwrite" in overrides:
+        config["overwrite"] = False
+    elif "overwrite" in overrides and overrides["overwrite"] == "":
+        config["overwrite"] = True  # a bare --overwrite
+    return FitInputs.from_config(config)
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"config file not found: {file}")
+    try:
+        content = yaml.safe_load(file.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise InputError(f"{file} is not a YAML config: {error}") from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise InputError(f"{file} is not a config: expected keys and values at its top level")
+    return content
+
+
+def _yaml_value(text: str) -> Any:
+    """A command-line value read as YAML (``3`` → 3, ``null`` → None), as jsonargparse does."""
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
