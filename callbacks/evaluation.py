@@ -89,7 +89,7 @@ class Evaluation(L.Callback):
         module: Any = pl_module
         step = trainer.global_step  # steps done, this one included
         stage = module.stage_at(step - 1)
-        stage_ends = step in (module.hp.estimate_steps, module.total_steps)
+        stage_ends = step in {end for _, _, end in module.stage_spans()}
         if not stage_ends and not (self.every_n_steps > 0 and step % self.every_n_steps == 0):
             return
         assert self._networks is not None

@@ -13,8 +13,8 @@ W&B logger is attached, e.g. ``--config configs/logger/wandb.yaml``). Two shortc
 ``--output_dir`` (default ``outputs/<image name>``; checkpoints, logs and the offline W&B run go
 inside) and ``--overwrite``.
 
-Values typed once, used by several groups (``link_arguments``): ``trainer.max_steps`` is
-``estimate_steps + pseudo_multiview_steps``; the evaluation uses the model's LPIPS size and VGG
+Values typed once, used by several groups (``link_arguments``): ``trainer.max_steps`` is the
+stages' steps (estimate + occluded + pseudo_multiview); the evaluation uses the model's LPIPS size and VGG
 weights, and the pseudo views' yaw/pitch ranges and visibility test (so do the output grid and
 orbit). The resolved config is saved as ``config.yaml`` and, with W&B, logged as the run's config.
 Every fit also logs ``{stage}/lr`` (``LearningRateMonitor``) and ``{stage}/step_time_s``
@@ -55,8 +55,9 @@ CSV_LOGGER = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": 
 """The default logger: metrics.csv in the output folder ("." is replaced; configs/logger/wandb.yaml swaps it)."""
 
 
-def _total_steps(estimate_steps: int, pseudo_multiview_steps: int) -> int:
-    return estimate_steps + pseudo_multiview_steps
+def _total_steps(estimate_steps: int, occluded_steps: int, pseudo_multiview_steps: int, use_pseudo_views: bool) -> int:
+    """The three stages' steps (no ``occluded`` stage without pseudo views)."""
+    return estimate_steps + (occluded_steps if use_pseudo_views else 0) + pseudo_multiview_steps
 
 
 class LogConfig(SaveConfigCallback):
@@ -124,7 +125,9 @@ class InversionCLI(LightningCLI):
             "--overwrite", action=ActionYesNo, default=False, help="replace existing results (--no_overwrite: refuse)"
         )
         parser.link_arguments(
-            ("model.estimate_steps", "model.pseudo_multiview_steps"), "trainer.max_steps", compute_fn=_total_steps
+            ("model.estimate_steps", "model.occluded_steps", "model.pseudo_multiview_steps", "model.use_pseudo_views"),
+            "trainer.max_steps",
+            compute_fn=_total_steps,
         )
         parser.link_arguments("overwrite", "outputs.overwrite")
         for source, target in LINKS:

@@ -1,22 +1,32 @@
 """Pseudo-multi-view inversion of one photo (docs/method.md §4–§6) as a LightningModule.
 
-Two scheduled stages, with manual optimization:
+Three scheduled stages, with manual optimization, each with its own optimizer, logs and
+progress bar:
 
-* ``estimate`` (steps ``[0, estimate_steps)``): G frozen; the latent (``w`` or ``W+``) starts
-  at ``w_avg`` and is fitted to the input view with LPIPS + L2. The result is ``w_e``.
-* hand-over (once, before the first stage-2 step): ``w_o`` is fitted to the in-distribution
-  part of the input (``D = ‖x − G(w_e, p0)‖₂ ≤ θ``) and the DataModule builds the pseudo views
-  from ``w_e`` and ``w_o``.
-* ``pseudo_multiview`` (the next ``pseudo_multiview_steps`` steps): G unfrozen (PTI-style),
-  latent optionally frozen; each step adds the loss of one auxiliary view to the input-view
-  loss. ``aux_target`` picks what the auxiliary render is compared with: ``masked`` (the
-  paper's Eq. 5: ``O_i`` where ``M_o`` plus ``V_i`` where ``M_v``) or ``blended`` (the blended
-  pseudo view ``v_i``, no masks, as the authors' release trains). ``use_pseudo_views=False``
-  gives the PTI baseline.
+* ``estimate`` (``estimate_steps``): G frozen; the latent (``w`` or ``W+``) starts at ``w_avg``
+  and is fitted to the input view with LPIPS + L2. The result is ``w_e``.
+* ``occluded`` (``occluded_steps``; none without pseudo views): ``w_o``, from ``w_e``, is fitted
+  to the in-distribution part of the input (``D = ‖x − G(w_e, p0)‖₂ ≤ θ``), G frozen.
+* ``pseudo_multiview`` (``pseudo_multiview_steps``): on entering it, the DataModule builds the
+  pseudo views from ``w_e`` and ``w_o`` with a frozen copy of the stage-1 generator; then G is
+  tuned (PTI-style, latent optionally frozen) on the input view plus ``aux_views_per_step``
+  auxiliary views per step. ``aux_target`` picks what an auxiliary render is compared with:
+  ``masked`` (the paper's Eq. 5: ``O_i`` where ``M_o`` plus ``V_i`` where ``M_v``) or
+  ``blended`` (the blended pseudo view ``v_i``, no masks, as the authors' release trains).
+  ``use_pseudo_views=False`` gives the PTI baseline.
 
-Log keys are slash-namespaced by stage (``estimate/loss_lpips``, ``pseudo_multiview/loss_visible``);
-the ``fit`` command adds ``{stage}/lr`` (Lightning's ``LearningRateMonitor``, reading each stage's
-``LambdaLR``) and ``{stage}/step_time_s`` (:class:`hfgi3d.callbacks.timing.StepTimer`).
+Work done once, not per step: the tri-planes of a latent are computed once per step and every
+camera of the step (the input and the auxiliary views) is rendered in one batched call; the
+LPIPS features of fixed targets (the photo, each pre-built pseudo view with its mask) are
+computed when a stage starts, so only renders go through VGG. With ``aux_target=masked`` the
+occluded and visible terms share one VGG pass of the doubly masked render batch; the masked
+terms stay exact because LPIPS masks its inputs before the network (``M·x``), so a masked
+target's features depend on the target and the mask only.
+
+Log keys are slash-namespaced by stage (``estimate/loss_lpips``, ``occluded/loss``,
+``pseudo_multiview/loss_visible``); the ``fit`` command adds ``{stage}/lr`` (Lightning's
+``LearningRateMonitor``, reading each stage's ``LambdaLR``) and ``{stage}/step_time_s``
+(:class:`hfgi3d.callbacks.timing.StepTimer`).
 """
 
 from __future__ import annotations
@@ -24,10 +34,12 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -35,13 +47,15 @@ from hfgi3d.cameras import frontal_c25
 from hfgi3d.data.datamodule import PseudoViewDataModule
 from hfgi3d.generator import TriPlaneGenerator, open_generator
 from hfgi3d.geometry import difference_mask
-from hfgi3d.losses import LPIPS, reconstruction_loss
+from hfgi3d.losses import LPIPS, LpipsTarget, masked_mse
 
 ESTIMATE = "estimate"
+OCCLUDED = "occluded"
 PSEUDO_MULTIVIEW = "pseudo_multiview"
-
+STAGES = (ESTIMATE, OCCLUDED, PSEUDO_MULTIVIEW)
 
 AuxTarget = Literal["masked", "blended"]
+CompileMode = Literal["none", "default", "reduce-overhead", "max-autotune"]
 RNG_KEY = "hfgi3d_rng_state"
 """Checkpoint entry with the global RNG state (CPU and CUDA) of the step to run next."""
 
@@ -57,6 +71,14 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["cpu"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _adam(params: Sequence[Tensor], lr: float) -> torch.optim.Adam:
+    """Adam with the fused kernel where this torch has one for the parameters' device, else foreach."""
+    try:
+        return torch.optim.Adam(list(params), lr=lr, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.Adam(list(params), lr=lr, foreach=True)
 
 
 def lr_factor(step: int, total: int, rampup: float, rampdown: float) -> float:
@@ -87,7 +109,8 @@ class InversionModule(L.LightningModule):
         estimate_lr_rampup, estimate_lr_rampdown: fractions of stage 1 for the lr ramps.
         estimate_noise, estimate_noise_ramp: latent noise ``w_std·noise`` decaying to 0 over
             that fraction of stage 1 (quadratically, as the PTI projector).
-        occluded_steps, occluded_lr: optimization of ``w_o`` (G frozen, from ``w_e``).
+        occluded_steps, occluded_lr: the ``occluded`` stage: optimization of ``w_o`` (G frozen,
+            from ``w_e``); 0 skips it (the ``no_occluded`` ablation needs no ``w_o``).
         difference_threshold: θ of the in-distribution mask, per-pixel RGB L2 in [-1, 1] units.
         pseudo_multiview_steps, pseudo_multiview_lr: stage-2 length and Adam learning rate.
         freeze_latent: keep the latent fixed in stage 2 (the authors' release).
@@ -101,13 +124,15 @@ class InversionModule(L.LightningModule):
         seed: generator init (random architectures) and latent sampling.
         lpips_weights: explicit LPIPS weights file (see :mod:`hfgi3d.losses`); None searches.
         neural_rendering_resolution: override of the generator's (None keeps it).
+        compile: ``torch.compile`` mode for the step's rendering and LPIPS (``none``: eager); a
+            model that cannot compile runs eagerly, with one line saying why.
     """
 
     w_std: Tensor
     ws_estimate: Tensor
-    ws_occluded: Tensor
     latent_ready: Tensor
-    handed_over: Tensor
+    stage_entered: Tensor
+    occluded_mask: Tensor
 
     def __init__(
         self,
@@ -137,6 +162,7 @@ class InversionModule(L.LightningModule):
         seed: int,
         lpips_weights: str | None = None,
         neural_rendering_resolution: int | None = None,
+        compile: CompileMode = "none",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -147,19 +173,24 @@ class InversionModule(L.LightningModule):
         # checkpoints (its weights come from the LPIPS sources) and is moved in on_fit_start.
         self._lpips = (LPIPS(resize_to=lpips_resize, weights=lpips_weights),)
         num_ws = 1 if latent_space == "w" else self.G.num_ws
+        w_shape = (1, self.G.num_ws, self.G.config.w_dim)
         self.latent = nn.Parameter(torch.zeros(1, num_ws, self.G.config.w_dim))
+        # w_o, optimized in its own stage (and checkpointed there); the views are built from it.
+        self.occluded_latent = nn.Parameter(torch.zeros(w_shape))
         self.register_buffer("w_std", torch.zeros(()))
-        # w_e and w_o are kept (and checkpointed) so that a resumed run builds views from them.
-        self.register_buffer("ws_estimate", torch.zeros(1, self.G.num_ws, self.G.config.w_dim))
-        self.register_buffer("ws_occluded", torch.zeros(1, self.G.num_ws, self.G.config.w_dim))
-        # Stage flags live in buffers so they are restored with the weights, before
-        # on_fit_start (Lightning restores global_step only afterwards).
+        self.register_buffer("ws_estimate", torch.zeros(w_shape))
+        # D (1×1×H×W), set on entering the occluded stage; recomputed (deterministic) on resume, not saved.
+        self.register_buffer("occluded_mask", torch.zeros(0), persistent=False)
+        # Stage state lives in buffers so that it is restored with the weights, before on_fit_start
+        # (Lightning restores global_step only afterwards): the index in STAGES of the last stage entered.
         self.register_buffer("latent_ready", torch.zeros((), dtype=torch.bool))
-        self.register_buffer("handed_over", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("stage_entered", torch.zeros((), dtype=torch.long))
+        self._targets: dict[str, LpipsTarget] = {}
+        self._render_fn: Callable[[Tensor, Tensor], Tensor] = self._render_images
         self._rng_at_step_start: dict[str, Any] | None = None
         self._rng_to_restore: dict[str, Any] | None = None
 
-    # Helpers ------------------------------------------------------------------------------
+    # Stages and helpers ---------------------------------------------------------------------
 
     @property
     def hp(self) -> Any:
@@ -174,32 +205,67 @@ class InversionModule(L.LightningModule):
         return datamodule
 
     @property
+    def occluded_steps(self) -> int:
+        """Steps of the ``occluded`` stage: none without pseudo views."""
+        return self.hp.occluded_steps if self.hp.use_pseudo_views else 0
+
+    @property
     def total_steps(self) -> int:
-        return self.hp.estimate_steps + self.hp.pseudo_multiview_steps
+        return self.hp.estimate_steps + self.occluded_steps + self.hp.pseudo_multiview_steps
 
     def stage_spans(self) -> list[tuple[str, int, int]]:
-        """``(stage, first step, end step)`` of each stage, in order."""
-        estimate_end = self.hp.estimate_steps
-        return [(ESTIMATE, 0, estimate_end), (PSEUDO_MULTIVIEW, estimate_end, self.total_steps)]
+        """``(stage, first step, end step)`` of each stage with steps, in order."""
+        lengths = (self.hp.estimate_steps, self.occluded_steps, self.hp.pseudo_multiview_steps)
+        spans, first = [], 0
+        for stage, length in zip(STAGES, lengths, strict=True):
+            if length > 0:
+                spans.append((stage, first, first + length))
+            first += length
+        return spans
 
     def stage_at(self, step: int) -> str:
-        return ESTIMATE if step < self.hp.estimate_steps else PSEUDO_MULTIVIEW
+        spans = self.stage_spans()
+        return next((stage for stage, _, end in spans if step < end), spans[-1][0])
 
     def ws(self) -> Tensor:
         """The current latent broadcast to ``1×num_ws×w_dim``."""
         return self.latent.expand(-1, self.G.num_ws, -1)
 
-    def render(self, ws: Tensor, c25: Tensor) -> dict[str, Tensor]:
-        return self.G.synthesis(ws, c25, neural_rendering_resolution=self.hp.neural_rendering_resolution)
+    @property
+    def ws_occluded(self) -> Tensor:
+        """``w_o`` (``1×num_ws×w_dim``, detached)."""
+        return self.occluded_latent.detach()
+
+    def _render_images(self, ws: Tensor, cameras: Tensor) -> Tensor:
+        """Images ``K×3×H×W`` of one latent ``ws`` (``1×num_ws×w_dim``) from ``K`` cameras: the
+        tri-planes once, then one batched neural rendering and super-resolution."""
+        planes = self.G.planes(ws)
+        k = len(cameras)
+        rendered = self.G.render(
+            planes.expand(k, -1, -1, -1, -1), ws.expand(k, -1, -1), cameras, self.hp.neural_rendering_resolution
+        )
+        return rendered["image"]
 
     @property
     def lpips(self) -> LPIPS:
         return self._lpips[0]
 
-    def _rec(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
-        return reconstruction_loss(
-            pred, target, mask, self.lpips, lambda_l2=self.hp.lambda_l2, lambda_lpips=self.hp.lambda_lpips
-        )
+    def _lpips_distance(self, pred: Tensor, target: LpipsTarget) -> Tensor:
+        return self.lpips.distance_to(pred, target)
+
+    def _terms(self, pred: Tensor, image: Tensor, mask: Tensor | None, target: LpipsTarget) -> dict[str, Tensor]:
+        """``L_rec`` of renders against a prepared target: ``{loss, loss_l2, loss_lpips}`` (batch means)."""
+        loss_l2 = masked_mse(pred, image, mask)
+        loss_lpips = self._lpips_distance(pred, target).mean()
+        loss = self.hp.lambda_l2 * loss_l2 + self.hp.lambda_lpips * loss_lpips
+        return {"loss": loss, "loss_l2": loss_l2, "loss_lpips": loss_lpips}
+
+    def _target(self, key: str, image: Tensor, mask: Tensor | None = None) -> LpipsTarget:
+        """The prepared LPIPS target ``key`` (computed on first use in a stage, then reused)."""
+        if key not in self._targets:
+            with torch.no_grad():
+                self._targets[key] = self.lpips.prepare(image, mask)
+        return self._targets[key]
 
     # Lightning hooks ----------------------------------------------------------------------
 
@@ -210,14 +276,19 @@ class InversionModule(L.LightningModule):
         max_steps = self.trainer.max_steps
         if max_steps != self.total_steps:
             raise ValueError(
-                f"trainer.max_steps is {max_steps} but the two stages take {self.total_steps} steps "
-                "(estimate_steps + pseudo_multiview_steps); `python -m hfgi3d fit` sets it for you"
+                f"trainer.max_steps is {max_steps} but the stages take {self.total_steps} steps "
+                "(estimate + occluded + pseudo_multiview); `python -m hfgi3d fit` sets it for you"
             )
         self.lpips.to(self.device)
+        self._targets = {}
+        self._set_up_compile()
         if not bool(self.latent_ready):
             self._init_latent()
-        if bool(self.handed_over):
-            self._enter_stage_two(resumed=True)
+        entered = STAGES[int(self.stage_entered)]
+        if entered == OCCLUDED:
+            self._enter_occluded(resumed=True)
+        elif entered == PSEUDO_MULTIVIEW:
+            self._enter_pseudo_multiview(resumed=True)
 
     @torch.no_grad()
     def _init_latent(self) -> None:
@@ -232,20 +303,44 @@ class InversionModule(L.LightningModule):
         self.latent_ready.fill_(True)
 
     def configure_optimizers(self) -> Any:
-        """One Adam per stage, each with a ``LambdaLR`` stepped once per step of its stage."""
+        """One Adam per stage (fused where available), each with a ``LambdaLR`` stepped once per step of its stage."""
         hp = self.hp
-        latent_opt = torch.optim.Adam([self.latent], lr=hp.estimate_lr, betas=(0.9, 0.999))
+        latent_opt = _adam([self.latent], hp.estimate_lr)
+        occluded_opt = _adam([self.occluded_latent], hp.occluded_lr)
         params = list(self.G.parameters()) + ([] if hp.freeze_latent else [self.latent])
-        tune_opt = torch.optim.Adam(params, lr=hp.pseudo_multiview_lr)
+        tune_opt = _adam(params, hp.pseudo_multiview_lr)
 
         def estimate_factor(step: int) -> float:
             return lr_factor(step, hp.estimate_steps, hp.estimate_lr_rampup, hp.estimate_lr_rampdown)
 
+        optimizers = [latent_opt, occluded_opt, tune_opt]
+        factors = [estimate_factor, lambda step: 1.0, lambda step: 1.0]
         schedulers = [
-            {"scheduler": LambdaLR(latent_opt, estimate_factor), "name": f"{ESTIMATE}/lr", "interval": "step"},
-            {"scheduler": LambdaLR(tune_opt, lambda step: 1.0), "name": f"{PSEUDO_MULTIVIEW}/lr", "interval": "step"},
+            {"scheduler": LambdaLR(optimizer, factor), "name": f"{stage}/lr", "interval": "step"}
+            for stage, optimizer, factor in zip(STAGES, optimizers, factors, strict=True)
         ]
-        return [latent_opt, tune_opt], schedulers
+        return optimizers, schedulers
+
+    def _set_up_compile(self) -> None:
+        """``torch.compile`` the step's rendering and the LPIPS trunk (``model.compile``)."""
+        mode = None if self.hp.compile == "none" else self.hp.compile
+        self._render_fn = torch.compile(self._render_images, mode=mode) if mode else self._render_images
+        self.lpips.compile_trunk(mode)
+
+    def _render(self, ws: Tensor, cameras: Tensor) -> Tensor:
+        """:meth:`_render_images`, compiled when asked; a model that cannot compile falls back, once."""
+        try:
+            return self._render_fn(ws, cameras)
+        except Exception as error:  # compilation errors come in many types (inductor, dynamo, C++ toolchain)
+            if self._render_fn is self._render_images:
+                raise
+            rank_zero_warn(
+                f"model.compile={self.hp.compile!r} failed ({type(error).__name__}: {str(error).splitlines()[0]}); "
+                "running eagerly"
+            )
+            self._render_fn = self._render_images
+            self.lpips.compile_trunk(None)
+            return self._render_images(ws, cameras)
 
     # Resuming gives the run an uninterrupted one would have: the global RNG (ray jitter, latent
     # noise) is saved as it was when the step in progress began, and restored before training.
@@ -270,10 +365,15 @@ class InversionModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         step = self.global_step  # manual optimization: counts optimizer steps
-        if self.stage_at(step) == ESTIMATE:
+        stage = self.stage_at(step)
+        if stage == ESTIMATE:
             return self._estimate_step(batch, step)
-        if not bool(self.handed_over):
-            self._hand_over()
+        if stage == OCCLUDED:
+            if STAGES[int(self.stage_entered)] == ESTIMATE:
+                self._enter_occluded(resumed=False)
+            return self._occluded_step(batch, step)
+        if STAGES[int(self.stage_entered)] != PSEUDO_MULTIVIEW:
+            self._enter_pseudo_multiview(resumed=False)
             # This step's batch was assembled before the pseudo views existed: draw again.
             batch = self.datamodule.assemble(step, self.device)
         return self._pseudo_multiview_step(batch, step)
@@ -284,41 +384,85 @@ class InversionModule(L.LightningModule):
         if hp.estimate_noise > 0:
             fade = max(0.0, 1.0 - step / (hp.estimate_noise_ramp * hp.estimate_steps))
             ws = ws + torch.randn_like(ws) * self.w_std * hp.estimate_noise * fade**2
-        losses = self._rec(self.render(ws, batch["c25"])["image"], batch["image"])
-        self._optimize(0, losses["loss"], ESTIMATE, step)
+        render = self._render(ws, batch["c25"])
+        losses = self._terms(render, batch["image"], None, self._target("input", batch["image"]))
+        self._optimize(STAGES.index(ESTIMATE), losses["loss"], ESTIMATE, step)
         self._log(ESTIMATE, losses)
+        return losses["loss"]
+
+    def _occluded_step(self, batch: dict[str, Tensor], step: int) -> Tensor:
+        """``w_o``: fit ``G(w, p0)·D`` to ``x·D`` with G frozen (docs/method.md §5)."""
+        mask = self.occluded_mask
+        render = self._render(self.occluded_latent, batch["c25"])
+        image = batch["image"] * mask
+        losses = self._terms(render * mask, image, None, self._target("occluded_input", image))
+        self._optimize(STAGES.index(OCCLUDED), losses["loss"], OCCLUDED, step)
+        self._log(OCCLUDED, losses)
         return losses["loss"]
 
     def _pseudo_multiview_step(self, batch: dict[str, Tensor], step: int) -> Tensor:
         ws = self.ws()
-        input_losses = self._rec(self.render(ws, batch["c25"])["image"], batch["image"])
+        cameras = batch["c25"]
+        if self.hp.use_pseudo_views:
+            cameras = torch.cat([cameras, batch["aux_c25"]])  # the input view, then the auxiliary views
+        renders = self._render(ws, cameras)  # one generator call for every camera of the step
+        input_losses = self._terms(renders[:1], batch["image"], None, self._target("input", batch["image"]))
         losses = {name.replace("loss", "loss_input", 1): value for name, value in input_losses.items()}
         loss = losses["loss_input"]
         if self.hp.use_pseudo_views:
-            aux_loss, aux_losses = self.auxiliary_loss(self.render(ws, batch["aux_c25"])["image"], batch)
+            aux_loss, aux_losses = self.auxiliary_loss(renders[1:], batch)
             losses.update(aux_losses)
             loss = loss + aux_loss
         losses["loss"] = loss
-        self._optimize(1, loss, PSEUDO_MULTIVIEW, step)
+        self._optimize(STAGES.index(PSEUDO_MULTIVIEW), loss, PSEUDO_MULTIVIEW, step)
         self._log(PSEUDO_MULTIVIEW, losses)
         return loss
 
     def auxiliary_loss(self, render: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        """The auxiliary view's weighted loss and its unweighted terms (see ``aux_target``).
+        """The auxiliary views' weighted loss and its unweighted terms (see ``aux_target``).
 
         ``masked``: ``λ_o·L_rec(M_o·G(w, p_i), M_o·O_i) + λ_v·L_rec(M_v·G(w, p_i), M_v·V_i)``;
-        ``blended``: ``λ_p·L_rec(G(w, p_i), v_i)``.
+        ``blended``: ``λ_p·L_rec(G(w, p_i), v_i)``; means over the ``A`` views of ``render``
+        (``A×3×H×W``). The targets' LPIPS features come prepared (pre-built views, by
+        ``aux_index``) or are computed here (views built on the fly).
         """
         hp = self.hp
+        count = len(render)
         if hp.aux_target == "masked":
-            occluded = self._rec(render, batch["aux_occluded"], batch["aux_mask_occluded"])["loss"]
-            visible = self._rec(render, batch["aux_visible"], batch["aux_mask_visible"])["loss"]
+            occluded_target, visible_target = self._aux_targets(batch, ("occluded", "visible"))
+            # One VGG pass for both terms: the render under M_o, then under M_v.
+            distances = self._lpips_distance(
+                torch.cat([render, render]), LpipsTarget.cat([occluded_target, visible_target])
+            )
+            occluded_l2 = masked_mse(render, batch["aux_occluded"], batch["aux_mask_occluded"])
+            visible_l2 = masked_mse(render, batch["aux_visible"], batch["aux_mask_visible"])
+            occluded = hp.lambda_l2 * occluded_l2 + hp.lambda_lpips * distances[:count].mean()
+            visible = hp.lambda_l2 * visible_l2 + hp.lambda_lpips * distances[count:].mean()
             total = hp.lambda_occluded * occluded + hp.lambda_visible * visible
             return total, {"loss_occluded": occluded, "loss_visible": visible}
         if hp.aux_target == "blended":
-            pseudo = self._rec(render, batch["aux_pseudo"])["loss"]
+            (pseudo_target,) = self._aux_targets(batch, ("pseudo",))
+            pseudo = self._terms(render, batch["aux_pseudo"], None, pseudo_target)["loss"]
             return hp.lambda_pseudo * pseudo, {"loss_pseudo": pseudo}
         raise ValueError(f"aux_target must be 'masked' or 'blended', got {hp.aux_target!r}")
+
+    def _aux_targets(self, batch: dict[str, Tensor], kinds: tuple[str, ...]) -> list[LpipsTarget]:
+        """Prepared LPIPS targets of the batch's auxiliary views, one per kind."""
+        sources = {
+            "occluded": ("aux_occluded", "aux_mask_occluded"),
+            "visible": ("aux_visible", "aux_mask_visible"),
+            "pseudo": ("aux_pseudo", None),
+        }
+        prepared = []
+        for kind in kinds:
+            cached = self._targets.get(f"views/{kind}")
+            if cached is not None and "aux_index" in batch:
+                prepared.append(cached.select(batch["aux_index"]))
+                continue
+            image_key, mask_key = sources[kind]
+            with torch.no_grad():
+                prepared.append(self.lpips.prepare(batch[image_key], None if mask_key is None else batch[mask_key]))
+        return prepared
 
     def _optimize(self, index: int, loss: Tensor, stage: str, step: int) -> None:
         if not torch.isfinite(loss):
@@ -340,65 +484,78 @@ class InversionModule(L.LightningModule):
         self.log_dict(values, on_step=True, prog_bar=False, batch_size=1)
         self.log("loss", losses["loss"].detach(), prog_bar=True, batch_size=1)
 
-    # Stage 1 → stage 2 ----------------------------------------------------------------------
+    # Entering a stage ----------------------------------------------------------------------
 
     def _status(self, message: str) -> None:
         """One line for the person at the console, printed above the progress bar."""
         if self._trainer is not None and self.trainer.progress_bar_callback is not None:
             self.print(message)
 
-    def _hand_over(self) -> None:
-        """Keep ``w_e``, fit ``w_o``, then enter stage 2 (runs once)."""
+    def _keep_estimate(self) -> None:
+        """``w_e``: the latent as stage 1 left it (the pseudo views' geometry)."""
         self.ws_estimate.copy_(self.ws().detach())
-        # The no_occluded ablation fills occluded regions from the photo: it needs no w_o.
-        if self.hp.use_pseudo_views and self.datamodule.config.occluded_source == "generated":
-            self._status(f"hand-over: fitting the occluded latent w_o ({self.hp.occluded_steps} steps)")
-            started = time.perf_counter()
-            self.ws_occluded.copy_(self._fit_occluded_latent(self.ws_estimate))
-            self._status(f"hand-over: w_o fitted in {time.perf_counter() - started:.1f} s")
-        self.handed_over.fill_(True)
-        self._enter_stage_two(resumed=False)
 
-    def _enter_stage_two(self, resumed: bool) -> None:
-        """Unfreeze G and make the pseudo views available (at the hand-over, or on resume)."""
-        if self.hp.use_pseudo_views and not self.datamodule.ready:
+    @torch.no_grad()
+    def _enter_occluded(self, resumed: bool) -> None:
+        """Keep ``w_e``, start ``w_o`` from it and compute the in-distribution mask ``D``."""
+        if not resumed:
+            self._keep_estimate()
+            self.occluded_latent.copy_(self.ws_estimate)
+            self.stage_entered.fill_(STAGES.index(OCCLUDED))
+        self._targets = {}
+        image, c25 = self.datamodule.image.to(self.device), self.datamodule.c25.to(self.device)  # type: ignore[union-attr]
+        rendered = self.G.synthesis(self.ws_estimate, c25, self.hp.neural_rendering_resolution, deterministic=True)
+        self.occluded_mask = difference_mask(image, rendered["image"].float(), self.hp.difference_threshold)
+
+    def _enter_pseudo_multiview(self, resumed: bool) -> None:
+        """Build the pseudo views and their LPIPS targets, then unfreeze G (entering, or on resume)."""
+        if not resumed:
+            if STAGES[int(self.stage_entered)] == ESTIMATE:
+                self._keep_estimate()  # no occluded stage: w_o stays w_e
+                self.occluded_latent.data.copy_(self.ws_estimate)
+            self.stage_entered.fill_(STAGES.index(PSEUDO_MULTIVIEW))
+        self._targets = {}
+        datamodule = self.datamodule
+        if self.hp.use_pseudo_views and not datamodule.ready:
             stage_one = self._stage_one_generator(resumed)
             started = time.perf_counter()
-            if self.datamodule.mode == "prebuilt":
-                self._status(f"hand-over: building {self.datamodule.num_views} pseudo views")
-            self.datamodule.prepare_pseudo_views(stage_one, self.ws_estimate, self.ws_occluded)
-            if self.datamodule.mode == "prebuilt":
-                self._status(f"hand-over: pseudo views built in {time.perf_counter() - started:.1f} s")
+            if datamodule.mode == "prebuilt":
+                self._status(f"building {datamodule.num_views} pseudo views")
+            datamodule.prepare_pseudo_views(stage_one, self.ws_estimate, self.ws_occluded)
+            if datamodule.mode == "prebuilt":
+                self._status(f"pseudo views built in {time.perf_counter() - started:.1f} s")
+        if self.hp.use_pseudo_views and datamodule.views is not None:
+            self._prepare_view_targets()
         self.G.requires_grad_(True)
         self.G.train()
         if self.hp.freeze_latent:
             self.latent.requires_grad_(False)
 
+    @torch.no_grad()
+    def _prepare_view_targets(self, chunk: int = 4) -> None:
+        """LPIPS features of every pre-built view's targets, computed once for the whole stage."""
+        views = self.datamodule.views
+        assert views is not None
+        kinds: dict[str, tuple[Tensor, Tensor | None]] = {"pseudo": (views.pseudo, None)}
+        if self.hp.aux_target == "masked":
+            kinds = {"occluded": (views.occluded, views.mask_occluded), "visible": (views.visible, views.mask_visible)}
+        for kind, (images, masks) in kinds.items():
+            parts = []
+            for first in range(0, len(images), chunk):
+                image = images[first : first + chunk].to(self.device)
+                mask = None if masks is None else masks[first : first + chunk].to(self.device)
+                parts.append(self.lpips.prepare(image, mask))
+            self._targets[f"views/{kind}"] = LpipsTarget.cat(parts)
+
     def _stage_one_generator(self, resumed: bool) -> TriPlaneGenerator:
         """A frozen copy of G as stage 1 left it, for the pseudo views.
 
-        Stage 1 never changes G, so this is the pretrained generator: a copy of ``G`` at the
-        hand-over, re-opened from its file when a run resumes in stage 2 (G is tuned by then).
+        Stages 1 and ``occluded`` never change G, so this is the pretrained generator: a copy of
+        ``G`` on entering stage 2, re-opened from its file when a run resumes in stage 2 (G is
+        tuned by then).
         """
         if resumed:
             stage_one = open_generator(self.hp.generator, self.hp.seed).to(self.device)
         else:
             stage_one = copy.deepcopy(self.G)
         return stage_one.eval().requires_grad_(False)
-
-    @torch.enable_grad()
-    def _fit_occluded_latent(self, ws_estimate: Tensor) -> Tensor:
-        """``w_o``: from ``w_e``, fit ``G(w, p0)·D`` to ``x·D`` with G frozen (docs/method.md, pseudo views)."""
-        assert self.datamodule.image is not None and self.datamodule.c25 is not None
-        image, c25 = self.datamodule.image.to(self.device), self.datamodule.c25.to(self.device)
-        with torch.no_grad():
-            rendered = self.render(ws_estimate, c25)["image"]
-        mask = difference_mask(image, rendered, self.hp.difference_threshold)
-        ws = ws_estimate.clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([ws], lr=self.hp.occluded_lr)
-        for _ in range(self.hp.occluded_steps):
-            loss = self._rec(self.render(ws, c25)["image"] * mask, image * mask)["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        return ws.detach()

@@ -39,6 +39,7 @@ import pickle
 import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -369,15 +370,58 @@ class LPIPS(nn.Module):
         """Stays in eval mode: LPIPS is a fixed metric, never trained (and lpips' heads hold dropout)."""
         return super().train(False)
 
-    def _layer_maps(self, x: Tensor, y: Tensor) -> list[Tensor]:
-        """Per-layer distance maps ``B×1×h_l×w_l`` (heads applied, not yet averaged)."""
-        batch = x.shape[0]
-        features = self.network.net(self.network.scaling_layer(torch.cat([x, y])))  # five 2B×C_l×h_l×w_l taps
-        maps: list[Tensor] = []
-        for feature, head in zip(features, self.network.lins, strict=True):
-            unit = feature / (torch.linalg.vector_norm(feature, dim=1, keepdim=True) + _NORM_EPS)  # 2B×C_l×h_l×w_l
-            maps.append(head((unit[:batch] - unit[batch:]).square()))  # B×1×h_l×w_l
-        return maps
+    def _resized(self, x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """``x`` (and ``mask``) at the network's input size (area interpolation, see ``resize_to``)."""
+        if self.resize_to is not None and x.shape[-2:] != (self.resize_to, self.resize_to):
+            size = (self.resize_to, self.resize_to)
+            x = F.interpolate(x, size=size, mode="area")
+            mask = None if mask is None else F.interpolate(mask, size=size, mode="area")
+        if min(x.shape[-2:]) < self.min_size_px:
+            raise ValueError(
+                f"images of {x.shape[-2]}×{x.shape[-1]} px are too small for LPIPS-{self.net}: use ≥ {self.min_size_px}"
+            )
+        return x, mask
+
+    def compile_trunk(self, mode: str | None) -> None:
+        """``torch.compile`` the trunk pass with ``mode`` (``None``: run it eagerly again)."""
+        self._units = torch.compile(self._eager_units, mode=mode) if mode else self._eager_units  # type: ignore[method-assign]
+
+    def _units(self, x: Tensor) -> list[Tensor]:
+        """Channel-normalised features ``B×C_l×h_l×w_l`` of the five taps (one trunk pass)."""
+        return self._eager_units(x)
+
+    def _eager_units(self, x: Tensor) -> list[Tensor]:
+        features = self.network.net(self.network.scaling_layer(x))
+        return [feature / (torch.linalg.vector_norm(feature, dim=1, keepdim=True) + _NORM_EPS) for feature in features]
+
+    def prepare(self, y: Tensor, mask: Tensor | None = None) -> LpipsTarget:
+        """A fixed target, ready for :meth:`distance_to` against many renders: its (masked, resized)
+        features are computed once. Differentiable in ``y`` unless called under ``torch.no_grad``."""
+        if mask is not None:
+            mask = _check_mask(mask, y)
+        y, mask = self._resized(y, mask)
+        return LpipsTarget(self._units(y if mask is None else y * mask), mask)
+
+    def distance_to(self, x: Tensor, target: LpipsTarget) -> Tensor:
+        """LPIPS distance per sample between ``x`` (``B×3×H×W``, as given to :meth:`prepare`) and a
+        prepared target of ``B`` (or 1) samples: the same value as ``forward(x, y, mask)``."""
+        x, _ = self._resized(x, None)
+        mask = target.mask
+        if mask is not None:
+            mask = mask.expand(x.shape[0], -1, -1, -1)
+        units = self._units(x if mask is None else x * mask)
+        if mask is None:
+            distance = x.new_zeros(x.shape[0])
+            for unit_x, unit_y, head in zip(units, target.features, self.network.lins, strict=True):
+                distance = distance + head((unit_x - unit_y).square()).mean(dim=(1, 2, 3))
+            return distance
+        distance_map = torch.zeros_like(mask)  # B×1×H×W
+        for unit_x, unit_y, head in zip(units, target.features, self.network.lins, strict=True):
+            layer_map = head((unit_x - unit_y).square())  # B×1×h_l×w_l
+            distance_map = distance_map + F.interpolate(
+                layer_map, size=mask.shape[-2:], mode="bilinear", align_corners=False
+            )
+        return _per_sample_masked_mean(distance_map, mask, channels=1)
 
     def forward(self, x: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
         """LPIPS distance per sample.
@@ -391,27 +435,30 @@ class LPIPS(nn.Module):
             ``B`` distances (≥ 0; 0 for identical inputs).
         """
         check_image_pair(x, y)
-        if mask is not None:
-            mask = _check_mask(mask, x)
-        if self.resize_to is not None and x.shape[-2:] != (self.resize_to, self.resize_to):
-            size = (self.resize_to, self.resize_to)
-            x, y = F.interpolate(x, size=size, mode="area"), F.interpolate(y, size=size, mode="area")
-            mask = None if mask is None else F.interpolate(mask, size=size, mode="area")
-        if min(x.shape[-2:]) < self.min_size_px:
-            raise ValueError(
-                f"images of {x.shape[-2]}×{x.shape[-1]} px are too small for LPIPS-{self.net}: use ≥ {self.min_size_px}"
-            )
-        if mask is None:
-            distance = x.new_zeros(x.shape[0])
-            for layer_map in self._layer_maps(x, y):
-                distance = distance + layer_map.mean(dim=(1, 2, 3))
-            return distance
-        distance_map = torch.zeros_like(mask)  # B×1×H×W
-        for layer_map in self._layer_maps(x * mask, y * mask):
-            distance_map = distance_map + F.interpolate(
-                layer_map, size=mask.shape[-2:], mode="bilinear", align_corners=False
-            )
-        return _per_sample_masked_mean(distance_map, mask, channels=1)
+        return self.distance_to(x, self.prepare(y, mask))
+
+
+@dataclass
+class LpipsTarget:
+    """A target image's LPIPS features, computed once (:meth:`LPIPS.prepare`)."""
+
+    features: list[Tensor]
+    """Channel-normalised features of the (masked, resized) target, ``B×C_l×h_l×w_l`` per tap."""
+    mask: Tensor | None
+    """The mask at the network's input size, ``B×1×h×w`` (``None``: unmasked)."""
+
+    def select(self, index: Tensor) -> LpipsTarget:
+        """The samples at ``index`` (a 1-D index tensor)."""
+        return LpipsTarget([f[index] for f in self.features], None if self.mask is None else self.mask[index])
+
+    @staticmethod
+    def cat(targets: list[LpipsTarget]) -> LpipsTarget:
+        """Targets stacked along the batch (all masked, or all unmasked)."""
+        features = [torch.cat(layer) for layer in zip(*(t.features for t in targets), strict=True)]
+        masks = [t.mask for t in targets]
+        if any(m is None for m in masks) and not all(m is None for m in masks):
+            raise ValueError("cannot stack masked and unmasked LPIPS targets")
+        return LpipsTarget(features, None if masks[0] is None else torch.cat(masks))  # type: ignore[arg-type]
 
 
 def reconstruction_loss(

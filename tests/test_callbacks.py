@@ -28,6 +28,7 @@ TINY_FIT = [
 STAGE_KEYS = (
     "estimate/loss", "estimate/loss_l2", "estimate/loss_lpips", "estimate/lr", "estimate/step_time_s",
     "estimate/psnr", "estimate/ssim", "estimate/lpips",
+    "occluded/loss", "occluded/loss_lpips", "occluded/lr", "occluded/step_time_s",
     "pseudo_multiview/loss_input", "pseudo_multiview/loss_occluded", "pseudo_multiview/loss_visible",
     "pseudo_multiview/lr", "pseudo_multiview/step_time_s", "pseudo_multiview/psnr",
 )  # fmt: skip
@@ -89,7 +90,7 @@ def test_tiny_fit_logs_metrics_media_and_table_to_an_offline_wandb_run(
     assert table["columns"][0] == "image_id" and set(METRIC_KEYS) <= set(table["columns"])
     (row,) = table["data"]
     values = dict(zip(table["columns"], row, strict=True))
-    assert values["image_id"] == "sample_face" and values["steps"] == 12
+    assert values["image_id"] == "sample_face" and values["steps"] == 6 + 2 + 6
     assert values["psnr"] == pytest.approx(metrics["psnr"]) and values["id_arcface"] is None
 
 
@@ -98,7 +99,7 @@ def test_fit_without_wandb_writes_every_metric_and_the_reasons_for_skips(tmp_pat
     assert main([*TINY_FIT, "--output_dir", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(METRIC_KEYS) <= set(metrics)
-    assert metrics["image_id"] == "sample_face" and metrics["steps"] == 12
+    assert metrics["image_id"] == "sample_face" and metrics["steps"] == 6 + 2 + 6
     assert metrics["peak_gpu_memory_mb"] is None  # CPU run
     skipped = metrics["skipped"]
     for key in METRIC_KEYS:

@@ -112,7 +112,7 @@ def test_every_benchmark_method_composes_to_a_complete_config(method: str) -> No
     expected = {
         "hfgi3d": set(),
         "pti": {"model.use_pseudo_views", "model.freeze_latent"},
-        "ablation_no_occluded": {"data.pseudo_views.occluded_source"},
+        "ablation_no_occluded": {"data.pseudo_views.occluded_source", "model.occluded_steps"},
         "ablation_no_visible_texture": {"data.pseudo_views.visible_source"},
     }
     if method in expected:
@@ -139,7 +139,8 @@ def test_linked_values_are_typed_once() -> None:
     config = _resolved(BASE_PRESET, "demo.yaml", extra=["--data.pseudo_views.yaw_range_rad", "0.5"])
     assert config["evaluation.metrics.novel_yaw_rad"] == 0.5 and config["outputs.grid_yaw_rad"] == 0.5
     assert config["evaluation.metrics.lpips_resize"] is None  # the demo's model.lpips_resize
-    assert config["trainer.max_steps"] == config["model.estimate_steps"] + config["model.pseudo_multiview_steps"]
+    stages = ("model.estimate_steps", "model.occluded_steps", "model.pseudo_multiview_steps")
+    assert config["trainer.max_steps"] == sum(config[key] for key in stages)  # 50 + 20 + 350 in the demo
 
 
 def test_learning_rate_schedule() -> None:

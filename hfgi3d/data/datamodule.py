@@ -35,6 +35,13 @@ class _Steps(IterableDataset):
             yield {}
 
 
+def _draw(available: int, count: int, generator: torch.Generator) -> Tensor:
+    """``count`` indices in ``[0, available)``: distinct while there are enough, then with repeats."""
+    if count <= available:
+        return torch.randperm(available, generator=generator)[:count]
+    return torch.randint(0, available, (count,), generator=generator)
+
+
 class PseudoViewDataModule(L.LightningDataModule):
     """Input photo + camera, and the pseudo views that stage 2 trains on.
 
@@ -43,6 +50,7 @@ class PseudoViewDataModule(L.LightningDataModule):
             photo (``configs/demo.yaml``).
         camera: its camera (see :mod:`hfgi3d.data.inputs`); ``None`` with the sample photo.
         num_views: K auxiliary views: pre-built ones (``mode='prebuilt'``) or the orbit's.
+        aux_views_per_step: auxiliary views per stage-2 step, rendered in one batch (the paper: 1).
         mode: ``prebuilt`` builds K views once before stage 2 and draws one per step;
             ``on_the_fly`` builds a fresh random view every step (slower, more poses).
         pseudo_views: how views are chosen and built.
@@ -56,6 +64,7 @@ class PseudoViewDataModule(L.LightningDataModule):
         self,
         image: str,
         num_views: int,
+        aux_views_per_step: int,
         mode: Literal["prebuilt", "on_the_fly"],
         pseudo_views: PseudoViewConfig,
         seed: int,
@@ -64,6 +73,7 @@ class PseudoViewDataModule(L.LightningDataModule):
         super().__init__()
         self.image_path, self.camera_path = resolve_input(image, camera)
         self.num_views = num_views
+        self.aux_views_per_step = aux_views_per_step
         self.mode = mode
         self.config = pseudo_views
         self.seed = seed
@@ -117,8 +127,9 @@ class PseudoViewDataModule(L.LightningDataModule):
         return self.assemble(self.trainer.global_step, self.trainer.strategy.root_device)
 
     def assemble(self, step: int, device: torch.device) -> dict[str, Tensor]:
-        """Step ``step``'s batch: the input view, plus one auxiliary view drawn for that step once
-        pseudo views are available (see the module docstring for the keys)."""
+        """Step ``step``'s batch: the input view, plus ``aux_views_per_step`` auxiliary views drawn
+        for that step (distinct while the views last) once pseudo views are available; pre-built
+        views come with their indices, ``aux_index`` (see the module docstring for the keys)."""
         if self.image is None or self.c25 is None:
             raise RuntimeError("the input was not loaded; the LightningModule's setup loads it")
         out = {"image": self.image.to(device), "c25": self.c25.to(device)}
@@ -126,14 +137,14 @@ class PseudoViewDataModule(L.LightningDataModule):
             return out
         draw = torch.Generator().manual_seed((self.seed << 32) + step)
         if self.views is not None:
-            index = int(torch.randint(0, len(self.views), (1,), generator=draw))
+            index = _draw(len(self.views), self.aux_views_per_step, draw)
             view = self.views.select(index).to(device)
+            out["aux_index"] = index.to(device)
         else:
             assert self._builder is not None
             generator, ws_e, ws_o = self._builder
             cameras = auxiliary_cameras(self.c25, self.num_views, self.config, draw)  # fresh random or the orbit
-            index = int(torch.randint(0, len(cameras), (1,), generator=draw))
-            camera = cameras[index : index + 1].to(device)
+            camera = cameras[_draw(len(cameras), self.aux_views_per_step, draw)].to(device)
             view = build_pseudo_views(generator, ws_e, ws_o, out["image"], out["c25"], camera, self.config)
         out.update(
             aux_c25=view.c25, aux_pseudo=view.pseudo, aux_visible=view.visible, aux_occluded=view.occluded,
