@@ -342,7 +342,7 @@ def deterministic_rendering(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("deterministic_rendering")
 def test_one_batched_render_equals_one_render_per_camera_with_gradients() -> None:
-    module = InversionModule(**FAST_MODEL).train()
+    module = InversionModule(**{**FAST_MODEL, "render_batch": 3}).train()
     module.G.requires_grad_(True)
     cameras = torch.cat([orbit_c25(0.1, 0.0), orbit_c25(-0.2, 0.1), orbit_c25(0.3, -0.1)])
     weights = torch.randn(3, 3, 128, 128, generator=torch.Generator().manual_seed(1))
