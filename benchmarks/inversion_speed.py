@@ -275,7 +275,7 @@ def main() -> None:
         return
     report: dict[str, Any] = {"command": "python benchmarks/inversion_speed.py " + " ".join(argv), "runs": results}
     if args.against:
-        child_argv = _without(argv, ("--against", "--out", "--generator")) + ["--generator", args.generator]
+        child_argv = [*_without(argv, ("--against", "--out", "--generator")), "--generator", args.generator]
         with contextlib.redirect_stdout(sys.stderr):
             old = _measure_commit(args.against, child_argv)
         report["against"] = {"ref": args.against, "runs": old}
