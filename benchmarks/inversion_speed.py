@@ -8,7 +8,9 @@ the options below override it) on the bundled sample photo (upsampled to the gen
 frontal camera) with a Lightning ``Trainer`` and prints one JSON object per precision. For each
 stage: the median step time (the first step of a stage excluded), generator backbone calls and
 images through the LPIPS trunk per step, FLOPs per step (``torch.utils.flop_counter``, forward
-and backward), and the stage's peak memory. ``hand_over_s`` is what stage 2 costs before its
+and backward, counted on the stage's last step, which is then left out of the timing because
+the counter slows every op down), and the stage's peak memory. Give each stage at least three
+steps so that one is timed. ``hand_over_s`` is what stage 2 costs before its
 first step (the ``w_o`` fit and the pseudo-view construction), ``peak_gpu_memory_mb`` /
 ``peak_rss_mb`` the peak memory of the fit.
 
@@ -87,6 +89,14 @@ def _trunk(module: Any) -> Any:
     return lpips.network.net if hasattr(lpips, "network") else lpips.features[0]
 
 
+def _step_seconds(steps: list[dict[str, Any]]) -> list[float]:
+    """The steps' times, a FLOP-counted step's replaced by the median of the stage's other steps
+    after its first (the counter's overhead is not the method's)."""
+    plain = [step["seconds"] for step in steps if not step["counted"]]
+    typical = statistics.median(plain[1:] or plain) if plain else 0.0
+    return [typical if step["counted"] else step["seconds"] for step in steps]
+
+
 def measure(args: argparse.Namespace, precision: str) -> dict[str, Any]:
     """One fit of this checkout at ``precision``; per-stage statistics."""
     import lightning as L
@@ -128,7 +138,12 @@ def measure(args: argparse.Namespace, precision: str) -> dict[str, Any]:
                 if pl_module.device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(pl_module.device)
                 counts.update(generator_calls=0, vgg_images=0)
-                self._flops = FlopCounterMode(display=False) if args.flops else None
+                # FLOPs are counted on the last step of each stage only, and that step is not timed:
+                # the counter intercepts every op and would slow the step down by far more than noise.
+                step = trainer.global_step
+                stage_now = pl_module.stage_at(step)
+                last_of_stage = step + 1 >= pl_module.total_steps or pl_module.stage_at(step + 1) != stage_now
+                self._flops = FlopCounterMode(display=False) if args.flops and last_of_stage else None
                 if self._flops is not None:
                     self._flops.__enter__()
                 self._started = time.perf_counter()
@@ -142,7 +157,8 @@ def measure(args: argparse.Namespace, precision: str) -> dict[str, Any]:
                     flops = self._flops.get_total_flops()
                 memory = torch.cuda.max_memory_allocated(pl_module.device) if pl_module.device.type == "cuda" else None
                 self.steps.append({
-                    "stage": pl_module.stage_at(trainer.global_step - 1), "seconds": seconds, "flops": flops,
+                    "stage": pl_module.stage_at(trainer.global_step - 1), "counted": self._flops is not None,
+                    "seconds": seconds, "flops": flops,
                     "memory_mb": None if memory is None else memory / 2**20, **counts,
                 })  # fmt: skip
 
@@ -158,17 +174,19 @@ def measure(args: argparse.Namespace, precision: str) -> dict[str, Any]:
     stages: dict[str, Any] = {}
     for stage in dict.fromkeys(step["stage"] for step in probe.steps):
         steps = [step for step in probe.steps if step["stage"] == stage]
-        timed = steps[1:] or steps
+        timed = [step for step in steps[1:] if not step["counted"]] or steps[-1:]
+        counted = [step["flops"] for step in steps if step["counted"]]
         stages[stage] = {
             "steps": len(steps),
+            "timed_steps": len(timed),
             "median_step_s": statistics.median(step["seconds"] for step in timed),
             "generator_calls_per_step": statistics.median(step["generator_calls"] for step in timed),
             "vgg_images_per_step": statistics.median(step["vgg_images"] for step in timed),
-            "flops_per_step": None if not args.flops else statistics.median(step["flops"] for step in timed),
+            "flops_per_step": counted[-1] if counted else None,
             "peak_gpu_memory_mb": max((s["memory_mb"] for s in steps if s["memory_mb"] is not None), default=None),
         }
-    tuning = [step["seconds"] for step in probe.steps if step["stage"] == "pseudo_multiview"]
-    occluded = [step["seconds"] for step in probe.steps if step["stage"] == "occluded"]
+    tuning = _step_seconds([step for step in probe.steps if step["stage"] == "pseudo_multiview"])
+    occluded = _step_seconds([step for step in probe.steps if step["stage"] == "occluded"])
     hand_over = sum(occluded) + tuning[0] - statistics.median(tuning[1:] or tuning) if tuning else None
     evaluation = next((c for c in callbacks if hasattr(c, "metrics")), None)
     metrics = (evaluation.metrics or {}) if evaluation is not None else {}

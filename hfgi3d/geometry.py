@@ -385,9 +385,16 @@ def alpha_blend(visible: Tensor, occluded: Tensor, mask: Tensor, radius: int = 1
 
 
 def _neighbour_sum(x: Tensor) -> Tensor:
-    """Sum of the 4-neighbours of every pixel, zero outside the image. ``x``: ``N×1×H×W``."""
-    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]], dtype=x.dtype, device=x.device)
-    return F.conv2d(x, kernel[None, None], padding=1)
+    """Sum of the 4-neighbours of every pixel, zero outside the image. ``x``: ``N×1×H×W``.
+
+    Four shifted in-place adds: on the development machine's CPU 35× faster than a 3×3
+    ``conv2d`` of one channel (1.6 vs 58 ms for 6×512², one thread)."""
+    out = torch.zeros_like(x)
+    out[..., 1:, :] += x[..., :-1, :]
+    out[..., :-1, :] += x[..., 1:, :]
+    out[..., :, 1:] += x[..., :, :-1]
+    out[..., :, :-1] += x[..., :, 1:]
+    return out
 
 
 def _dct(x: Tensor, dim: int) -> Tensor:
@@ -436,7 +443,18 @@ def _neumann_solver(height: int, width: int, like: Tensor, shift: float = 1e-3) 
     return solve
 
 
-def poisson_blend(visible: Tensor, occluded: Tensor, mask: Tensor, iterations: int = 2000, tol: float = 1e-5) -> Tensor:
+POISSON_CHECK_EVERY = 8
+"""Conjugate-gradient iterations between two convergence tests of :func:`poisson_blend`."""
+
+
+def poisson_blend(
+    visible: Tensor,
+    occluded: Tensor,
+    mask: Tensor,
+    iterations: int = 2000,
+    tol: float = 1e-5,
+    images_per_solve: int | None = None,
+) -> Tensor:
     """Seamless cloning (Pérez et al. 2003) of ``visible`` into ``occluded`` inside ``mask``.
 
     Solves, for every pixel ``p`` of ``Ω = {mask > 0.5}``,
@@ -454,6 +472,10 @@ def poisson_blend(visible: Tensor, occluded: Tensor, mask: Tensor, iterations: i
         mask: ``B×1×H×W``, thresholded at 0.5 (not differentiable).
         iterations: maximum number of CG iterations.
         tol: stop once every system's residual norm is at most ``tol`` times its initial one.
+        images_per_solve: images solved together (the results do not depend on it); ``None``:
+            all of them on a GPU, one at a time on a CPU, where buffers of many 512² images
+            spend most of the time in page faults (16 views at 512² on the development machine's
+            2-core CPU: 14.5 s one at a time, 57 s all together).
 
     Returns:
         ``B×C×H×W`` blend; exactly ``occluded`` outside the mask. Computed in at least float32.
@@ -463,6 +485,16 @@ def poisson_blend(visible: Tensor, occluded: Tensor, mask: Tensor, iterations: i
         neighbours (zero normal derivative there). A component of ``Ω`` that touches no pixel
         outside ``Ω`` has no Dirichlet data and keeps ``visible`` (e.g. an all-ones mask).
     """
+    if images_per_solve is None:
+        images_per_solve = len(visible) if visible.device.type == "cuda" else 1
+    mask = mask.expand(len(visible), -1, -1, -1)
+    chunks = (tensor.split(images_per_solve) for tensor in (visible, occluded, mask))
+    parts = zip(*chunks, strict=True)
+    return torch.cat([_poisson_solve(v, o, m, iterations, tol) for v, o, m in parts])
+
+
+def _poisson_solve(visible: Tensor, occluded: Tensor, mask: Tensor, iterations: int, tol: float) -> Tensor:
+    """:func:`poisson_blend` of all the images at once."""
     out_dtype = torch.promote_types(visible.dtype, occluded.dtype)
     dtype = torch.promote_types(out_dtype, torch.float32)
     batch, channels, height, width = visible.shape
@@ -478,8 +510,10 @@ def poisson_blend(visible: Tensor, occluded: Tensor, mask: Tensor, iterations: i
     def precondition(r: Tensor) -> Tensor:  # SPD on Ω: restriction · (L + shift)⁻¹ · restriction
         return inside * solve(r)
 
-    def dot(a: Tensor, b: Tensor) -> Tensor:
-        return (a * b).sum(dim=(1, 2, 3), keepdim=True)  # N×1×1×1
+    systems = batch * channels
+
+    def dot(a: Tensor, b: Tensor) -> Tensor:  # N×1×1×1, without an N×H×W temporary
+        return torch.bmm(a.reshape(systems, 1, -1), b.reshape(systems, -1, 1)).reshape(systems, 1, 1, 1)
 
     tiny = torch.finfo(dtype).tiny
     rhs = inside * (degree * visible - _neighbour_sum(visible) + _neighbour_sum((1 - inside) * occluded))
@@ -489,18 +523,19 @@ def poisson_blend(visible: Tensor, occluded: Tensor, mask: Tensor, iterations: i
     preconditioned = precondition(residual)
     direction = preconditioned
     rho = dot(residual, preconditioned)
-    for _ in range(iterations):
-        if bool((dot(residual, residual) <= threshold_sq).all()):
+    for iteration in range(iterations):
+        # The convergence test synchronises a GPU: every CHECK_EVERY iterations is enough.
+        if iteration % POISSON_CHECK_EVERY == 0 and bool((dot(residual, residual) <= threshold_sq).all()):
             break
         operator_direction = laplacian(direction)
         curvature = dot(direction, operator_direction)
         step = torch.where(curvature > 0, rho / curvature.clamp_min(tiny), 0)
-        x = x + step * direction
-        residual = residual - step * operator_direction
+        x.addcmul_(step.expand_as(direction), direction)  # in place: no new H×W buffers per iteration
+        residual.addcmul_(step.expand_as(operator_direction), operator_direction, value=-1)
         preconditioned = precondition(residual)
         new_rho = dot(residual, preconditioned)
         beta = torch.where(rho > 0, new_rho / rho.clamp_min(tiny), 0)
-        direction = preconditioned + beta * direction
+        direction = direction.mul_(beta).add_(preconditioned)  # the first direction is a fresh tensor too
         rho = new_rho
     blended = x + (1 - inside) * occluded
     return blended.reshape(batch, channels, height, width).to(out_dtype)

@@ -297,6 +297,11 @@ class InversionModule(L.LightningModule):
                 "(estimate + occluded + pseudo_multiview); `python -m hfgi3d fit` sets it for you"
             )
         self.lpips.to(self.device)
+        # G runs in train mode in every stage: its modulated convolutions then scale activations
+        # around the shared kernel instead of building per-sample kernels from ws
+        # (layers.modulated_conv2d, fused=False), so while G is frozen (estimate, occluded) the
+        # backward pass computes no kernel gradients: a third fewer FLOPs per stage-1 step.
+        self.G.train()
         self._targets = {}
         self._set_up_compile()
         if not bool(self.latent_ready):

@@ -361,3 +361,16 @@ def test_difference_mask_thresholds_the_channel_norm() -> None:
     mask = difference_mask(x, y, threshold=0.5)
     assert mask.shape == (2, 1, 1, 3)
     assert torch.equal(mask, torch.tensor([1.0, 0.0, 1.0]).expand(2, 1, 1, 3))
+
+
+def test_poisson_blend_does_not_depend_on_how_the_images_are_grouped() -> None:
+    # images_per_solve only groups independent systems: one at a time (the CPU default) and all at
+    # once (the GPU default) solve the same equations to the same tolerance.
+    torch.manual_seed(0)
+    visible, occluded = torch.rand(3, 3, 12, 16, dtype=torch.float64), torch.rand(3, 3, 12, 16, dtype=torch.float64)
+    mask = torch.cat([_blob_mask(2, 12, 16), _blob_mask(1, 12, 16).flip(-2)]).double()
+    one_by_one = poisson_blend(visible, occluded, mask, tol=1e-10, images_per_solve=1)
+    together = poisson_blend(visible, occluded, mask, tol=1e-10, images_per_solve=3)
+    torch.testing.assert_close(one_by_one, together, atol=1e-8, rtol=0)
+    shared_mask = poisson_blend(visible, occluded, mask[:1], tol=1e-10)  # one mask for every image
+    torch.testing.assert_close(shared_mask[0], one_by_one[0], atol=1e-8, rtol=0)

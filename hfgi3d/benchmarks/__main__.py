@@ -31,6 +31,11 @@ def _presets(method: str) -> list[str]:
     return [str(preset_path(name)) for name in (BASE_PRESET, *METHODS[method])]
 
 
+def _fit_args(args: argparse.Namespace) -> list[str]:
+    """``fit`` options every job of the run adds after its presets and the profile."""
+    return [] if args.precision is None else ["--trainer.precision", args.precision]
+
+
 def log_to_wandb(folder: Path, group: str, columns: Sequence[str], rows: list[dict], summary: dict) -> None:
     """One ``aggregate`` run in the benchmark's W&B group: the summary table and every row."""
     import wandb
@@ -83,7 +88,7 @@ def celeba(args: argparse.Namespace) -> int:
     folder: Path = args.out
     write_image_list(folder / "images.txt", photos, args.seed)
     jobs = [
-        Job(photo.stem, method, {"presets": _presets(method), "photo": str(photo)})
+        Job(photo.stem, method, {"presets": _presets(method), "photo": str(photo), "args": _fit_args(args)})
         for photo in photos
         for method in args.methods
     ]
@@ -108,7 +113,11 @@ def synthetic(args: argparse.Namespace) -> int:
     folder: Path = args.out
     data = folder / "data"
     ids = prepare(args.generator, args.seed, args.images, data)
-    jobs = [Job(image_id, method, {"presets": _presets(method)}) for image_id in ids for method in args.methods]
+    jobs = [
+        Job(image_id, method, {"presets": _presets(method), "args": _fit_args(args)})
+        for image_id in ids
+        for method in args.methods
+    ]
     lpips = LPIPS(net="alex", weights=args.lpips_weights_alex)
     job_fn = make_job_fn(args.generator, args.profile, data, folder / "runs", lpips, args.wandb)
     rows = run(jobs, folder, job_fn, args.accelerator, args.devices, args.num_nodes, args.retry_errors)
@@ -143,6 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parallel.add_argument("--num-nodes", type=int, default=1)
     parallel.add_argument("--retry-errors", action="store_true", help="run failed jobs again")
     parallel.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parallel.add_argument(
+        "--precision", default=None, help="trainer.precision of every fit, e.g. bf16-mixed (default: the presets')"
+    )
     parallel.add_argument(
         "--wandb", metavar="GROUP", default=None, help="log every run and the summary to this W&B group"
     )

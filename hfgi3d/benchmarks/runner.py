@@ -68,7 +68,8 @@ def run_fit(
     wandb_group: str | None = None,
     extra: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Invert ``image`` with the job's presets, then ``profile``, by ``python -m hfgi3d fit``; returns ``metrics.json``.
+    """Invert ``image`` with the job's presets, then ``profile``, then the job's ``args``, by
+    ``python -m hfgi3d fit``; returns ``metrics.json``.
 
     The run goes to ``out`` (replacing what a killed attempt left) on this process's device and, with
     a ``wandb_group``, logs to that W&B group as ``<method>/<image id>``.
@@ -81,7 +82,7 @@ def run_fit(
     args += [
         "--model.generator", generator, "--data.image", str(image), "--data.camera", str(camera),
         "--output_dir", str(out), "--overwrite", "--trainer.enable_progress_bar", "false",
-        *worker.trainer_args(), *extra,
+        *worker.trainer_args(), *job.payload.get("args", []), *extra,
     ]  # fmt: skip
     if wandb_group:
         args += [
