@@ -300,10 +300,11 @@ def main() -> None:
         report["ratios_vs_against"] = {
             f"{new['precision']} vs {ref['precision']}": _ratios(ref, new) for new in results for ref in old
         }
-    text = json.dumps(report, indent=2)
-    print(text)
+    print(json.dumps(report, indent=2))
     if args.out is not None:
-        args.out.write_text(text + "\n")
+        from hfgi3d.io import write_json_atomic  # this checkout's (a measured old commit may predate it)
+
+        write_json_atomic(args.out, report)
 
 
 if __name__ == "__main__":

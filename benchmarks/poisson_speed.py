@@ -96,10 +96,11 @@ def main() -> None:
         result[f"seconds_{args.against}"] = old_seconds
         result["speedup"] = old_seconds / seconds
         result["max_abs_difference"] = float((blended - old_blended).abs().max())
-    text = json.dumps(result, indent=2)
-    print(text)
+    print(json.dumps(result, indent=2))
     if args.out is not None:
-        args.out.write_text(text + "\n")
+        from hfgi3d.io import write_json_atomic  # this checkout's (a measured old commit may predate it)
+
+        write_json_atomic(args.out, result)
 
 
 if __name__ == "__main__":
