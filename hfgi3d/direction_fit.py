@@ -1,0 +1,171 @@
+"""``python -m hfgi3d directions fit``: an attribute direction in W, as the paper's Appendix A.2 makes it.
+
+Samples ``z``, maps them under the canonical (frontal) camera, renders each latent there and
+scores the render with a scorer. Keeps the ``top`` highest- and ``top`` lowest-scoring samples,
+trains a linear SVM (scikit-learn) on a random 70 % of them and measures its accuracy on the other
+30 %. The SVM's unit normal, oriented towards high scores, is the direction.
+
+Scores are written in chunks of ``chunk`` samples next to the output (``.<name>.scores/``) as they
+are computed, so a killed run continues where it stopped; each chunk's ``z`` comes from its own
+seed, so only the scores are stored, and the kept samples' ``w`` are mapped again at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from hfgi3d.errors import InputError
+from hfgi3d.io import atomic_path, write_json_atomic
+
+Scorer = Callable[[Tensor], Tensor]
+"""Renders ``N×3×H×W`` in ``[-1, 1]`` → scores ``N``."""
+
+
+def mean_luma(images: Tensor) -> Tensor:
+    """Mean Rec. 601 luma of each image, in ``[0, 1]``: model-free, for tests and demonstrations."""
+    rgb = images.clamp(-1, 1) * 0.5 + 0.5
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=rgb.dtype, device=rgb.device)
+    return torch.einsum("nchw,c->n", rgb, weights) / (rgb.shape[-1] * rgb.shape[-2])
+
+
+SCORERS: dict[str, Scorer] = {"mean_luma": mean_luma}
+"""The scorers available today. The smile, age/gender and user-classifier scorers are not written yet."""
+
+
+def file_sha256(path: str | Path) -> str | None:
+    """The sha256 of a generator file, or ``None`` for a spec that is no file (``tiny``, a .yaml config)."""
+    path = Path(path)
+    if not path.is_file() or path.suffix in (".yaml", ".yml"):
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _chunk_z(seed: int, index: int, size: int, z_dim: int) -> Tensor:
+    return torch.randn(size, z_dim, generator=torch.Generator().manual_seed(seed * 1_000_003 + index))
+
+
+def fit_direction(
+    generator_spec: str,
+    scorer: str,
+    attribute: str,
+    samples: int,
+    top: int,
+    out: Path,
+    seed: int = 0,
+    batch_size: int = 16,
+    chunk: int = 1000,
+    truncation_psi: float = 1.0,
+    device: str = "cpu",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fit the direction and write ``out`` (``{"direction": (w_dim,), "metadata": {...}}``); returns the metadata."""
+    from sklearn.svm import LinearSVC
+    from tqdm import tqdm
+
+    from hfgi3d.cameras import frontal_c25
+    from hfgi3d.generator import open_generator
+
+    if scorer not in SCORERS:
+        raise InputError(f"unknown scorer {scorer!r}; available: {', '.join(SCORERS)}")
+    if top < 2 or samples < 2 * top:
+        raise InputError(f"--top {top} needs at least 2 and --samples ≥ 2·top (got --samples {samples})")
+    if out.exists() and not overwrite:
+        raise InputError(f"{out} exists; pass --overwrite or another --out")
+    if not out.parent.is_dir():
+        raise InputError(f"the folder of {out} does not exist")
+    score_fn = SCORERS[scorer]
+    generator = open_generator(generator_spec).to(device).eval()
+    sha256 = file_sha256(generator_spec)
+    run = {"generator": generator_spec, "generator_sha256": sha256, "scorer": scorer, "seed": seed,
+           "chunk": chunk, "truncation_psi": truncation_psi}  # fmt: skip
+    store = out.parent / f".{out.stem}.scores"
+    store.mkdir(exist_ok=True)
+    run_file = store / "run.json"
+    if run_file.exists():
+        stored = json.loads(run_file.read_text())
+        if stored != run:
+            changed = ", ".join(key for key in run if stored.get(key) != run[key])
+            raise InputError(f"{store} holds scores of another run ({changed} differ); delete it or pick another --out")
+    else:
+        write_json_atomic(run_file, run)
+
+    camera = frontal_c25().to(device)
+    z_dim = generator.config.z_dim
+
+    def mapped(z: Tensor) -> Tensor:
+        return generator.mapping(z.to(device), camera.expand(len(z), -1), truncation_psi=truncation_psi)
+
+    chunks = (samples + chunk - 1) // chunk
+    started = time.perf_counter()
+    computed = 0
+    scores = []
+    bar = tqdm(total=samples, desc=f"scoring ({scorer})", unit="sample", disable=not progress)
+    for index in range(chunks):
+        size = min(chunk, samples - index * chunk)
+        path = store / f"chunk{index:06d}.pt"
+        if path.exists():
+            values = torch.load(path, weights_only=True)
+            if len(values) == size:
+                scores.append(values)
+                bar.update(size)
+                continue
+        z = _chunk_z(seed, index, chunk, z_dim)[:size]
+        values_list = []
+        with torch.no_grad():
+            for batch in z.split(batch_size):
+                ws = mapped(batch)
+                image = generator.synthesis(ws, camera.expand(len(batch), -1), deterministic=True)["image"]
+                values_list.append(score_fn(image).float().cpu())
+                bar.update(len(batch))
+        values = torch.cat(values_list)
+        with atomic_path(path) as temporary:
+            torch.save(values, temporary)
+        computed += size
+        scores.append(values)
+    bar.close()
+    score_seconds = time.perf_counter() - started
+    all_scores = torch.cat(scores)
+    if not bool(torch.isfinite(all_scores).all()):
+        raise InputError(f"the scorer gave non-finite scores; see {store}")
+
+    order = torch.argsort(all_scores)
+    kept = torch.cat([order[-top:], order[:top]])  # positives, then negatives
+    labels = np.concatenate([np.ones(top), np.zeros(top)])
+    w = torch.empty(len(kept), generator.config.w_dim)
+    for index in torch.unique(kept // chunk).tolist():
+        members = (kept // chunk == index).nonzero()[:, 0]
+        z = _chunk_z(seed, index, chunk, z_dim)[kept[members] - index * chunk]
+        with torch.no_grad():
+            w[members] = mapped(z)[:, 0].cpu()
+    rng = np.random.default_rng(seed)
+    permutation = rng.permutation(len(kept))
+    split = round(0.7 * len(kept))
+    train, test = permutation[:split], permutation[split:]
+    features = w.double().numpy()
+    svm = LinearSVC(C=1.0, max_iter=20_000).fit(features[train], labels[train])
+    accuracy = float(svm.score(features[test], labels[test])) if len(test) else float("nan")
+    normal = torch.from_numpy(svm.coef_[0]).float()
+    direction = normal / normal.norm()
+    metadata: dict[str, Any] = {
+        "generator": str(generator_spec), "generator_sha256": sha256, "scorer": scorer, "attribute": attribute,
+        "samples": samples, "top": top, "accuracy": accuracy, "seed": seed, "truncation_psi": truncation_psi,
+        "score_range": [float(all_scores.min()), float(all_scores.max())],
+        "seconds_scoring": score_seconds, "samples_scored_now": computed,
+    }  # fmt: skip
+    with atomic_path(out) as temporary:
+        torch.save({"direction": direction, "metadata": metadata}, temporary)
+    return metadata

@@ -1,0 +1,91 @@
+"""`directions fit` on the tiny generator with the model-free mean-luma scorer: the whole pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import hfgi3d.direction_fit as direction_fit
+from hfgi3d.cameras import frontal_c25
+from hfgi3d.cli import main
+from hfgi3d.directions import load_direction
+from hfgi3d.generator import open_generator
+
+ARGS = ["--generator", "tiny", "--scorer", "mean_luma", "--attribute", "brightness", "--samples", "120",
+        "--top", "30", "--chunk", "40", "--batch-size", "20", "--device", "cpu"]  # fmt: skip
+
+
+def test_the_direction_moves_the_score_it_was_fitted_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "luma.pt"
+    assert main(["directions", "fit", *ARGS, "--out", str(out)]) == 0
+    assert "SVM accuracy" in capsys.readouterr().out
+    direction = load_direction(out)
+    meta = direction.metadata
+    assert meta["attribute"] == "brightness" and meta["scorer"] == "mean_luma" and meta["samples"] == 120
+    assert 0.5 < meta["accuracy"] <= 1.0
+    torch.testing.assert_close(direction.vector.norm(), torch.tensor(1.0))
+    # Walking along the direction from the average latent brightens the frontal render.
+    generator = open_generator("tiny").eval()
+    camera = frontal_c25()
+    with torch.no_grad():
+        w = generator.mapping(torch.randn(64, generator.config.z_dim, generator=torch.Generator().manual_seed(9)),
+                              camera.expand(64, -1)).mean(0, keepdim=True)  # fmt: skip
+        luma = [
+            float(
+                direction_fit.mean_luma(
+                    generator.synthesis(direction.apply(w, s), camera, deterministic=True)["image"]
+                )[0]
+            )
+            for s in (-3.0, 0.0, 3.0)
+        ]
+    assert luma[0] < luma[1] < luma[2], luma
+
+
+def test_a_killed_run_resumes_from_its_score_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "luma.pt"
+    assert main(["directions", "fit", *ARGS, "--out", str(out)]) == 0
+    first = torch.load(out, weights_only=True)
+    chunks = sorted((tmp_path / ".luma.scores").glob("chunk*.pt"))
+    assert len(chunks) == 3
+    chunks[1].unlink()  # as if the run had been killed while scoring the second chunk
+    out.unlink()
+    scored: list[int] = []
+    original = direction_fit.SCORERS["mean_luma"]
+
+    def counting(images: torch.Tensor) -> torch.Tensor:
+        scored.append(len(images))
+        return original(images)
+
+    monkeypatch.setitem(direction_fit.SCORERS, "mean_luma", counting)
+    assert main(["directions", "fit", *ARGS, "--out", str(out)]) == 0
+    assert sum(scored) == 40  # only the missing chunk
+    second = torch.load(out, weights_only=True)
+    torch.testing.assert_close(second["direction"], first["direction"])
+    assert second["metadata"]["accuracy"] == first["metadata"]["accuracy"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--scorer", "smile"], "unknown scorer 'smile'"),
+        (["--top", "100"], "--samples ≥ 2·top"),
+    ],
+)
+def test_bad_options_get_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    out = tmp_path / "x.pt"
+    assert main(["directions", "fit", *ARGS, *extra, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_an_existing_direction_is_not_overwritten(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "x.pt"
+    out.write_bytes(b"keep")
+    assert main(["directions", "fit", *ARGS, "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == b"keep"
