@@ -146,7 +146,17 @@ def _run(argv: list[str]) -> int:
         "the direction. Scores are kept in chunks beside --out, so a killed run resumes.",
     )
     fit_dir.add_argument("--generator", required=True, help="EG3D .pkl, hfgi3d .pt, a GeneratorConfig .yaml or 'tiny'")
-    fit_dir.add_argument("--scorer", required=True, help="scorer name; available: mean_luma")
+    fit_dir.add_argument(
+        "--scorer", required=True, help="mean_luma (model-free) or classifier (a TorchScript model, see --classifier)"
+    )
+    fit_dir.add_argument(
+        "--classifier", type=Path, default=None, help="TorchScript image classifier (--scorer classifier)"
+    )
+    fit_dir.add_argument("--output-index", type=int, default=0, help="the classifier output that scores (default 0)")
+    fit_dir.add_argument("--classifier-size", type=int, default=224, help="classifier input size (default 224)")
+    fit_dir.add_argument(
+        "--classifier-range", default="0,1", help="classifier input: 0,1 (default), -1,1 or imagenet (normalised 0,1)"
+    )
     fit_dir.add_argument("--attribute", required=True, help="label stored with the direction (e.g. smile)")
     fit_dir.add_argument("--samples", type=int, default=500_000, help="latents sampled (the paper: 500000)")
     fit_dir.add_argument("--top", type=int, default=10_000, help="kept at each end of the scores (the paper: 10000)")
@@ -221,7 +231,8 @@ def _fit_direction(args: argparse.Namespace) -> int:
     metadata = fit_direction(
         args.generator, args.scorer, args.attribute, args.samples, args.top, args.out, seed=args.seed,
         batch_size=args.batch_size, chunk=args.chunk, truncation_psi=args.truncation_psi, device=args.device,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, classifier=args.classifier, output_index=args.output_index,
+        input_size=args.classifier_size, input_range=args.classifier_range,
     )  # fmt: skip
     scored = metadata["samples_scored_now"]
     rate = metadata["seconds_scoring"] / scored * 10_000 if scored else float("nan")

@@ -38,7 +38,64 @@ def mean_luma(images: Tensor) -> Tensor:
 
 
 SCORERS: dict[str, Scorer] = {"mean_luma": mean_luma}
-"""The scorers available today. The smile, age/gender and user-classifier scorers are not written yet."""
+"""The model-free scorers. ``classifier`` (a user's TorchScript model) is built by :func:`make_scorer`;
+the smile and age/gender scorers are not written yet."""
+
+INPUT_RANGES = ("0,1", "-1,1", "imagenet")
+"""How a classifier wants its input: ``[0, 1]``, ``[-1, 1]``, or ImageNet-normalised ``[0, 1]``."""
+
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def classifier_scorer(path: Path, output_index: int, input_size: int, input_range: str, device: str) -> Scorer:
+    """A TorchScript image classifier as a scorer: renders resized to ``input_size``² (antialiased),
+    mapped to ``input_range``, scored by output ``output_index`` (a logit or a regression output)."""
+    import torch.nn.functional as F
+
+    if not path.is_file():
+        raise InputError(f"no classifier file {path}")
+    if input_range not in INPUT_RANGES:
+        raise InputError(f"--classifier-range must be one of {', '.join(INPUT_RANGES)}, got {input_range!r}")
+    try:
+        model = torch.jit.load(str(path), map_location=device).eval()
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"{path} is not a TorchScript model ({first}); save one with torch.jit.script/trace") from None
+
+    def score(images: Tensor) -> Tensor:
+        x = F.interpolate(images.clamp(-1, 1), size=(input_size, input_size), mode="bilinear", antialias=True)
+        if input_range != "-1,1":
+            x = x * 0.5 + 0.5
+        if input_range == "imagenet":
+            mean = torch.tensor(_IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+            std = torch.tensor(_IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+            x = (x - mean) / std
+        out = model(x)
+        if out.dim() != 2 or not 0 <= output_index < out.shape[1]:
+            raise InputError(
+                f"{path.name} outputs shape {tuple(out.shape)}; --output-index {output_index} does not fit"
+            )
+        return out[:, output_index]
+
+    return score
+
+
+def make_scorer(
+    name: str,
+    classifier: Path | None = None,
+    output_index: int = 0,
+    input_size: int = 224,
+    input_range: str = "0,1",
+    device: str = "cpu",
+) -> Scorer:
+    """The scorer called ``name``: a model-free one of :data:`SCORERS`, or ``classifier``."""
+    if name == "classifier":
+        if classifier is None:
+            raise InputError("--scorer classifier needs --classifier MODEL.pt (a TorchScript model)")
+        return classifier_scorer(classifier, output_index, input_size, input_range, device)
+    if name not in SCORERS:
+        raise InputError(f"unknown scorer {name!r}; available: {', '.join([*SCORERS, 'classifier'])}")
+    return SCORERS[name]
 
 
 def file_sha256(path: str | Path) -> str | None:
@@ -71,6 +128,10 @@ def fit_direction(
     device: str = "cpu",
     overwrite: bool = False,
     progress: bool = True,
+    classifier: Path | None = None,
+    output_index: int = 0,
+    input_size: int = 224,
+    input_range: str = "0,1",
 ) -> dict[str, Any]:
     """Fit the direction and write ``out`` (``{"direction": (w_dim,), "metadata": {...}}``); returns the metadata."""
     from sklearn.svm import LinearSVC
@@ -79,19 +140,22 @@ def fit_direction(
     from hfgi3d.cameras import frontal_c25
     from hfgi3d.generator import open_generator
 
-    if scorer not in SCORERS:
-        raise InputError(f"unknown scorer {scorer!r}; available: {', '.join(SCORERS)}")
     if top < 2 or samples < 2 * top:
         raise InputError(f"--top {top} needs at least 2 and --samples ≥ 2·top (got --samples {samples})")
     if out.exists() and not overwrite:
         raise InputError(f"{out} exists; pass --overwrite or another --out")
     if not out.parent.is_dir():
         raise InputError(f"the folder of {out} does not exist")
-    score_fn = SCORERS[scorer]
+    score_fn = make_scorer(scorer, classifier, output_index, input_size, input_range, device)
     generator = open_generator(generator_spec).to(device).eval()
     sha256 = file_sha256(generator_spec)
-    run = {"generator": generator_spec, "generator_sha256": sha256, "scorer": scorer, "seed": seed,
-           "chunk": chunk, "truncation_psi": truncation_psi}  # fmt: skip
+    scorer_details = (
+        {"classifier": str(classifier), "classifier_sha256": file_sha256(classifier), "output_index": output_index,
+         "input_size": input_size, "input_range": input_range}
+        if scorer == "classifier" and classifier is not None else {}
+    )  # fmt: skip
+    run = {"generator": generator_spec, "generator_sha256": sha256, "scorer": scorer, **scorer_details,
+           "seed": seed, "chunk": chunk, "truncation_psi": truncation_psi}  # fmt: skip
     store = out.parent / f".{out.stem}.scores"
     store.mkdir(exist_ok=True)
     run_file = store / "run.json"
@@ -161,7 +225,8 @@ def fit_direction(
     normal = torch.from_numpy(svm.coef_[0]).float()
     direction = normal / normal.norm()
     metadata: dict[str, Any] = {
-        "generator": str(generator_spec), "generator_sha256": sha256, "scorer": scorer, "attribute": attribute,
+        "generator": str(generator_spec), "generator_sha256": sha256, "scorer": scorer, **scorer_details,
+        "attribute": attribute,
         "samples": samples, "top": top, "accuracy": accuracy, "seed": seed, "truncation_psi": truncation_psi,
         "score_range": [float(all_scores.min()), float(all_scores.max())],
         "seconds_scoring": score_seconds, "samples_scored_now": computed,

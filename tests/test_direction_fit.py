@@ -89,3 +89,48 @@ def test_an_existing_direction_is_not_overwritten(tmp_path: Path, capsys: pytest
     assert main(["directions", "fit", *ARGS, "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert out.read_bytes() == b"keep"
+
+
+class _ChannelMeans(torch.nn.Module):
+    """A stand-in classifier: outputs each colour channel's mean (N×3)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
+def test_a_torchscript_classifier_scores_its_chosen_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tmp_path / "means.pt"
+    torch.jit.script(_ChannelMeans()).save(str(model))
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    green = direction_fit.make_scorer("classifier", model, output_index=1, input_size=32, input_range="0,1")
+    # 64² → 32² by antialiased bilinear: the border taps are renormalised, so the mean moves by ~4e-4.
+    torch.testing.assert_close(green(images), (images[:, 1] * 0.5 + 0.5).mean(dim=(1, 2)), atol=2e-3, rtol=0)
+    raw = direction_fit.make_scorer("classifier", model, output_index=1, input_size=64, input_range="-1,1")
+    torch.testing.assert_close(raw(images), images[:, 1].mean(dim=(1, 2)), atol=1e-5, rtol=0)
+    with pytest.raises(direction_fit.InputError, match="does not fit"):
+        direction_fit.make_scorer("classifier", model, output_index=3)(images)
+    out = tmp_path / "green.pt"
+    args = [
+        *ARGS,
+        "--scorer",
+        "classifier",
+        "--classifier",
+        str(model),
+        "--output-index",
+        "1",
+        "--classifier-size",
+        "32",
+    ]
+    assert main(["directions", "fit", *args, "--out", str(out)]) == 0
+    metadata = torch.load(out, weights_only=True)["metadata"]
+    assert (
+        metadata["scorer"] == "classifier"
+        and metadata["output_index"] == 1
+        and len(metadata["classifier_sha256"]) == 64
+    )
+    capsys.readouterr()
+    not_a_model = tmp_path / "junk.pt"
+    not_a_model.write_bytes(b"not a model")
+    assert main(["directions", "fit", *ARGS, "--scorer", "classifier", "--classifier", str(not_a_model),
+                 "--out", str(tmp_path / "j.pt")]) == 2  # fmt: skip
+    assert "not a TorchScript model" in capsys.readouterr().err
