@@ -159,12 +159,11 @@ def fit_direction(
     store = out.parent / f".{out.stem}.scores"
     store.mkdir(exist_ok=True)
     run_file = store / "run.json"
-    if run_file.exists():
-        stored = json.loads(run_file.read_text())
-        if stored != run:
-            changed = ", ".join(key for key in run if stored.get(key) != run[key])
-            raise InputError(f"{store} holds scores of another run ({changed} differ); delete it or pick another --out")
-    else:
+    stored = json.loads(run_file.read_text()) if run_file.exists() else None
+    if stored is not None and stored != run and any(store.glob("chunk*.pt")):
+        changed = ", ".join(key for key in run if stored.get(key) != run[key])
+        raise InputError(f"{store} holds scores of another run ({changed} differ); delete it or pick another --out")
+    if stored != run:  # a new run, or one that stopped before its first chunk
         write_json_atomic(run_file, run)
 
     camera = frontal_c25().to(device)

@@ -64,6 +64,8 @@ def test_a_killed_run_resumes_from_its_score_chunks(tmp_path: Path, monkeypatch:
     second = torch.load(out, weights_only=True)
     torch.testing.assert_close(second["direction"], first["direction"])
     assert second["metadata"]["accuracy"] == first["metadata"]["accuracy"]
+    # Stored scores are never mixed with another run's.
+    assert main(["directions", "fit", *ARGS, "--seed", "1", "--out", str(out), "--overwrite"]) == 2
 
 
 @pytest.mark.parametrize(
@@ -121,6 +123,9 @@ def test_a_torchscript_classifier_scores_its_chosen_output(tmp_path: Path, capsy
         "--classifier-size",
         "32",
     ]
+    # A wrong output index stops the run before its first chunk; the corrected run then starts cleanly.
+    wrong = [*ARGS, "--scorer", "classifier", "--classifier", str(model), "--output-index", "5"]
+    assert main(["directions", "fit", *wrong, "--out", str(out)]) == 2
     assert main(["directions", "fit", *args, "--out", str(out)]) == 0
     metadata = torch.load(out, weights_only=True)["metadata"]
     assert (
