@@ -461,7 +461,7 @@ def poisson_blend(
     ``|N_p| f_p − Σ_{q∈N_p∩Ω} f_q = Σ_{q∈N_p} (v_p − v_q) + Σ_{q∈N_p∖Ω} o_q``,
     i.e. ``Δf = Δv`` in ``Ω`` with ``f = o`` on the pixels outside ``Ω`` (Dirichlet), where
     ``N_p`` are the 4-neighbours of ``p`` inside the image, ``v = visible`` and ``o = occluded``.
-    The system is solved by conjugate gradients (5-point stencil by ``conv2d``), batched over
+    The system is solved by conjugate gradients (5-point stencil by shifted adds), batched over
     ``B`` and ``C``, starting from ``f = v``, preconditioned by the inverse Laplacian of the
     whole image (zero-flux borders, solved exactly by two DCTs: it differs from the system's
     operator only near ``Ω``'s boundary, so a few tens of iterations replace a few thousand).

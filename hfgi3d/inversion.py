@@ -548,8 +548,7 @@ class InversionModule(L.LightningModule):
                 self._status(f"pseudo views built in {time.perf_counter() - started:.1f} s")
         if self.hp.use_pseudo_views and datamodule.views is not None:
             self._prepare_view_targets()
-        self.G.requires_grad_(True)
-        self.G.train()
+        self.G.requires_grad_(True)  # already in train mode since on_fit_start
         if self.hp.freeze_latent:
             self.latent.requires_grad_(False)
 
