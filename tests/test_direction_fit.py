@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
-import hfgi3d.direction_fit as direction_fit
+from hfgi3d import scorers
 from hfgi3d.cameras import frontal_c25
 from hfgi3d.cli import main
 from hfgi3d.directions import load_direction
+from hfgi3d.errors import InputError
 from hfgi3d.generator import open_generator
 
 ARGS = ["--generator", "tiny", "--scorer", "mean_luma", "--attribute", "brightness", "--samples", "120",
@@ -33,11 +35,7 @@ def test_the_direction_moves_the_score_it_was_fitted_on(tmp_path: Path, capsys: 
         w = generator.mapping(torch.randn(64, generator.config.z_dim, generator=torch.Generator().manual_seed(9)),
                               camera.expand(64, -1)).mean(0, keepdim=True)  # fmt: skip
         luma = [
-            float(
-                direction_fit.mean_luma(
-                    generator.synthesis(direction.apply(w, s), camera, deterministic=True)["image"]
-                )[0]
-            )
+            float(scorers.mean_luma(generator.synthesis(direction.apply(w, s), camera, deterministic=True)["image"])[0])
             for s in (-3.0, 0.0, 3.0)
         ]
     assert luma[0] < luma[1] < luma[2], luma
@@ -52,13 +50,13 @@ def test_a_killed_run_resumes_from_its_score_chunks(tmp_path: Path, monkeypatch:
     chunks[1].unlink()  # as if the run had been killed while scoring the second chunk
     out.unlink()
     scored: list[int] = []
-    original = direction_fit.SCORERS["mean_luma"]
+    original = scorers.mean_luma
 
     def counting(images: torch.Tensor) -> torch.Tensor:
         scored.append(len(images))
         return original(images)
 
-    monkeypatch.setitem(direction_fit.SCORERS, "mean_luma", counting)
+    monkeypatch.setattr(scorers, "mean_luma", counting)
     assert main(["directions", "fit", *ARGS, "--out", str(out)]) == 0
     assert sum(scored) == 40  # only the missing chunk
     second = torch.load(out, weights_only=True)
@@ -71,7 +69,7 @@ def test_a_killed_run_resumes_from_its_score_chunks(tmp_path: Path, monkeypatch:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--scorer", "smile"], "unknown scorer 'smile'"),
+        (["--scorer", "beauty"], "unknown scorer 'beauty'"),
         (["--top", "100"], "--samples ≥ 2·top"),
     ],
 )
@@ -104,13 +102,13 @@ def test_a_torchscript_classifier_scores_its_chosen_output(tmp_path: Path, capsy
     model = tmp_path / "means.pt"
     torch.jit.script(_ChannelMeans()).save(str(model))
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3)) * 2 - 1
-    green = direction_fit.make_scorer("classifier", model, output_index=1, input_size=32, input_range="0,1")
+    green = scorers.make_scorer("classifier", model, output_index=1, input_size=32, input_range="0,1")
     # 64² → 32² by antialiased bilinear: the border taps are renormalised, so the mean moves by ~4e-4.
     torch.testing.assert_close(green(images), (images[:, 1] * 0.5 + 0.5).mean(dim=(1, 2)), atol=2e-3, rtol=0)
-    raw = direction_fit.make_scorer("classifier", model, output_index=1, input_size=64, input_range="-1,1")
+    raw = scorers.make_scorer("classifier", model, output_index=1, input_size=64, input_range="-1,1")
     torch.testing.assert_close(raw(images), images[:, 1].mean(dim=(1, 2)), atol=1e-5, rtol=0)
-    with pytest.raises(direction_fit.InputError, match="does not fit"):
-        direction_fit.make_scorer("classifier", model, output_index=3)(images)
+    with pytest.raises(InputError, match="does not fit"):
+        scorers.make_scorer("classifier", model, output_index=3)(images)
     out = tmp_path / "green.pt"
     args = [
         *ARGS,
@@ -139,3 +137,30 @@ def test_a_torchscript_classifier_scores_its_chosen_output(tmp_path: Path, capsy
     assert main(["directions", "fit", *ARGS, "--scorer", "classifier", "--classifier", str(not_a_model),
                  "--out", str(tmp_path / "j.pt")]) == 2  # fmt: skip
     assert "not a TorchScript model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("faceless", ["every third", "all but every third"])
+def test_renders_without_a_face_are_left_out_and_counted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, faceless: str
+) -> None:
+    original = scorers.mean_luma
+
+    def luma_with_faceless_renders(images: torch.Tensor) -> torch.Tensor:
+        scores = original(images)
+        every_third = torch.arange(len(images)) % 3 == 0  # the 7 renders 0, 3, …, 18 of each batch of 20
+        scores[every_third if faceless == "every third" else ~every_third] = torch.nan
+        return scores
+
+    monkeypatch.setattr(scorers, "mean_luma", luma_with_faceless_renders)
+    out = tmp_path / "luma.pt"
+    code = main(["directions", "fit", *ARGS, "--out", str(out)])
+    captured = capsys.readouterr()
+    if faceless == "every third":  # 42 of 120 without a face leave 78 ≥ 2·top = 60 to rank
+        assert code == 0 and "42 of 120 renders had no face and were left out" in captured.out
+        metadata = torch.load(out, weights_only=True)["metadata"]
+        assert metadata["samples_without_face"] == 42 and all(math.isfinite(v) for v in metadata["score_range"])
+        assert 0.5 < metadata["accuracy"] <= 1.0
+    else:  # 13 of each 20 without a face: after the third chunk only 42 < 60 can remain
+        assert code == 2 and not out.exists()
+        last_line = captured.err.splitlines()[-1]  # after the progress bar's
+        assert last_line.startswith("error: ") and "no face in 78 of the first 120 renders" in last_line
