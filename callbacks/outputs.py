@@ -3,9 +3,22 @@
 Files: ``input.png``, ``reconstruction.png``, ``novel_views.png`` (yaw × pitch grid),
 ``depth.png`` (the same grid's depth, near = bright), ``orbit.mp4``, ``pseudo_views.png``
 (rows: v_i, V_i, O_i, M_v), ``pseudo_view_masks.png`` (v_i tinted green where ``M_v``, red where
-``M_o``), ``mesh.ply`` and ``mesh.glb`` (world units, vertex colours), ``latent.pt`` (``ws``
-1×num_ws×w_dim and ``ws_occluded``) and ``generator.pt`` (optional, the tuned generator). The
-evaluation callback (:mod:`hfgi3d.callbacks.evaluation`) adds ``metrics.json`` to the folder.
+``M_o``), ``mesh.ply`` and ``mesh.glb`` (world units, vertex colours), ``latent.pt`` and
+``generator.pt`` (the tuned generator, float16 by default). The evaluation callback
+(:mod:`hfgi3d.callbacks.evaluation`) adds ``metrics.json`` to the folder and ``fit`` the run's
+``config.yaml``. ``python -m hfgi3d edit`` and ``edit-texture`` read ``latent.pt``,
+``generator.pt`` and ``config.yaml`` (:mod:`hfgi3d.edit`).
+
+``latent.pt`` holds ``ws`` (the final latent, 1×num_ws×w_dim), ``ws_estimate`` (``w_e``, stage 1's
+latent: the pseudo views' geometry), ``ws_occluded`` (``w_o``) and ``c25`` (the input camera, 1×25).
+
+``generator.pt`` size, FFHQ-512 (31.5 M weights): 126 MB in float32, 63 MB in float16; a float16
+delta against the pretrained file would be 61 MB (the mapping network, 0.8 M weights, is the only
+part stage 2 leaves alone), not worth tying the run to that file. Rounding the weights to float16
+moves an FFHQ-512 render by at most 9·10⁻⁴ (random weights; 2 % of 8-bit pixels change by one
+level). With ``save_generator: fp16`` the tuned weights are rounded *before* the results are
+rendered, so every file of the folder (and ``metrics.json``) comes from the saved generator, and an
+edit at strength 0 reproduces ``reconstruction.png`` exactly.
 """
 
 from __future__ import annotations
@@ -13,12 +26,12 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch import Tensor
+from torch import Tensor, nn
 
 from hfgi3d.cameras import orbit_c25, yaw_pitch_grid, yaw_pitch_orbit
 from hfgi3d.data.pseudo_views import PseudoViews
@@ -31,6 +44,9 @@ MASK_TINT_VISIBLE = (-1.0, 1.0, -1.0)  # green, in [-1, 1]
 MASK_TINT_OCCLUDED = (1.0, -1.0, -1.0)  # red
 MASK_TINT_ALPHA = 0.4
 
+GeneratorFormat = Literal["fp16", "fp32", "none"]
+GENERATOR_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
+
 
 class InversionOutputs(L.Callback):
     """Write the results of an :class:`~hfgi3d.inversion.InversionModule` fit when it ends.
@@ -38,7 +54,9 @@ class InversionOutputs(L.Callback):
     Args:
         output_dir: result folder; ``None`` lets the ``fit`` command use ``outputs/<image name>``.
         overwrite: replace existing results (otherwise the fit refuses to start).
-        save_generator: also write the tuned generator (~120 MB for FFHQ-512).
+        save_generator: how ``generator.pt`` (the tuned generator, needed by ``edit``) is stored:
+            ``fp16`` (63 MB at FFHQ-512; the results are rendered from the rounded weights),
+            ``fp32`` (126 MB) or ``none`` (not written: the run cannot be edited).
         orbit_frames: frames of the orbit video (an ellipse of the grid's half-ranges); 0 skips it.
         orbit_fps: frame rate of the orbit video.
         grid_yaw_rad, grid_pitch_rad, grid_size: the novel-view grid (half-ranges, yaw×pitch count);
@@ -52,7 +70,7 @@ class InversionOutputs(L.Callback):
 
     def __init__(
         self,
-        save_generator: bool,
+        save_generator: GeneratorFormat,
         orbit_frames: int,
         orbit_fps: int,
         grid_yaw_rad: float,
@@ -75,6 +93,8 @@ class InversionOutputs(L.Callback):
         self.mesh_level = mesh_level
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.save_generator not in ("fp16", "fp32", "none"):
+            raise ValueError(f"outputs.save_generator must be fp16, fp32 or none, not {self.save_generator!r}")
         if self.output_dir is None:
             raise ValueError("InversionOutputs needs an output_dir")
         existing = [name for name in RESULT_FILES if (self.output_dir / name).exists()]
@@ -97,6 +117,9 @@ class InversionOutputs(L.Callback):
         parts += [f"mesh ({self.mesh_resolution}³)"] if self.mesh_resolution > 0 else []
         rank_zero_info(f"writing {', '.join(parts)} to {out}")
         generator = module.G.eval()
+        dtype = GENERATOR_DTYPES.get(self.save_generator)
+        if dtype is not None and dtype != torch.float32:
+            round_weights(generator, dtype)  # what follows is rendered from the weights as saved
         device = module.device
         image, c25 = datamodule.image.to(device), datamodule.c25.to(device)
         ws = module.ws().detach()
@@ -128,28 +151,40 @@ class InversionOutputs(L.Callback):
             rows = [shown.pseudo, shown.visible, shown.occluded, shown.mask_visible.expand_as(shown.pseudo) * 2 - 1]
             save_image_grid(torch.cat(rows).clamp(-1, 1), out / "pseudo_views.png", nrow=len(shown))
             save_image_grid(mask_overlay(shown), out / "pseudo_view_masks.png", nrow=len(shown))
-        if self.mesh_resolution > 0 and not self._write_mesh(generator, ws, out / "mesh.ply"):
+        if self.mesh_resolution > 0 and not write_mesh(
+            generator, ws, out / "mesh.ply", self.mesh_resolution, self.mesh_level
+        ):
             rank_zero_warn(f"no mesh written: the density field of {datamodule.image_id} has no usable surface level")
-        torch.save({"ws": ws.cpu(), "ws_occluded": module.ws_occluded.cpu()}, out / "latent.pt")
-        if self.save_generator:
-            save_generator(generator, out / "generator.pt")
+        latent = {"ws": ws, "ws_estimate": module.ws_estimate, "ws_occluded": module.ws_occluded, "c25": c25}
+        torch.save({key: value.detach().cpu() for key, value in latent.items()}, out / "latent.pt")
+        if dtype is not None:
+            save_generator(generator, out / "generator.pt", dtype)
         rank_zero_info(f"results written in {time.perf_counter() - started:.1f} s")
 
-    def _write_mesh(self, generator: Any, ws: Tensor, path: Path) -> bool:
-        """Write the mesh (``.ply`` and ``.glb``); returns False when the density field has no usable level."""
-        field = generator_field(generator, ws)
-        grid = VoxelGrid(generator.config.rendering.box_warp, self.mesh_resolution)
-        sigma = sample_grid(field, grid, device=ws.device)
-        level = self.mesh_level
-        if level is None or not float(sigma.min()) < level < float(sigma.max()):
-            # Random test generators never reach EG3D's level: take the densest 10 % instead.
-            level = float(torch.quantile(sigma.flatten()[:: max(1, sigma.numel() // 2**20)], 0.9))
-        if not math.isfinite(level) or not float(sigma.min()) < level < float(sigma.max()):
-            return False
-        mesh = mesh_from_grid(sigma, grid, level, field, device=ws.device)
-        write_ply(mesh, path)
-        write_glb(mesh, path.with_suffix(".glb"))
-        return True
+
+@torch.no_grad()
+def round_weights(generator: nn.Module, dtype: torch.dtype) -> None:
+    """Round ``generator``'s floating-point parameters and buffers to ``dtype`` in place (kept in float32)."""
+    for tensor in [*generator.parameters(), *generator.buffers()]:
+        if tensor.is_floating_point():
+            tensor.copy_(tensor.to(dtype))
+
+
+def write_mesh(generator: Any, ws: Tensor, path: Path, resolution: int, level: float | None) -> bool:
+    """Write the mesh of ``ws`` (``.ply`` and ``.glb``) by marching cubes on a ``resolution``³ grid at
+    density ``level``; returns False when the density field has no usable level."""
+    field = generator_field(generator, ws)
+    grid = VoxelGrid(generator.config.rendering.box_warp, resolution)
+    sigma = sample_grid(field, grid, device=ws.device)
+    if level is None or not float(sigma.min()) < level < float(sigma.max()):
+        # Random test generators never reach EG3D's level: take the densest 10 % instead.
+        level = float(torch.quantile(sigma.flatten()[:: max(1, sigma.numel() // 2**20)], 0.9))
+    if not math.isfinite(level) or not float(sigma.min()) < level < float(sigma.max()):
+        return False
+    mesh = mesh_from_grid(sigma, grid, level, field, device=ws.device)
+    write_ply(mesh, path)
+    write_glb(mesh, path.with_suffix(".glb"))
+    return True
 
 
 def depth_image(depth: Tensor, near: float, far: float) -> Tensor:

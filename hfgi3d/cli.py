@@ -5,6 +5,9 @@ Commands:
     convert-eg3d IN.pkl OUT.pt   convert an official EG3D network pickle to an hfgi3d checkpoint
     render                       render views of a generator (official pickle, checkpoint or tiny)
     preprocess IN OUT            align face photos to EG3D's FFHQ crop and estimate their cameras
+    directions fit               fit an attribute direction in W (InterFaceGAN)
+    edit RUN_DIR                 edit a fitted photo along attribute directions
+    edit-texture RUN_DIR         carry a painted input photo into every view
 
 Every command answers a bad input with one line (``error: …``) and exit code 2, before it builds
 or writes anything; ``--debug`` (or ``HFGI3D_DEBUG=1``) shows the traceback instead. Options are
@@ -147,10 +150,16 @@ def _run(argv: list[str]) -> int:
     )
     fit_dir.add_argument("--generator", required=True, help="EG3D .pkl, hfgi3d .pt, a GeneratorConfig .yaml or 'tiny'")
     fit_dir.add_argument(
-        "--scorer", required=True, help="mean_luma (model-free) or classifier (a TorchScript model, see --classifier)"
+        "--scorer",
+        required=True,
+        help="what scores each render: mean_luma (model-free), smile (MediaPipe blendshapes), age (expected years), "
+        "gender (probability of male), the three with the editing extra (README), or classifier (see --classifier)",
     )
     fit_dir.add_argument(
-        "--classifier", type=Path, default=None, help="TorchScript image classifier (--scorer classifier)"
+        "--classifier",
+        type=Path,
+        default=None,
+        help="image classifier for --scorer classifier: TorchScript (.pt) or ONNX (.onnx, run by onnxruntime)",
     )
     fit_dir.add_argument("--output-index", type=int, default=0, help="the classifier output that scores (default 0)")
     fit_dir.add_argument("--classifier-size", type=int, default=224, help="classifier input size (default 224)")
@@ -169,7 +178,52 @@ def _run(argv: list[str]) -> int:
     fit_dir.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     fit_dir.set_defaults(run=_fit_direction)
 
-    args = parser.parse_args(argv)
+    edit = commands.add_parser(
+        "edit",
+        allow_abbrev=False,
+        help="edit a fitted photo along an attribute direction (smile, age, ...)",
+        description="Move a run's latent along a direction (ws + strength·d) and render it with the run's tuned "
+        "generator: RUN_DIR/edits/<name>/ gets grid.png (rows: strengths; the input camera, then yaws), "
+        "input_view_<strength>.png, orbit_<strength>.mp4 and the mesh at the largest strength. Strength 0 "
+        "reproduces the run's reconstruction. A run that logged to W&B gets the edit as media.",
+    )
+    edit.add_argument("run_dir", type=Path, help="the output folder of a finished fit")
+    edit.add_argument("--direction", type=Path, required=True, help="direction file: .pt or .npy, W or W+ (see README)")
+    edit.add_argument(
+        "--strength", type=float, nargs="+", default=[-2.0, 0.0, 2.0], help="strengths α (default -2 0 2)"
+    )
+    edit.add_argument(
+        "--condition", type=Path, nargs="+", default=[],
+        help="directions to project out of --direction (InterFaceGAN's conditional editing)",
+    )  # fmt: skip
+    edit.add_argument(
+        "--layers", type=int, nargs=2, default=None, metavar=("START", "STOP"),
+        help="edit only the latent layers START ≤ l < STOP (default: all)",
+    )  # fmt: skip
+    edit.add_argument("--name", default=None, help="edit folder name (default: the direction's file name)")
+    edit.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    edit.add_argument("--overwrite", action="store_true", help="replace an existing edit of that name")
+    edit.set_defaults(run=_edit)
+
+    texture = commands.add_parser(
+        "edit-texture",
+        allow_abbrev=False,
+        help="carry a painted input photo into every view (reruns stage 2 on the run's geometry)",
+        description="Paint on the run's aligned input (RUN_DIR/input.png) in any editor, then give the painted "
+        "copy: the pseudo views are rebuilt from it on the run's stage-1 geometry (w_e, w_o, cameras, "
+        "visibility) and stage 2 runs again. Writes a full run folder in RUN_DIR/texture_edits/<name>/. "
+        "Further fit options (e.g. --model.pseudo_multiview_steps 500) may follow.",
+    )
+    texture.add_argument("run_dir", type=Path, help="the output folder of a finished fit")
+    texture.add_argument("--image", type=Path, required=True, help="the painted copy of RUN_DIR/input.png")
+    texture.add_argument("--name", default=None, help="result folder name (default: the image's file name)")
+    texture.add_argument("--overwrite", action="store_true", help="replace an existing texture edit of that name")
+    texture.set_defaults(run=_edit_texture)
+
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command != "edit-texture":
+        raise InputError(f"unrecognized arguments: {' '.join(unknown)}")
+    args.fit_args = unknown
     return int(args.run(args))
 
 
@@ -236,10 +290,31 @@ def _fit_direction(args: argparse.Namespace) -> int:
     )  # fmt: skip
     scored = metadata["samples_scored_now"]
     rate = metadata["seconds_scoring"] / scored * 10_000 if scored else float("nan")
+    without_face = metadata["samples_without_face"]
     print(
         f"wrote {args.out}: {args.attribute} by {args.scorer}, SVM accuracy {metadata['accuracy']:.3f} on the held-out "
         f"30 % of {2 * args.top} samples; scored {scored} samples now ({rate:.0f} s per 10k)"
+        + (f"; {without_face} of {args.samples} renders had no face and were left out" if without_face else "")
     )
+    return 0
+
+
+def _edit(args: argparse.Namespace) -> int:
+    from hfgi3d.edit import edit
+
+    out = edit(
+        args.run_dir, args.direction, args.strength, args.condition, tuple(args.layers) if args.layers else None,
+        args.name, args.device, args.overwrite,
+    )  # fmt: skip
+    print(f"wrote {out}: {len(args.strength)} strengths ({' '.join(f'{s:g}' for s in args.strength)})")
+    return 0
+
+
+def _edit_texture(args: argparse.Namespace) -> int:
+    from hfgi3d.edit import edit_texture
+
+    out = edit_texture(args.run_dir, args.image, args.name, args.overwrite, args.fit_args)
+    print(f"wrote {out}")
     return 0
 
 

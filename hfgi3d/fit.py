@@ -16,7 +16,8 @@ inside) and ``--overwrite``.
 Values typed once, used by several groups (``link_arguments``): ``trainer.max_steps`` is the
 stages' steps (estimate + occluded + pseudo_multiview); the evaluation uses the model's LPIPS size and VGG
 weights, and the pseudo views' yaw/pitch ranges and visibility test (so do the output grid and
-orbit). The resolved config is saved as ``config.yaml`` and, with W&B, logged as the run's config.
+orbit). The config as given is saved as ``config.yaml`` in the output folder (``edit-texture``
+reruns stage 2 from it), the resolved one in the log folder and, with W&B, as the run's config.
 Every fit also logs ``{stage}/lr`` (``LearningRateMonitor``) and ``{stage}/step_time_s``
 (:class:`~hfgi3d.callbacks.timing.StepTimer`).
 """
@@ -60,10 +61,25 @@ def _total_steps(estimate_steps: int, occluded_steps: int, pseudo_multiview_step
     return estimate_steps + (occluded_steps if use_pseudo_views else 0) + pseudo_multiview_steps
 
 
+RUN_CONFIG = "config.yaml"
+"""The run's config in its output folder, as the user gave it (before ``fit`` filled in the output
+folder): ``edit-texture`` reruns stage 2 from it, and ``fit --config RUN/config.yaml`` repeats the run."""
+
+
 class LogConfig(SaveConfigCallback):
-    """Save ``config.yaml`` (Lightning's behaviour) and send the resolved config to W&B runs."""
+    """Save ``config.yaml`` in the log folder (Lightning's behaviour) and in the output folder (the
+    config as given, :data:`RUN_CONFIG`), and send the resolved config to W&B runs."""
+
+    def __init__(self, *args: Any, run_config: Any = None, output_dir: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.run_config = run_config
+        self.output_dir = output_dir
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.run_config is not None and self.output_dir is not None:
+            folder = Path(self.output_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            self.parser.save(self.run_config, str(folder / RUN_CONFIG), skip_none=False, overwrite=True)
         for logger in wandb_loggers(trainer):
             logger.experiment.config.update(self.config.as_dict(), allow_val_change=True)
 
@@ -135,10 +151,12 @@ class InversionCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        run_config = config.clone()  # as given: what follows fills in this run's folders
         inputs = FitInputs.from_config(config.as_dict())
         for note in check_fit_inputs(inputs):
             print(f"note: {note}", file=sys.stderr)
         output_dir = str(output_dir_for(inputs))
+        self.save_config_kwargs.update(run_config=run_config, output_dir=output_dir)
         for group in CALLBACK_GROUPS:
             config[group]["output_dir"] = output_dir
         if config["trainer"].get("default_root_dir") in (None, "."):

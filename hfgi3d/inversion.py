@@ -127,6 +127,9 @@ class InversionModule(L.LightningModule):
         compile: ``torch.compile`` mode for the step's rendering and LPIPS (``none``: eager); a
             model that cannot compile runs eagerly, with one line saying why.
         render_batch: cameras rendered per call in a step (see :attr:`render_batch`; 0: by device).
+        stage_one_from: a finished run's ``latent.pt``: skip stage 1 and take its ``w_e`` and ``w_o``
+            (``estimate_steps`` and ``occluded_steps`` must be 0). ``edit-texture`` uses it to rebuild
+            the pseudo views of an edited photo on the run's geometry and rerun stage 2.
     """
 
     w_std: Tensor
@@ -165,8 +168,14 @@ class InversionModule(L.LightningModule):
         neural_rendering_resolution: int | None = None,
         compile: CompileMode = "none",
         render_batch: int = 0,
+        stage_one_from: str | None = None,
     ) -> None:
         super().__init__()
+        if stage_one_from is not None and (estimate_steps or occluded_steps):
+            raise ValueError(
+                "model.stage_one_from takes w_e and w_o from a finished run: "
+                "set model.estimate_steps and model.occluded_steps to 0"
+            )
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.G = open_generator(generator, seed)
@@ -305,9 +314,12 @@ class InversionModule(L.LightningModule):
         self._targets = {}
         self._set_up_compile()
         if not bool(self.latent_ready):
-            self._init_latent()
+            if self.hp.stage_one_from is None:
+                self._init_latent()
+            else:
+                self._load_stage_one(self.hp.stage_one_from)
         entered = STAGES[int(self.stage_entered)]
-        if entered == OCCLUDED:
+        if entered == OCCLUDED and self.occluded_steps > 0:
             self._enter_occluded(resumed=True)
         elif entered == PSEUDO_MULTIVIEW:
             self._enter_pseudo_multiview(resumed=True)
@@ -323,6 +335,22 @@ class InversionModule(L.LightningModule):
         self.w_std.copy_(((w - w_avg).square().sum() / len(w)).sqrt())
         self.latent.copy_(w_avg.expand_as(self.latent))
         self.latent_ready.fill_(True)
+
+    @torch.no_grad()
+    def _load_stage_one(self, path: str) -> None:
+        """``w_e`` and ``w_o`` from a run's ``latent.pt``: the latent starts stage 2 at ``w_e``, as
+        it did in that run, and the pseudo views are built from both."""
+        latent = torch.load(path, map_location="cpu", weights_only=True)
+        expected = tuple(self.ws_estimate.shape)
+        for key in ("ws_estimate", "ws_occluded"):
+            if key not in latent or tuple(latent[key].shape) != expected:
+                found = tuple(latent[key].shape) if key in latent else "nothing"
+                raise ValueError(f"{path}: {key} should be {expected} for this generator, found {found}")
+        self.ws_estimate.copy_(latent["ws_estimate"])
+        self.occluded_latent.copy_(latent["ws_occluded"])
+        self.latent.copy_(self.ws_estimate[:, : self.latent.shape[1]])
+        self.latent_ready.fill_(True)
+        self.stage_entered.fill_(STAGES.index(OCCLUDED))  # w_e and w_o are known: stage 2 keeps them
 
     def configure_optimizers(self) -> Any:
         """One Adam per stage (fused where available), each with a ``LambdaLR`` stepped once per step of its stage."""

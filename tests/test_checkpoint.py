@@ -21,6 +21,19 @@ def generator() -> TriPlaneGenerator:
     return generator.eval()
 
 
+def test_a_float16_checkpoint_is_half_the_size_and_loads_the_rounded_weights(
+    generator: TriPlaneGenerator, tmp_path: Path
+) -> None:
+    save_generator(generator, tmp_path / "fp32.pt")
+    save_generator(generator, tmp_path / "fp16.pt", torch.float16)
+    ratio = (tmp_path / "fp16.pt").stat().st_size / (tmp_path / "fp32.pt").stat().st_size
+    assert 0.45 < ratio < 0.6, ratio  # the weights dominate; the zip index and config stay
+    loaded = load_generator(tmp_path / "fp16.pt")
+    for key, value in generator.state_dict().items():
+        assert loaded.state_dict()[key].dtype == torch.float32, key
+        assert torch.equal(loaded.state_dict()[key], value.half().float()), key
+
+
 def test_checkpoint_round_trip_is_exact(generator: TriPlaneGenerator, tmp_path: Path) -> None:
     path = tmp_path / "tiny.pt"
     save_generator(generator, path)

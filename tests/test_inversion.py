@@ -17,7 +17,7 @@ from hfgi3d.cameras import orbit_c25
 from hfgi3d.cli import main
 from hfgi3d.data import pseudo_views
 from hfgi3d.data.datamodule import PseudoViewDataModule
-from hfgi3d.generator import TriPlaneGenerator, open_generator
+from hfgi3d.generator import TriPlaneGenerator, load_generator, open_generator
 from hfgi3d.inversion import ESTIMATE, OCCLUDED, PSEUDO_MULTIVIEW, STAGES, InversionModule
 from hfgi3d.losses import reconstruction_loss
 from tests.presets import data_args, model_args, pseudo_view_config
@@ -310,7 +310,11 @@ def test_fit_command_end_to_end(target: tuple[Path, Path], tmp_path: Path) -> No
     for name in ("input.png", "reconstruction.png", "novel_views.png", "depth.png", "orbit.mp4", "pseudo_views.png",
                  "pseudo_view_masks.png", "mesh.ply", "mesh.glb", "latent.pt", "metrics.json"):  # fmt: skip
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    assert not (out / "generator.pt").exists()  # off by default
+    assert load_generator(out / "generator.pt") is not None  # float16 by default, for `edit`
+    latent = torch.load(out / "latent.pt", weights_only=True)
+    assert set(latent) == {"ws", "ws_estimate", "ws_occluded", "c25"}
+    assert torch.equal(latent["c25"], torch.tensor(json.loads(target[1].read_text()))[None])
+    assert (out / "config.yaml").is_file()  # the run's config as given, for edit-texture
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 25 + 3 + 25 and np.isfinite(metrics["psnr"])  # estimate, occluded, pseudo_multiview
     rows = list(csv.DictReader(next(out.glob("lightning_logs/version_*/metrics.csv")).open()))

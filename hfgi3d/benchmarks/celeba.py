@@ -84,7 +84,9 @@ def make_job_fn(generator: str, profile: str | None, folder: Path, wandb_group: 
                 skipped = report.skipped[0]
                 raise ValueError(f"preprocessing skipped {photo.name} ({skipped.code}): {skipped.reason}")
         out = folder / "runs" / job.method / job.image_id
-        metrics = run_fit(job, worker, generator, profile, crop, aligned / "dataset.json", out, wandb_group)
+        # No generator.pt: 1500 photos × 5 methods at 63 MB each would fill a disk; the metrics are all we keep.
+        extra = ("--outputs.save_generator", "none")
+        metrics = run_fit(job, worker, generator, profile, crop, aligned / "dataset.json", out, wandb_group, extra)
         return {key: value for key, value in metrics.items() if key != "image_id"}
 
     return run_job

@@ -188,7 +188,7 @@ def make_job_fn(
     def run_job(job: Job, worker: Worker) -> dict[str, Any]:
         out = runs / job.method / job.image_id
         image, camera = data / f"{job.image_id}.png", data / f"{job.image_id}.json"
-        extra = ("--outputs.save_generator", "true")  # scored below, then deleted
+        extra = ("--outputs.save_generator", "fp32")  # scored below, then deleted
         metrics = run_fit(job, worker, generator_spec, profile, image, camera, out, wandb_group, extra)
         row = {key: value for key, value in metrics.items() if key not in ("image_id", "skipped")}
         row.update(score(out, data / f"{job.image_id}.pt", lpips))

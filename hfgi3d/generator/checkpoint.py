@@ -37,14 +37,20 @@ class GeneratorLoadError(ValueError):
     """A generator file is missing, corrupt or of an unknown kind; the message names it."""
 
 
-def save_generator(generator: TriPlaneGenerator, path: str | os.PathLike[str]) -> None:
-    """Write an hfgi3d checkpoint (config + state dict), atomically."""
+def save_generator(
+    generator: TriPlaneGenerator, path: str | os.PathLike[str], dtype: torch.dtype = torch.float32
+) -> None:
+    """Write an hfgi3d checkpoint (config + state dict), atomically; floating-point tensors are
+    stored as ``dtype`` (``torch.float16`` halves the file; loading casts back to float32)."""
     path = Path(path)
     payload = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "config": generator.config.to_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in generator.state_dict().items()},
+        "state_dict": {
+            k: v.detach().cpu().to(dtype) if v.is_floating_point() else v.detach().cpu()
+            for k, v in generator.state_dict().items()
+        },
     }
     with atomic_path(path) as temporary:
         torch.save(payload, temporary)

@@ -1,0 +1,169 @@
+"""Editing a finished fit: ``python -m hfgi3d edit`` (attribute directions) and ``edit-texture``."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hfgi3d.cameras import orbit_c25
+from hfgi3d.cli import main
+from hfgi3d.generator import open_generator
+from tests.wandb_offline import read_offline_run
+
+RUN_ARGS = [
+    "fit", "--config", "configs/hfgi3d.yaml", "--config", "configs/demo.yaml", "--config", "configs/logger/wandb.yaml",
+    "--model.w_avg_samples", "16", "--model.estimate_steps", "25", "--model.occluded_steps", "3",
+    "--model.pseudo_multiview_steps", "2", "--data.num_views", "8", "--data.pseudo_views.poisson_iterations", "50",
+    "--outputs.orbit_frames", "4", "--outputs.mesh_resolution", "24", "--evaluation.metrics.pose_accuracy", "false",
+    "--trainer.enable_progress_bar", "false",
+]  # fmt: skip
+"""A short fit of the tiny generator on its own render (stage 1 finds a geometry; stage 2 barely runs),
+logged to an offline W&B run."""
+PAINT = (255, 0, 255)  # magenta: far from the tiny generator's greens
+PATCH = (slice(40, 80), slice(45, 85))  # rows, columns of the 128² input
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("edit")
+    generator, c25 = open_generator("tiny"), orbit_c25(0.15, -0.05)
+    with torch.no_grad():
+        z = torch.randn(1, 512, generator=torch.Generator().manual_seed(11))
+        image = generator(z, c25, deterministic=True)["image"].clamp(-1, 1)
+    Image.fromarray(((image[0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()).save(folder / "target.png")
+    (folder / "target.json").write_text(json.dumps(c25[0].tolist()))
+    out = folder / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("WANDB_MODE", raising=False)
+        patch.setenv("WANDB_SILENT", "true")
+        args = [*RUN_ARGS, "--data.image", str(folder / "target.png"), "--data.camera", str(folder / "target.json")]
+        assert main([*args, "--output_dir", str(out)]) == 0
+    return out
+
+
+def _direction(path: Path, shape: tuple[int, ...] = (512,), seed: int = 0, **metadata: str) -> Path:
+    vector = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    torch.save({"direction": vector, "metadata": metadata}, path)
+    return path
+
+
+def _pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def test_strength_zero_reproduces_the_reconstruction_and_the_edit_writes_its_files(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    direction = _direction(tmp_path / "smile.pt", attribute="smile")
+    assert main(["edit", str(run), "--direction", str(direction), "--strength", "-3", "0", "3"]) == 0
+    out = run / "edits" / "smile"
+    assert np.array_equal(_pixels(out / "input_view_0.png"), _pixels(run / "reconstruction.png"))
+    assert not np.array_equal(_pixels(out / "input_view_+3.png"), _pixels(run / "reconstruction.png"))
+    for name in (
+        "grid.png",
+        "input_view_-3.png",
+        "orbit_-3.mp4",
+        "orbit_0.mp4",
+        "orbit_+3.mp4",
+        "mesh.ply",
+        "mesh.glb",
+    ):
+        assert (out / name).stat().st_size > 0, name
+    assert _pixels(out / "grid.png").shape[:2] == (3 * 128, 6 * 128)  # 3 strengths × (input + 5 yaws)
+    record = json.loads((out / "edit.json").read_text())
+    assert record["strengths"] == [-3, 0, 3] and record["mesh_strength"] == 3
+    assert record["direction_metadata"]["attribute"] == "smile"
+    # The run logged to W&B: the edit joins it (same run id, offline), as media under edits/<name>/.
+    folders = sorted((run / "wandb").glob("offline-run-*"))
+    assert len({folder.name.rsplit("-", 1)[1] for folder in folders}) == 1
+    logged = [read_offline_run(folder) for folder in folders]
+    grids = [value for entry in logged for value in entry.logged("edits/smile/grid/_type")]
+    meshes = [value for entry in logged for value in entry.logged("edits/smile/mesh/_type")]
+    assert grids == ["image-file"] and meshes == ["object3D-file"]
+    assert main(["edit", str(run), "--direction", str(direction)]) == 2  # exists: refused
+    assert main(["edit", str(run), "--direction", str(direction), "--overwrite", "--strength", "1"]) == 0
+
+
+def test_layers_and_conditions_reach_the_edit(run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    primary = _direction(tmp_path / "age.pt", seed=1, attribute="age")
+    glasses = _direction(tmp_path / "glasses.npy", (1, 8, 512), seed=2, attribute="glasses")  # W+, torch zip as .npy
+    args = ["edit", str(run), "--direction", str(primary), "--strength", "2", "--condition", str(glasses)]
+    assert main([*args, "--layers", "0", "6"]) == 0
+    record = json.loads((run / "edits" / "age_cond_glasses" / "edit.json").read_text())
+    assert record["layers"] == [0, 6] and record["direction_metadata"]["conditioned_on"] == ["glasses"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("no_generator", "no generator.pt: it was fitted with outputs.save_generator none"),
+        ("bad_shape", r"a direction of shape \(3, 100\) does not fit"),
+        ("bad_layers", "layer range 4..99 is not inside"),
+        ("no_run", "no run folder"),
+    ],
+)
+def test_bad_edits_get_one_line_and_write_nothing(
+    run: Path, tmp_path: Path, change: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "copy"
+    shutil.copytree(run, folder, ignore=shutil.ignore_patterns("wandb", "edits", "texture_edits", "lightning_logs"))
+    direction = _direction(tmp_path / "d.pt", (3, 100) if change == "bad_shape" else (512,))
+    if change == "no_generator":
+        (folder / "generator.pt").unlink()
+    args = ["edit", str(folder if change != "no_run" else tmp_path / "missing"), "--direction", str(direction)]
+    if change == "bad_layers":
+        args += ["--layers", "4", "99"]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    assert re.search(message, err), err
+    assert not (folder / "edits").exists() or not any((folder / "edits").iterdir())
+
+
+def test_a_painted_patch_lands_where_the_geometry_carries_it(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    painted = np.array(Image.open(run / "input.png"))
+    painted[PATCH] = PAINT
+    Image.fromarray(painted).save(run.parent / "tattoo.png")
+    args = [
+        "edit-texture", str(run), "--image", str(run.parent / "tattoo.png"),
+        "--model.pseudo_multiview_steps", "250", "--model.pseudo_multiview_lr", "0.02",
+    ]  # fmt: skip
+    assert main(args) == 0
+    out = run / "texture_edits" / "tattoo"
+    for name in ("novel_views.png", "orbit.mp4", "mesh.ply", "metrics.json", "latent.pt", "generator.pt"):
+        assert (out / name).stat().st_size > 0, name
+    # Stage 1 was not run again: the geometry is the run's.
+    original, edited = (torch.load(folder / "latent.pt", weights_only=True) for folder in (run, out))
+    assert torch.equal(original["ws_estimate"], edited["ws_estimate"])
+    assert torch.equal(original["ws_occluded"], edited["ws_occluded"])
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 250
+    report = json.loads((out / "paint_check.json").read_text())
+    assert report["painted_pixels"] == 40 * 40
+    assert len(report["views"]) >= 10  # the patch faces most of the 5×3 grid
+    # Measured: mean IoU 0.655 (lowest 0.229, at yaw −0.35 rad: 0.5 rad from the input camera).
+    assert report["mean_iou"] >= 0.5, report
+
+
+def test_texture_edit_refuses_a_photo_of_another_size(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    Image.new("RGB", (64, 64)).save(tmp_path / "small.png")
+    assert main(["edit-texture", str(run), "--image", str(tmp_path / "small.png")]) == 2
+    assert "is 64×64 but the run's aligned input is 128×128" in capsys.readouterr().err
+
+
+def test_stage_one_from_needs_the_stage_one_steps_at_zero(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = [*RUN_ARGS, "--data.image", "sample", "--model.stage_one_from", str(run / "latent.pt")]
+    assert main([*args, "--output_dir", str(run.parent / "never")]) == 2
+    assert "set model.estimate_steps and model.occluded_steps to 0" in capsys.readouterr().err
