@@ -94,7 +94,7 @@ class Evaluation(L.Callback):
             return
         assert self._networks is not None
         datamodule: Any = trainer.datamodule  # type: ignore[attr-defined]
-        image, c25 = datamodule.image.to(module.device), datamodule.c25.to(module.device)
+        image, c25 = datamodule.image.to(module.device), module.input_camera()  # as being refined, in stage 1
         was_training = module.G.training
         module.G.eval()
         pred = module.G.synthesis(module.ws(), c25, deterministic=True)["image"].clamp(-1, 1)

@@ -9,6 +9,10 @@ Files: ``input.png``, ``reconstruction.png``, ``novel_views.png`` (yaw × pitch 
 ``config.yaml``. ``python -m hfgi3d edit`` and ``edit-texture`` read ``latent.pt``,
 ``generator.pt`` and ``config.yaml`` (:mod:`hfgi3d.edit`).
 
+``camera.json`` holds the input camera the results were rendered with (``c25``), the one the fit
+started from (``initial_c25``) and, with ``model.refine_camera``, the refined offsets
+(``offsets_rad``: yaw, pitch, roll; ``translation``).
+
 ``latent.pt`` holds ``ws`` (the final latent, 1×num_ws×w_dim), ``ws_estimate`` (``w_e``, stage 1's
 latent: the pseudo views' geometry), ``ws_occluded`` (``w_o``) and ``c25`` (the input camera, 1×25).
 
@@ -36,6 +40,7 @@ from torch import Tensor, nn
 from hfgi3d.cameras import orbit_c25, yaw_pitch_grid, yaw_pitch_orbit
 from hfgi3d.data.pseudo_views import PseudoViews
 from hfgi3d.generator import save_generator
+from hfgi3d.io import write_json_atomic
 from hfgi3d.mesh import VoxelGrid, generator_field, mesh_from_grid, sample_grid, write_glb, write_ply
 from hfgi3d.validation import RESULT_FILES
 from hfgi3d.video import save_image_grid, write_video
@@ -155,6 +160,7 @@ class InversionOutputs(L.Callback):
             generator, ws, out / "mesh.ply", self.mesh_resolution, self.mesh_level
         ):
             rank_zero_warn(f"no mesh written: the density field of {datamodule.image_id} has no usable surface level")
+        write_json_atomic(out / "camera.json", module.camera_record())
         latent = {"ws": ws, "ws_estimate": module.ws_estimate, "ws_occluded": module.ws_occluded, "c25": c25}
         torch.save({key: value.detach().cpu() for key, value in latent.items()}, out / "latent.pt")
         if dtype is not None:

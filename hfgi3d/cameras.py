@@ -124,6 +124,36 @@ def split_c25(c25: Tensor) -> tuple[Tensor, Tensor]:
     return c25[:, :16].reshape(-1, 4, 4), c25[:, 16:25].reshape(-1, 3, 3)
 
 
+def offset_c25(
+    c25: Tensor, angles_rad: Tensor, translation: Tensor | None = None, pivot: Sequence[float] = FFHQ_PIVOT
+) -> Tensor:
+    """``c25`` moved by small pose offsets, differentiably (stage 1's camera refinement).
+
+    ``angles_rad = (yaw, pitch, roll)``: yaw turns the camera about the world's vertical axis through
+    ``pivot`` (positive towards ``+x``, as :func:`orbit_c25`), pitch about the world's ``x`` axis
+    through ``pivot`` (positive moves it down), roll about the camera's own viewing axis.
+    ``translation`` (world units, 3) then moves the camera centre. Intrinsics are unchanged.
+    """
+    from kornia.geometry.conversions import axis_angle_to_rotation_matrix
+
+    cam2world, intrinsics = split_c25(c25)
+    zero = angles_rad.new_zeros(())
+    yaw, pitch, roll = angles_rad.unbind()
+    turn = axis_angle_to_rotation_matrix(
+        torch.stack([torch.stack([zero, yaw, zero]), torch.stack([pitch, zero, zero])])
+    )
+    world = turn[0] @ turn[1]  # 3×3: pitch first, then yaw
+    spin = axis_angle_to_rotation_matrix(torch.stack([zero, zero, roll])[None])[0]
+    centre = torch.as_tensor(pivot, dtype=c25.dtype, device=c25.device)
+    rotation = world @ cam2world[:, :3, :3] @ spin
+    origin = (cam2world[:, :3, 3] - centre) @ world.T + centre
+    if translation is not None:
+        origin = origin + translation
+    bottom = cam2world[:, 3:, :]
+    moved = torch.cat([torch.cat([rotation, origin[:, :, None]], dim=2), bottom], dim=1)
+    return make_c25(moved, intrinsics)
+
+
 def orbit_c25(
     yaw_rad: Tensor | float,
     pitch_rad: Tensor | float,

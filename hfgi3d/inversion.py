@@ -43,7 +43,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from hfgi3d.cameras import frontal_c25
+from hfgi3d.cameras import frontal_c25, offset_c25
 from hfgi3d.data.datamodule import PseudoViewDataModule
 from hfgi3d.generator import TriPlaneGenerator, open_generator
 from hfgi3d.geometry import difference_mask
@@ -127,6 +127,13 @@ class InversionModule(L.LightningModule):
         compile: ``torch.compile`` mode for the step's rendering and LPIPS (``none``: eager); a
             model that cannot compile runs eagerly, with one line saying why.
         render_batch: cameras rendered per call in a step (see :attr:`render_batch`; 0: by device).
+        refine_camera: optimize the input camera in stage 1 with the latent (:meth:`stage_one_camera`):
+            yaw, pitch and roll offsets (radians, about the pivot; roll about the viewing axis), and
+            with ``refine_translation`` a shift of the camera centre. Frozen when stage 1 ends: the
+            occluded stage, the pseudo views, stage 2 and the outputs use the refined camera.
+        camera_lr, camera_lr_rampup: the camera's own Adam: peak lr and linear warm-up fraction of stage 1.
+        camera_warmup_steps: first steps of stage 1 that move the camera only (the latent waits).
+        refine_translation: also refine the camera centre (world units).
         stage_one_from: a finished run's ``latent.pt``: skip stage 1 and take its ``w_e`` and ``w_o``
             (``estimate_steps`` and ``occluded_steps`` must be 0). ``edit-texture`` uses it to rebuild
             the pseudo views of an edited photo on the run's geometry and rerun stage 2.
@@ -137,6 +144,9 @@ class InversionModule(L.LightningModule):
     latent_ready: Tensor
     stage_entered: Tensor
     occluded_mask: Tensor
+    c25_initial: Tensor
+    c25_refined: Tensor
+    camera_refined: Tensor
 
     def __init__(
         self,
@@ -168,6 +178,11 @@ class InversionModule(L.LightningModule):
         neural_rendering_resolution: int | None = None,
         compile: CompileMode = "none",
         render_batch: int = 0,
+        refine_camera: bool = False,
+        camera_lr: float = 0.0,
+        camera_lr_rampup: float = 0.0,
+        camera_warmup_steps: int = 0,
+        refine_translation: bool = False,
         stage_one_from: str | None = None,
     ) -> None:
         super().__init__()
@@ -196,6 +211,13 @@ class InversionModule(L.LightningModule):
         # (Lightning restores global_step only afterwards): the index in STAGES of the last stage entered.
         self.register_buffer("latent_ready", torch.zeros((), dtype=torch.bool))
         self.register_buffer("stage_entered", torch.zeros((), dtype=torch.long))
+        # Camera refinement: offsets (yaw, pitch, roll in radians; translation), optimized in stage 1,
+        # then frozen into c25_refined, which replaces the DataModule's input camera.
+        self.camera_angles = nn.Parameter(torch.zeros(3))
+        self.camera_translation = nn.Parameter(torch.zeros(3))
+        self.register_buffer("c25_initial", torch.zeros(1, 25))
+        self.register_buffer("c25_refined", torch.zeros(1, 25))
+        self.register_buffer("camera_refined", torch.zeros((), dtype=torch.bool))
         self._targets: dict[str, LpipsTarget] = {}
         self._render_fn: Callable[[Tensor, Tensor], Tensor] = self._render_images
         self._rng_at_step_start: dict[str, Any] | None = None
@@ -318,6 +340,8 @@ class InversionModule(L.LightningModule):
                 self._init_latent()
             else:
                 self._load_stage_one(self.hp.stage_one_from)
+        if bool(self.camera_refined):  # resumed after stage 1: the DataModule read the initial camera again
+            self.datamodule.c25 = self.c25_refined.detach().cpu()
         entered = STAGES[int(self.stage_entered)]
         if entered == OCCLUDED and self.occluded_steps > 0:
             self._enter_occluded(resumed=True)
@@ -364,7 +388,14 @@ class InversionModule(L.LightningModule):
             return lr_factor(step, hp.estimate_steps, hp.estimate_lr_rampup, hp.estimate_lr_rampdown)
 
         optimizers = [latent_opt, occluded_opt, tune_opt]
-        factors = [estimate_factor, lambda step: 1.0, lambda step: 1.0]
+        factors: list[Any] = [estimate_factor, lambda step: 1.0, lambda step: 1.0]
+        if hp.refine_camera:
+            # The camera joins stage 1's Adam as a second parameter group (its own lr and ramp): a second
+            # optimizer would count twice in Lightning's global_step, which the stages are scheduled on.
+            latent_opt.param_groups[0]["name"] = "latent"
+            camera_params = [self.camera_angles] + ([self.camera_translation] if hp.refine_translation else [])
+            latent_opt.add_param_group({"params": camera_params, "lr": hp.camera_lr, "name": "camera"})
+            factors[0] = [estimate_factor, lambda step: lr_factor(step, hp.estimate_steps, hp.camera_lr_rampup, 0.0)]
         schedulers = [
             {"scheduler": LambdaLR(optimizer, factor), "name": f"{stage}/lr", "interval": "step"}
             for stage, optimizer, factor in zip(STAGES, optimizers, factors, strict=True)
@@ -434,11 +465,49 @@ class InversionModule(L.LightningModule):
         if hp.estimate_noise > 0:
             fade = max(0.0, 1.0 - step / (hp.estimate_noise_ramp * hp.estimate_steps))
             ws = ws + torch.randn_like(ws) * self.w_std * hp.estimate_noise * fade**2
-        render = self._render(ws, batch["c25"])
+        refining = hp.refine_camera and not bool(self.camera_refined)
+        c25 = self.stage_one_camera(batch["c25"]) if refining else batch["c25"]
+        render = self._render(ws, c25)
         losses = self._terms(render, batch["image"], None, self._target("input", batch["image"]))
-        self._optimize(STAGES.index(ESTIMATE), losses["loss"], ESTIMATE, step)
+        camera_only = refining and step < hp.camera_warmup_steps  # the latent waits (Adam skips it: no grad)
+        self._optimize(STAGES.index(ESTIMATE), losses["loss"], ESTIMATE, step, keep=() if camera_only else None)
+        if refining:
+            yaw, pitch, roll = self.camera_angles.detach()
+            losses = {**losses, "camera_yaw_rad": yaw, "camera_pitch_rad": pitch, "camera_roll_rad": roll}
+            if hp.refine_translation:
+                losses["camera_translation"] = self.camera_translation.detach().norm()
+            if step == hp.estimate_steps - 1:
+                self._freeze_camera()
         self._log(ESTIMATE, losses)
         return losses["loss"]
+
+    def stage_one_camera(self, c25: Tensor) -> Tensor:
+        """``c25`` moved by the camera offsets being refined (differentiable; :func:`offset_c25`)."""
+        translation = self.camera_translation if self.hp.refine_translation else None
+        return offset_c25(c25, self.camera_angles, translation)
+
+    def input_camera(self) -> Tensor:
+        """The input camera as it stands: with the offsets while stage 1 refines it, then frozen."""
+        c25 = self.datamodule.c25
+        assert c25 is not None
+        c25 = c25.to(self.device)
+        if self.hp.refine_camera and not bool(self.camera_refined):
+            with torch.no_grad():
+                return self.stage_one_camera(c25)
+        return c25
+
+    def camera_record(self) -> dict[str, Any]:
+        """``camera.json``: the initial and refined 25-vectors and the offsets (radians, world units)."""
+        refined = self.input_camera()
+        initial = self.c25_initial if bool(self.camera_refined) else refined
+        yaw, pitch, roll = (float(v) for v in self.camera_angles.detach())
+        return {
+            "refined": bool(self.camera_refined),
+            "initial_c25": initial[0].tolist(),
+            "c25": refined[0].tolist(),
+            "offsets_rad": {"yaw": yaw, "pitch": pitch, "roll": roll},
+            "translation": self.camera_translation.detach().tolist(),
+        }
 
     def _occluded_step(self, batch: dict[str, Tensor], step: int) -> Tensor:
         """``w_o``: fit ``G(w, p0)·D`` to ``x·D`` with G frozen (docs/method.md §5)."""
@@ -514,7 +583,9 @@ class InversionModule(L.LightningModule):
                 prepared.append(self.lpips.prepare(batch[image_key], None if mask_key is None else batch[mask_key]))
         return prepared
 
-    def _optimize(self, index: int, loss: Tensor, stage: str, step: int) -> None:
+    def _optimize(self, index: int, loss: Tensor, stage: str, step: int, keep: Sequence[Tensor] | None = None) -> None:
+        """Backward ``loss`` and step optimizer ``index`` and its scheduler. With ``keep``, only those
+        parameters (plus the camera's) move: the others' gradients are dropped, so Adam skips them."""
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite loss ({loss.item()}) in stage '{stage}' at step {step}; "
@@ -526,6 +597,12 @@ class InversionModule(L.LightningModule):
         assert isinstance(scheduler, LambdaLR)
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
+        if keep is not None:
+            kept = {id(p) for p in (*keep, self.camera_angles, self.camera_translation)}
+            for group in optimizer.param_groups:
+                for parameter in group["params"]:
+                    if id(parameter) not in kept:
+                        parameter.grad = None
         optimizer.step()
         scheduler.step()
 
@@ -544,6 +621,16 @@ class InversionModule(L.LightningModule):
     def _keep_estimate(self) -> None:
         """``w_e``: the latent as stage 1 left it (the pseudo views' geometry)."""
         self.ws_estimate.copy_(self.ws().detach())
+
+    @torch.no_grad()
+    def _freeze_camera(self) -> None:
+        """The refined camera, fixed after stage 1's last step: it replaces the DataModule's input camera."""
+        initial = self.datamodule.c25
+        assert initial is not None
+        self.c25_initial.copy_(initial)
+        self.c25_refined.copy_(self.stage_one_camera(initial.to(self.device)))
+        self.camera_refined.fill_(True)
+        self.datamodule.c25 = self.c25_refined.detach().cpu()
 
     @torch.no_grad()
     def _enter_occluded(self, resumed: bool) -> None:

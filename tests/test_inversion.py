@@ -240,19 +240,28 @@ def test_on_the_fly_resume_builds_from_the_stage_one_latent(
     assert all(torch.equal(builder[k], pretrained[k]) for builder in builders for k in pretrained)
 
 
-def test_resume_in_the_occluded_stage_keeps_w_o_and_its_optimizer(target: tuple[Path, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("refine_camera", [False, True])
+def test_resume_in_the_occluded_stage_keeps_w_o_and_its_optimizer(
+    target: tuple[Path, Path], tmp_path: Path, refine_camera: bool
+) -> None:
+    model = {**FAST_MODEL, "refine_camera": refine_camera, "camera_warmup_steps": 1}
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True)
-    first = InversionModule(**FAST_MODEL)
+    first = InversionModule(**model)
     with pytest.raises(Killed):
         _trainer(tmp_path, first.total_steps, [checkpoint, StopAt(4)]).fit(first, datamodule=_datamodule(target))
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
     assert saved["global_step"] == 4 and len(saved["optimizer_states"][1]["state"]) == 1  # w_o's Adam moments
-    second = InversionModule(**FAST_MODEL)
+    assert bool(saved["state_dict"]["camera_refined"]) is refine_camera  # frozen at stage 1's last step
+    second = InversionModule(**model)
     recorder = StageRecorder()
     trainer = _trainer(tmp_path, second.total_steps, [recorder])
-    trainer.fit(second, datamodule=_datamodule(target), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    datamodule = _datamodule(target)
+    trainer.fit(second, datamodule=datamodule, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     assert recorder.stages == [OCCLUDED] + [PSEUDO_MULTIVIEW] * 3
     assert torch.equal(second.ws_estimate, saved["state_dict"]["ws_estimate"])
+    if refine_camera:  # the resumed run works on the refined camera, not the file's
+        assert torch.equal(datamodule.c25, saved["state_dict"]["c25_refined"])
+        assert not torch.equal(datamodule.c25, saved["state_dict"]["c25_initial"])
 
 
 def _fail_build(*args: Any, **kwargs: Any) -> None:
@@ -315,6 +324,8 @@ def test_fit_command_end_to_end(target: tuple[Path, Path], tmp_path: Path) -> No
     assert set(latent) == {"ws", "ws_estimate", "ws_occluded", "c25"}
     assert torch.equal(latent["c25"], torch.tensor(json.loads(target[1].read_text()))[None])
     assert (out / "config.yaml").is_file()  # the run's config as given, for edit-texture
+    camera = json.loads((out / "camera.json").read_text())
+    assert not camera["refined"] and camera["c25"] == camera["initial_c25"] == latent["c25"][0].tolist()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 25 + 3 + 25 and np.isfinite(metrics["psnr"])  # estimate, occluded, pseudo_multiview
     rows = list(csv.DictReader(next(out.glob("lightning_logs/version_*/metrics.csv")).open()))
@@ -394,10 +405,10 @@ def _stage_two_losses(
     recorded: list[float] = []
     original = module._optimize
 
-    def spy(index: int, loss: torch.Tensor, stage: str, step: int) -> None:
+    def spy(index: int, loss: torch.Tensor, stage: str, step: int, **kwargs: Any) -> None:
         if stage == PSEUDO_MULTIVIEW:
             recorded.append(float(loss))
-        original(index, loss, stage, step)
+        original(index, loss, stage, step, **kwargs)
 
     monkeypatch.setattr(module, "_optimize", spy)
     previous = torch.get_num_threads()
