@@ -30,6 +30,7 @@ import math
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,8 +171,12 @@ def edit(
     sha256 = file_sha256(pretrained) if pretrained and Path(pretrained).is_file() else None
     generator = run.generator(device)
     w_dim, num_ws = generator.config.w_dim, generator.num_ws
-    direction = load_direction(direction_path, w_dim, layers, generator_sha256=sha256)
-    extra = [load_direction(path, w_dim, generator_sha256=sha256) for path in conditions]
+    with warnings.catch_warnings(record=True) as caught:  # said in one line each, not as Python warnings
+        warnings.simplefilter("always")
+        direction = load_direction(direction_path, w_dim, layers, generator_sha256=sha256)
+        extra = [load_direction(path, w_dim, generator_sha256=sha256) for path in conditions]
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
     direction = condition(direction, *extra)
     direction.per_layer(num_ws)  # checks the layer count and range before anything is rendered
 

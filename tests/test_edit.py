@@ -11,12 +11,13 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from hfgi3d.cameras import orbit_c25, split_c25, yaw_pitch_of
 from hfgi3d.cli import main
 from hfgi3d.data.datamodule import PseudoViewDataModule
-from hfgi3d.generator import open_generator
+from hfgi3d.generator import open_generator, save_generator
 from hfgi3d.inversion import InversionModule
 from tests.presets import data_args, model_args
 from tests.wandb_offline import read_offline_run
@@ -95,6 +96,27 @@ def test_strength_zero_reproduces_the_reconstruction_and_the_edit_writes_its_fil
     assert grids == ["image-file"] and meshes == ["object3D-file"]
     assert main(["edit", str(run), "--direction", str(direction)]) == 2  # exists: refused
     assert main(["edit", str(run), "--direction", str(direction), "--overwrite", "--strength", "1"]) == 0
+
+
+def test_a_direction_made_for_another_generator_gets_a_one_line_warning(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    folder = tmp_path / "copy"
+    shutil.copytree(run, folder, ignore=shutil.ignore_patterns("wandb", "edits", "texture_edits", "lightning_logs"))
+    pretrained = tmp_path / "pretrained.pt"
+    save_generator(open_generator("tiny"), pretrained)  # the run's generator as a file: its sha256 is known
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    config["model"]["generator"] = str(pretrained)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    other = _direction(tmp_path / "goae_age.pt", generator="ffhqrebalanced512-128.pkl", generator_sha256="0" * 64)
+    capsys.readouterr()
+    assert main(["edit", str(folder), "--direction", str(other), "--strength", "1"]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert err == [
+        "warning: goae_age.pt was computed on another generator (ffhqrebalanced512-128.pkl): "
+        "directions only fit the checkpoint they were made for"
+    ]
 
 
 def test_layers_and_conditions_reach_the_edit(run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
