@@ -3,9 +3,11 @@
 The pose is a camera on EG3D's orbit (radius 2.7 around the world origin, looking at the pivot
 ``[0, 0, 0.2]``, fixed FFHQ intrinsics; see :mod:`hfgi3d.cameras`), so only its yaw and pitch are
 unknown. :class:`PnPPoseEstimator` finds them by fitting the projections of five canonical 3D
-landmarks (:func:`canonical_landmarks_world`) to the five detected ones. Any other estimator with
-the :class:`PoseEstimator` call signature (a CNN head-pose regressor, a 3DMM fitter) can replace it
-in :mod:`hfgi3d.preprocess`.
+landmarks (:func:`canonical_landmarks_world`) to the five detected ones; :func:`fit_orbit_pose` is
+the fit itself, for any number of points (:mod:`hfgi3d.pose_mediapipe` fits MediaPipe's landmarks
+with it). Any estimator with the :class:`PoseEstimator` method ``estimate(crop, landmarks)`` →
+:class:`PoseEstimate` (camera, estimator name, confidence, reprojection error) can be passed to
+:mod:`hfgi3d.preprocess`.
 
 Convention:
     Landmarks are ``N×5×2`` points ``(x, y)`` in pixels of a square crop of side ``image_size``,
@@ -33,6 +35,10 @@ Accuracy (measured; ``tests/test_pose.py`` checks the synthetic figures):
       a copy rolled by 15° −0.024 / −0.13: frontal, with a camera a little above her lowered,
       smiling face; the spread (±0.03) is MTCNN's jitter. The cameraman (``skimage.data.camera``,
       looking to the viewer's right) reads as yaw −0.75, his mirror +0.67.
+    * Against EG3D's own cameras (Deep3DFaceRecon fits) on five real EG3D crops
+      (``tests/data/eg3d_cameras``, ``benchmarks/pose_accuracy.py``): mean |Δyaw| 0.059, max 0.166;
+      mean |Δpitch| 0.109, max 0.369 rad (a small child, whose proportions are far from the mean
+      face's). MediaPipe's landmarks do better (:mod:`hfgi3d.pose_mediapipe`).
     * Beyond ``|yaw| ≈ 0.8`` rad the far eye is partly hidden, MTCNN's landmarks degrade, and five
       points say little. EG3D's own labels come from a 3DMM fit (Deep3DFaceRecon: dense
       photometric fit with identity and expression) and are more accurate; pass such a camera
@@ -42,10 +48,11 @@ Accuracy (measured; ``tests/test_pose.py`` checks the synthetic figures):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -109,12 +116,16 @@ def canonical_landmarks_world(dtype: torch.dtype = torch.float32) -> Tensor:
         per dm at 1024², centre-cropped 700 → 512) puts them: the difference is that camera shift,
         which the generator learned and an orbit camera does not have.
     """
+    return bfm_dm_to_world(torch.tensor(LANDMARKS_BFM_DM, dtype=torch.float64)).to(dtype)
+
+
+def bfm_dm_to_world(points_dm: Tensor) -> Tensor:
+    """``K×3`` points of the Basel Face Model's frame (decimetres) in EG3D's world, where the generator's face
+    sits (:func:`canonical_landmarks_world` derives the map); float64."""
     label_camera = torch.tensor((0.0, 0.0, _DEEP3D_CAMERA_DISTANCE_DM * BFM_DM_TO_EG3D), dtype=torch.float64)
-    shifted_camera = label_camera + torch.tensor(EG3D_LABEL_CAMERA_SHIFT, dtype=torch.float64)
-    rescale = FFHQ_RADIUS / torch.linalg.vector_norm(shifted_camera)
-    landmarks_dm = torch.tensor(LANDMARKS_BFM_DM, dtype=torch.float64)  # 5×3
     shift = torch.tensor(EG3D_LABEL_CAMERA_SHIFT, dtype=torch.float64)
-    return (rescale * (BFM_DM_TO_EG3D * landmarks_dm + shift)).to(dtype)
+    rescale = FFHQ_RADIUS / torch.linalg.vector_norm(label_camera + shift)
+    return rescale * (BFM_DM_TO_EG3D * points_dm.to(torch.float64) + shift)
 
 
 def project_points(c25: Tensor, points_world: Tensor, image_size: int) -> Tensor:
@@ -146,19 +157,113 @@ def canonical_landmarks_px(c25: Tensor, image_size: int) -> Tensor:
     return project_points(c25, canonical_landmarks_world(c25.dtype), image_size)
 
 
-class PoseEstimator(Protocol):
-    """Head pose from landmarks: ``N×5×2`` pixels of an aligned, roll-free ``S×S`` crop → ``N×25`` cameras."""
+class PoseEstimate(NamedTuple):
+    """What a :class:`PoseEstimator` says about one aligned crop."""
 
-    def __call__(self, landmarks_px: Tensor, image_size: int) -> Tensor: ...
+    c25: Tensor
+    """``1×25`` float32 camera label (an orbit camera, :func:`hfgi3d.cameras.orbit_c25`)."""
+    estimator: str
+    """Which estimator answered (``"mediapipe"``, ``"pnp5"``): a fallback names itself."""
+    confidence: float
+    """Share of the fitted landmarks that the posed 3D face explains within :data:`INLIER_FRACTION` of the
+    crop side, in ``[0, 1]``."""
+    reprojection_px: float
+    """Root-mean-square distance between the landmarks and the posed 3D face (after the framing fit), crop px."""
+
+
+class PoseEstimator(Protocol):
+    """Head pose of one aligned, roll-free ``S×S`` crop: the crop's pixels and its five landmarks → a camera."""
+
+    def estimate(self, crop: np.ndarray, landmarks_px: Tensor) -> PoseEstimate:
+        """``crop``: ``S×S×3`` uint8 RGB; ``landmarks_px``: ``5×2`` MTCNN points in the crop (module docstring)."""
+        ...
+
+
+INLIER_FRACTION = 0.01
+"""× crop side (5 px at 512²): a landmark within this of the posed 3D face counts towards the confidence."""
 
 
 class PoseFit(NamedTuple):
-    """Result of :meth:`PnPPoseEstimator.fit` (all ``N``-vectors, float32)."""
+    """Result of an orbit-camera fit (all ``N``-vectors, float32)."""
 
     yaw_rad: Tensor
     pitch_rad: Tensor
     rms_px: Tensor
     """Root-mean-square distance between the landmarks and the fitted projections, pixels."""
+    inlier_share: Tensor
+    """Share of the landmarks within :data:`INLIER_FRACTION` of the image side of their fitted projection."""
+
+
+Residuals = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""``(observed M×K×2, yaw M, pitch M) → M×R`` residuals of a model posed by orbit cameras (float64)."""
+
+
+def fit_orbit_pose(
+    observed_px: Tensor, residuals: Residuals, yaw_limit_rad: float, pitch_limit_rad: float
+) -> tuple[Tensor, Tensor]:
+    """Yaw and pitch (``N`` each, float64) minimizing ``residuals`` for ``N`` faces: grid search, then LM.
+
+    The grid (spacing :data:`_GRID_STEP_RAD`, within the limits) is shared by all faces and searched in one
+    batch; Levenberg–Marquardt with central-difference Jacobians then refines each face's best grid point.
+    """
+    yaw, pitch = _grid_search(observed_px, residuals, yaw_limit_rad, pitch_limit_rad)
+    return _refine(observed_px, residuals, yaw, pitch, yaw_limit_rad, pitch_limit_rad)
+
+
+def similarity_misfit(
+    observed: Tensor, model: Tensor, extra_columns: Sequence[Tensor] = (), extra_penalty: Tensor | None = None
+) -> Tensor:
+    """Residuals of ``N×K×2`` points after the least-squares 2D similarity (and extra linear terms) onto them.
+
+    Args:
+        observed: ``N×K×2`` landmarks, pixels.
+        model: ``N×K×2`` projections of the 3D model, pixels.
+        extra_columns: more linear unknowns, each ``N×K×2`` (the landmarks' change per unit).
+        extra_penalty: ``N×E`` square roots of the Gaussian prior weights of the extra unknowns.
+
+    Returns:
+        ``N×(2K + 4 + E)``: the ``2K`` landmark residuals, then the prior terms (zero for the similarity).
+    """
+    mx, my = model[..., 0], model[..., 1]  # N×K each
+    ones, zeros = torch.ones_like(mx), torch.zeros_like(mx)
+    columns = [  # each N×K×2: the landmarks' change per unit of one linear unknown
+        torch.stack([mx, my], dim=-1),
+        torch.stack([-my, mx], dim=-1),
+        torch.stack([ones, zeros], dim=-1),
+        torch.stack([zeros, ones], dim=-1),
+        *extra_columns,
+    ]
+    penalty = torch.zeros(len(model), _NUM_SIMILARITY, dtype=model.dtype)  # N×U, √(prior weight)
+    if extra_penalty is not None:
+        penalty = torch.cat([penalty, extra_penalty], dim=1)
+    num_points = model.shape[1]
+    design = torch.stack(columns, dim=-1).reshape(len(model), 2 * num_points, -1)  # N×2K×U
+    target = observed.reshape(len(model), -1)  # N×2K
+    normal = design.transpose(1, 2) @ design + torch.diag_embed(penalty.square() + _EPS)  # N×U×U, SPD
+    # Cholesky: batched LU solves of many tiny systems are ~20× slower on a multi-threaded CPU.
+    coefficients = torch.cholesky_solve(design.transpose(1, 2) @ target[..., None], torch.linalg.cholesky(normal))
+    misfit = target - (design @ coefficients)[..., 0]  # N×2K
+    return torch.cat([misfit, penalty * coefficients[..., 0]], dim=1)
+
+
+def affine_misfit(observed: Tensor, model: Tensor) -> Tensor:
+    """``N×2K`` residuals of ``N×K×2`` points after the least-squares 2D affine map of ``model`` onto ``observed``.
+
+    An affine framing absorbs a face's proportions (width against height, shear) as well as the crop's scale,
+    roll and shift, so that only the 3D parallax between the points sets the angles.
+    """
+    design = torch.cat([model, torch.ones_like(model[..., :1])], dim=-1)  # N×K×3: x' = a·x + b·y + c (and y')
+    normal = design.transpose(1, 2) @ design + _EPS * torch.eye(3, dtype=model.dtype)  # N×3×3, SPD
+    coefficients = torch.cholesky_solve(design.transpose(1, 2) @ observed, torch.linalg.cholesky(normal))  # N×3×2
+    return (observed - design @ coefficients).reshape(len(model), -1)
+
+
+def misfit_summary(residuals: Tensor, num_points: int, image_size: int) -> tuple[Tensor, Tensor]:
+    """RMS distance (px) and inlier share of ``N×R`` residuals whose first ``2K`` entries are landmark misfits."""
+    distance = residuals[:, : 2 * num_points].reshape(len(residuals), num_points, 2).norm(dim=-1)  # N×K
+    rms = distance.square().mean(-1).sqrt()
+    inliers = (distance <= INLIER_FRACTION * image_size).double().mean(-1)
+    return rms, inliers
 
 
 @dataclass(frozen=True)
@@ -176,8 +281,7 @@ class PnPPoseEstimator:
       spread by 15 % of that distance give pitch −0.15 rad rigid, −0.01 with them (the smiling
       astronaut photo, aligned by :mod:`hfgi3d.preprocess`: −0.54 rigid, −0.19 with them).
 
-    The remaining misfit is minimized over ``(yaw, pitch)`` by a grid search followed by
-    Levenberg–Marquardt with central-difference Jacobians, batched over faces.
+    The remaining misfit is minimized over ``(yaw, pitch)`` by :func:`fit_orbit_pose`, batched over faces.
 
     Attributes:
         yaw_limit_rad: search range ``[-limit, limit]`` of the yaw.
@@ -196,10 +300,18 @@ class PnPPoseEstimator:
     pivot: Sequence[float] = FFHQ_PIVOT
     focal: float = FFHQ_FOCAL
 
+    name = "pnp5"
+
     def __call__(self, landmarks_px: Tensor, image_size: int) -> Tensor:
         """``N×25`` orbit cameras (float32) for ``N×5×2`` landmarks of an ``S×S`` crop."""
         pose = self.fit(landmarks_px, image_size)
         return orbit_c25(pose.yaw_rad, pose.pitch_rad, self.radius, self.pivot, self.focal)
+
+    def estimate(self, crop: np.ndarray, landmarks_px: Tensor) -> PoseEstimate:
+        """The :class:`PoseEstimator` call: only the landmarks are read (``crop`` gives the crop's side)."""
+        pose = self.fit(landmarks_px[None], crop.shape[0])
+        c25 = orbit_c25(pose.yaw_rad, pose.pitch_rad, self.radius, self.pivot, self.focal)
+        return PoseEstimate(c25, self.name, float(pose.inlier_share[0]), float(pose.rms_px[0]))
 
     def fit(self, landmarks_px: Tensor, image_size: int) -> PoseFit:
         """Least-squares yaw and pitch (radians) of ``N×5×2`` landmarks in an ``S×S`` crop."""
@@ -208,15 +320,13 @@ class PnPPoseEstimator:
         if self.expression_std is not None and self.expression_std <= 0:
             raise ValueError(f"expression_std must be positive or None (rigid face), got {self.expression_std}")
         observed = landmarks_px.detach().to(torch.float64).cpu()  # N×5×2
-        yaw, pitch = self._grid_search(observed, image_size)
-        yaw, pitch = self._refine(observed, image_size, yaw, pitch)
-        misfit = self._residuals(observed, image_size, yaw, pitch)[:, : 2 * NUM_LANDMARKS]  # N×10, prior terms cut
-        rms = misfit.reshape(len(observed), NUM_LANDMARKS, 2).square().sum(-1).mean(-1).sqrt()
-        return PoseFit(yaw.float(), pitch.float(), rms.float())
 
-    def _residuals(self, observed: Tensor, image_size: int, yaw: Tensor, pitch: Tensor) -> Tensor:
-        """Misfit at ``N`` poses: ``N×10`` landmark residuals in pixels, then the expression prior terms."""
-        return self._misfit(observed, self._project(yaw, pitch, image_size))
+        def residuals(points: Tensor, yaw: Tensor, pitch: Tensor) -> Tensor:
+            return self._misfit(points, self._project(yaw, pitch, image_size))
+
+        yaw, pitch = fit_orbit_pose(observed, residuals, self.yaw_limit_rad, self.pitch_limit_rad)
+        rms, inliers = misfit_summary(residuals(observed, yaw, pitch), NUM_LANDMARKS, image_size)
+        return PoseFit(yaw.float(), pitch.float(), rms.float(), inliers.float())
 
     def _project(self, yaw: Tensor, pitch: Tensor, image_size: int) -> Tensor:
         """``N×5×2`` canonical landmarks seen from ``N`` orbit poses, pixels (float64)."""
@@ -224,78 +334,69 @@ class PnPPoseEstimator:
         return canonical_landmarks_px(c25, image_size)
 
     def _misfit(self, observed: Tensor, model: Tensor) -> Tensor:
-        """Linear least squares of ``N×5×2`` projections onto ``N×5×2`` landmarks; ``N×R`` residuals."""
-        mx, my = model[..., 0], model[..., 1]  # N×5 each
-        ones, zeros = torch.ones_like(mx), torch.zeros_like(mx)
-        columns = [  # each N×5×2: the landmarks' change per unit of one linear unknown
-            torch.stack([mx, my], dim=-1),
-            torch.stack([-my, mx], dim=-1),
-            torch.stack([ones, zeros], dim=-1),
-            torch.stack([zeros, ones], dim=-1),
-        ]
-        penalty = torch.zeros(len(model), _NUM_SIMILARITY, dtype=model.dtype)  # N×U, √(prior weight)
-        if self.expression_std is not None:
-            size = _eye_to_mouth(observed)  # N, pixels: the expression terms are fractions of it
-            for basis in (_MOUTH_RAISE, _MOUTH_WIDEN):
-                columns.append(torch.tensor(basis, dtype=model.dtype) * size[:, None, None])
-            penalty = torch.cat([penalty, (LANDMARK_NOISE / self.expression_std) * size[:, None].expand(-1, 2)], 1)
-        design = torch.stack(columns, dim=-1).reshape(len(model), 2 * NUM_LANDMARKS, -1)  # N×10×U
-        target = observed.reshape(len(model), -1)  # N×10
-        normal = design.transpose(1, 2) @ design + torch.diag_embed(penalty.square() + _EPS)  # N×U×U, SPD
-        # Cholesky: batched LU solves of many tiny systems are ~20× slower on a multi-threaded CPU.
-        coefficients = torch.cholesky_solve(design.transpose(1, 2) @ target[..., None], torch.linalg.cholesky(normal))
-        misfit = target - (design @ coefficients)[..., 0]  # N×10
-        return torch.cat([misfit, penalty * coefficients[..., 0]], dim=1)
+        """Similarity (and expression) fit of ``N×5×2`` projections onto ``N×5×2`` landmarks; ``N×R`` residuals."""
+        if self.expression_std is None:
+            return similarity_misfit(observed, model)
+        size = _eye_to_mouth(observed)  # N, pixels: the expression terms are fractions of it
+        bases = (_MOUTH_RAISE, _MOUTH_WIDEN)
+        columns = [torch.tensor(basis, dtype=model.dtype) * size[:, None, None] for basis in bases]
+        penalty = (LANDMARK_NOISE / self.expression_std) * size[:, None].expand(-1, len(columns))
+        return similarity_misfit(observed, model, columns, penalty)
 
-    def _grid_search(self, observed: Tensor, image_size: int) -> tuple[Tensor, Tensor]:
-        """Best ``(yaw, pitch)`` of a regular grid for each face (``N`` each, float64)."""
-        grid_pitch, grid_yaw = torch.meshgrid(
-            _symmetric_grid(self.pitch_limit_rad), _symmetric_grid(self.yaw_limit_rad), indexing="ij"
-        )
-        grid_yaw, grid_pitch = grid_yaw.reshape(-1), grid_pitch.reshape(-1)  # G each
-        models = self._project(grid_yaw, grid_pitch, image_size)  # G×5×2, shared by all faces
-        num_faces, num_poses = len(observed), len(grid_yaw)
-        pairs_observed = observed[:, None].expand(num_faces, num_poses, NUM_LANDMARKS, 2)  # N×G×5×2
-        pairs_model = models[None].expand(num_faces, num_poses, NUM_LANDMARKS, 2)
-        misfit = self._misfit(pairs_observed.reshape(-1, NUM_LANDMARKS, 2), pairs_model.reshape(-1, NUM_LANDMARKS, 2))
-        best = misfit.square().sum(-1).reshape(num_faces, num_poses).argmin(dim=1)  # N
-        return grid_yaw[best], grid_pitch[best]
 
-    def _refine(self, observed: Tensor, image_size: int, yaw: Tensor, pitch: Tensor) -> tuple[Tensor, Tensor]:
-        """Levenberg–Marquardt on ``(yaw, pitch)`` from a starting point (``N`` each, float64)."""
-        params = torch.stack([yaw, pitch], dim=1)  # N×2
-        limits = torch.tensor([self.yaw_limit_rad, self.pitch_limit_rad], dtype=torch.float64)
-        damping = torch.full((len(observed),), _INITIAL_DAMPING, dtype=torch.float64)  # N
-        residual = self._residuals(observed, image_size, params[:, 0], params[:, 1])  # N×R
-        cost = residual.square().sum(-1)  # N
-        for _ in range(_REFINE_ITERATIONS):
-            jacobian = self._jacobian(observed, image_size, params)  # N×10×2
-            normal = jacobian.transpose(1, 2) @ jacobian  # N×2×2
-            gradient = (jacobian.transpose(1, 2) @ residual[..., None])[..., 0]  # N×2
-            diagonal = torch.diag_embed(torch.diagonal(normal, dim1=1, dim2=2) * damping[:, None] + _EPS)
-            step = torch.linalg.solve(normal + diagonal, gradient)  # N×2
-            candidate = torch.maximum(torch.minimum(params - step, limits), -limits)
-            new_residual = self._residuals(observed, image_size, candidate[:, 0], candidate[:, 1])
-            new_cost = new_residual.square().sum(-1)
-            better = new_cost < cost  # N
-            params = torch.where(better[:, None], candidate, params)
-            residual = torch.where(better[:, None], new_residual, residual)
-            cost = torch.where(better, new_cost, cost)
-            damping = torch.where(better, damping * _DAMPING_DOWN, damping * _DAMPING_UP)
-        return params[:, 0], params[:, 1]
+def _grid_search(
+    observed: Tensor, residuals: Residuals, yaw_limit_rad: float, pitch_limit_rad: float
+) -> tuple[Tensor, Tensor]:
+    """Best ``(yaw, pitch)`` of a regular grid for each face (``N`` each, float64)."""
+    grid_pitch, grid_yaw = torch.meshgrid(
+        _symmetric_grid(pitch_limit_rad), _symmetric_grid(yaw_limit_rad), indexing="ij"
+    )
+    grid_yaw, grid_pitch = grid_yaw.reshape(-1), grid_pitch.reshape(-1)  # G each
+    num_faces, num_poses = len(observed), len(grid_yaw)
+    pairs = observed[:, None].expand(num_faces, num_poses, *observed.shape[1:]).reshape(-1, *observed.shape[1:])
+    misfit = residuals(pairs, grid_yaw.repeat(num_faces), grid_pitch.repeat(num_faces))  # (N·G)×R
+    best = misfit.square().sum(-1).reshape(num_faces, num_poses).argmin(dim=1)  # N
+    return grid_yaw[best], grid_pitch[best]
 
-    def _jacobian(self, observed: Tensor, image_size: int, params: Tensor) -> Tensor:
-        """``N×R×2`` derivatives of the residuals by central differences."""
-        columns = []
-        for axis in range(2):
-            offset = torch.zeros_like(params)
-            offset[:, axis] = _FD_STEP_RAD
-            plus, minus = params + offset, params - offset
-            forward = self._residuals(observed, image_size, plus[:, 0], plus[:, 1])
-            backward = self._residuals(observed, image_size, minus[:, 0], minus[:, 1])
-            columns.append((forward - backward) / (2 * _FD_STEP_RAD))
-        # The solver takes steps along −(JᵀJ)⁻¹Jᵀr with J = ∂r/∂θ.
-        return torch.stack(columns, dim=-1)
+
+def _refine(
+    observed: Tensor, residuals: Residuals, yaw: Tensor, pitch: Tensor, yaw_limit_rad: float, pitch_limit_rad: float
+) -> tuple[Tensor, Tensor]:
+    """Levenberg–Marquardt on ``(yaw, pitch)`` from a starting point (``N`` each, float64)."""
+    params = torch.stack([yaw, pitch], dim=1)  # N×2
+    limits = torch.tensor([yaw_limit_rad, pitch_limit_rad], dtype=torch.float64)
+    damping = torch.full((len(observed),), _INITIAL_DAMPING, dtype=torch.float64)  # N
+    residual = residuals(observed, params[:, 0], params[:, 1])  # N×R
+    cost = residual.square().sum(-1)  # N
+    for _ in range(_REFINE_ITERATIONS):
+        jacobian = _jacobian(observed, residuals, params)  # N×R×2
+        normal = jacobian.transpose(1, 2) @ jacobian  # N×2×2
+        gradient = (jacobian.transpose(1, 2) @ residual[..., None])[..., 0]  # N×2
+        diagonal = torch.diag_embed(torch.diagonal(normal, dim1=1, dim2=2) * damping[:, None] + _EPS)
+        step = torch.linalg.solve(normal + diagonal, gradient)  # N×2
+        candidate = torch.maximum(torch.minimum(params - step, limits), -limits)
+        new_residual = residuals(observed, candidate[:, 0], candidate[:, 1])
+        new_cost = new_residual.square().sum(-1)
+        better = new_cost < cost  # N
+        params = torch.where(better[:, None], candidate, params)
+        residual = torch.where(better[:, None], new_residual, residual)
+        cost = torch.where(better, new_cost, cost)
+        damping = torch.where(better, damping * _DAMPING_DOWN, damping * _DAMPING_UP)
+    return params[:, 0], params[:, 1]
+
+
+def _jacobian(observed: Tensor, residuals: Residuals, params: Tensor) -> Tensor:
+    """``N×R×2`` derivatives of the residuals by central differences."""
+    columns = []
+    for axis in range(2):
+        offset = torch.zeros_like(params)
+        offset[:, axis] = _FD_STEP_RAD
+        plus, minus = params + offset, params - offset
+        forward = residuals(observed, plus[:, 0], plus[:, 1])
+        backward = residuals(observed, minus[:, 0], minus[:, 1])
+        columns.append((forward - backward) / (2 * _FD_STEP_RAD))
+    # The solver takes steps along −(JᵀJ)⁻¹Jᵀr with J = ∂r/∂θ.
+    return torch.stack(columns, dim=-1)
 
 
 def _eye_to_mouth(landmarks_px: Tensor) -> Tensor:

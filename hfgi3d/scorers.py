@@ -119,6 +119,18 @@ def _package_file(package: str, relative: str, scorer: str) -> Path:
     )
 
 
+def ignore_stray_sigprof() -> None:
+    """Ignore SIGPROF unless someone handles it. Measured here: after a Face Landmarker has run, a
+    later Lightning fit with an offline W&B run in the same process (the test suite; a benchmark
+    that preprocesses and fits) was killed by a SIGPROF nobody handles ("Profiling timer expired",
+    exit 155), while any handler made it pass. Its default action, ending the process, is never
+    wanted; a profiler that handles the signal is left alone."""
+    import signal
+
+    if signal.getsignal(signal.SIGPROF) == signal.SIG_DFL:
+        signal.signal(signal.SIGPROF, signal.SIG_IGN)
+
+
 def file_sha256(path: str | Path) -> str | None:
     """The sha256 of a file, or ``None`` for a spec that is no file (``tiny``, a .yaml config)."""
     path = Path(path)
@@ -146,6 +158,7 @@ def smile_scorer() -> Scorer:
         output_face_blendshapes=True,
     )
     landmarker = mp.tasks.vision.FaceLandmarker.create_from_options(options)
+    ignore_stray_sigprof()
 
     def score(images: Tensor) -> Tensor:
         values = []

@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 import torch
 
 from hfgi3d.cameras import frontal_c25, orbit_c25, orbit_cam2world, pixel_rays, yaw_pitch_of
 from hfgi3d.faces import LEFT_EYE, MOUTH_LEFT, MOUTH_RIGHT, NOSE, RIGHT_EYE
 from hfgi3d.pose import (
+    INLIER_FRACTION,
     PnPPoseEstimator,
     PoseEstimator,
     canonical_landmarks_px,
@@ -135,9 +137,16 @@ def test_smile_is_not_read_as_pitch() -> None:
 
 def test_estimator_protocol_and_errors() -> None:
     estimator: PoseEstimator = PnPPoseEstimator()
-    c25 = estimator(canonical_landmarks_px(frontal_c25(), SIZE), SIZE)
-    torch.testing.assert_close(c25, frontal_c25(), atol=1e-4, rtol=0)
+    crop = np.zeros((SIZE, SIZE, 3), np.uint8)  # five-point PnP reads only the landmarks (and the crop's side)
+    pose = estimator.estimate(crop, canonical_landmarks_px(frontal_c25(), SIZE)[0])
+    torch.testing.assert_close(pose.c25, frontal_c25(), atol=1e-4, rtol=0)
+    assert pose.estimator == "pnp5" and pose.confidence == 1.0 and pose.reprojection_px < 1e-2
+    # Points scattered ~4 % of the crop off the mean face, no pose explains them: misfit and a lower confidence.
+    scatter = torch.tensor([[20.0, -15.0], [-18.0, 12.0], [25.0, 20.0], [-22.0, -17.0], [15.0, -25.0]])
+    shifted = canonical_landmarks_px(frontal_c25(), SIZE)[0] + scatter
+    off = estimator.estimate(crop, shifted)
+    assert off.reprojection_px > INLIER_FRACTION * SIZE and off.confidence < 1.0
     with pytest.raises(ValueError, match="N×5×2"):
-        estimator(torch.zeros(5, 2), SIZE)
+        PnPPoseEstimator()(torch.zeros(5, 2), SIZE)
     with pytest.raises(ValueError, match="expression_std"):
         PnPPoseEstimator(expression_std=0.0).fit(torch.zeros(1, 5, 2), SIZE)

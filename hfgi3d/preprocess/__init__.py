@@ -16,6 +16,7 @@ Each stage has its module, with its conventions and policies in the module docst
 * :mod:`~hfgi3d.preprocess.crop` — EG3D's crop geometry (pixel coordinates, the template, roll),
   the camera, and the resampling with FFHQ's border padding;
 * :mod:`~hfgi3d.preprocess.report` — options, per-photo outcomes, ``dataset.json`` and the summary.
+* :mod:`~hfgi3d.preprocess.accuracy` — crop round trip and pose errors against EG3D's own cameras.
 
 Policies (the run):
     * Existing crops in OUT are kept unless ``overwrite`` (checked per photo, before any work);
@@ -41,7 +42,8 @@ from tqdm import tqdm
 from hfgi3d.cameras import yaw_pitch_of
 from hfgi3d.faces import make_detector
 from hfgi3d.io import write_bytes_atomic
-from hfgi3d.pose import PnPPoseEstimator, PoseEstimator
+from hfgi3d.pose import PoseEstimator
+from hfgi3d.pose_mediapipe import default_pose_estimator
 from hfgi3d.preprocess.choice import FaceChoice, detect_in_photo, select_face
 from hfgi3d.preprocess.crop import (
     DEFAULT_SIZE,
@@ -50,8 +52,9 @@ from hfgi3d.preprocess.crop import (
     CropTransform,
     align_face,
     crop_transform,
+    eg3d_crop_matrix,
     ffhq_roll_rad,
-    fit_crop_matrix,
+    pos_fit,
     transform_points,
     warp_photo,
 )
@@ -91,11 +94,12 @@ __all__ = [
     "align_face",
     "crop_transform",
     "detect_in_photo",
+    "eg3d_crop_matrix",
     "ffhq_roll_rad",
-    "fit_crop_matrix",
     "format_summary",
     "list_inputs",
     "load_photo",
+    "pos_fit",
     "preprocess",
     "select_face",
     "transform_points",
@@ -118,7 +122,8 @@ def preprocess(
         input_path: a photo, or a folder whose image files are all processed.
         output_dir: receives ``<stem>.png`` crops, ``dataset.json`` and ``preprocess_report.json``.
         options: crop size, face choice and overwrite policy (defaults: :class:`PreprocessOptions`).
-        estimator: pose from crop landmarks (default :class:`hfgi3d.pose.PnPPoseEstimator`).
+        estimator: pose from the crop (default: :func:`hfgi3d.pose_mediapipe.default_pose_estimator`, MediaPipe's
+            landmarks where mediapipe is installed, else MTCNN's five points and a note in the report).
         detector: from :func:`hfgi3d.faces.make_detector` (built on the CPU when needed and not given).
         progress: show a tqdm progress bar.
 
@@ -136,7 +141,7 @@ def preprocess(
     labels = read_labels(output_dir / DATASET_JSON)
     read_report(output_dir / REPORT_JSON)  # a stale file is refused now, not after the run
     output_dir.mkdir(parents=True, exist_ok=True)
-    estimator = PnPPoseEstimator() if estimator is None else estimator
+    notes: list[str] = []
     from_folder = input_path.is_dir()
     processed: list[ProcessedImage] = []
     skipped: list[SkippedImage] = []
@@ -166,6 +171,9 @@ def preprocess(
                     )
                 if detector is None:
                     detector = make_detector()
+                if estimator is None:
+                    estimator, missing = default_pose_estimator()
+                    notes += [missing] if missing else []
                 entry, c25 = _process_photo(path, output_dir / name, detector, estimator, options)
                 processed.append(entry)
                 labels[name] = [float(v) for v in c25[0].tolist()]
@@ -175,7 +183,9 @@ def preprocess(
                 message = f"unexpected {type(error).__name__} on {path.name}: {error} (please report this)"
                 skipped.append(SkippedImage(str(path), "internal_error", message))
     finally:
-        report = PreprocessReport(str(input_path), str(output_dir), options, tuple(processed), tuple(skipped))
+        report = PreprocessReport(
+            str(input_path), str(output_dir), options, tuple(processed), tuple(skipped), tuple(notes)
+        )
         write_labels(output_dir / DATASET_JSON, labels)
         write_report(output_dir / REPORT_JSON, report)
     return report
@@ -205,7 +215,7 @@ def _process_photo(
         error.notes = photo.notes
         raise
     face = align_face(photo.pixels, detections.landmarks[choice.detection], options.size, estimator)
-    yaw, pitch = (float(angle[0]) for angle in yaw_pitch_of(face.c25[:, :16].reshape(-1, 4, 4)))
+    yaw, pitch = (float(angle[0]) for angle in yaw_pitch_of(face.pose.c25[:, :16].reshape(-1, 4, 4)))
     _write_png(output_path, face.pixels)
     entry = ProcessedImage(
         input=str(path),
@@ -215,13 +225,15 @@ def _process_photo(
         face_score=float(detections.scores[choice.detection]),
         yaw_rad=yaw,
         pitch_rad=pitch,
-        residual_px=face.residual_px,
+        pose_estimator=face.pose.estimator,
+        pose_confidence=face.pose.confidence,
+        reprojection_px=face.pose.reprojection_px,
         magnification=face.magnification,
         padded_fraction=face.padded_fraction,
         notes=photo.notes,
         warnings=(*choice.warnings, *quality_warnings(face, yaw, pitch, options.size)),
     )
-    return entry, face.c25
+    return entry, face.pose.c25
 
 
 def _check_output_dir(input_path: Path, output_dir: Path) -> None:

@@ -18,20 +18,24 @@ Convention (the crop):
 
     Implemented here, as one similarity ``photo px → crop px``:
 
-    * rotation: the face's FFHQ quad x axis (above) is turned onto the template's (level within
-      0.08°) — the roll removal EG3D's training crops have (and its in-the-wild script lacks).
-      The axis averages the eye line and the normal of the eye–mouth line, so on a turned face,
-      whose mouth shifts sideways against the eyes, the eye line stays level to ~1° (yaw 0.3 rad);
-    * scale and shift: least squares (rotation fixed) of the five MTCNN landmarks onto the
-      canonical 3D landmarks of :mod:`hfgi3d.pose` *projected by the face's own camera*: first
-      the frontal camera, then the camera estimated from that crop. This is the role ``POS``
-      plays in ``align_img`` (an orthographic 3D fit, so a turned face is not re-scaled by its
-      foreshortening), done with EG3D's perspective camera so that crop and camera agree: a
-      face shaped like the mean face lands exactly where its camera label projects it. For a
-      frontal face the template is eyes ``(186.6, 186.3)``, ``(324.0, 186.5)``, nose
-      ``(256.3, 261.0)``, mouth ``(199.2, 335.7)``, ``(311.0, 335.7)`` px at 512² (scales with
-      ``size``), ~1 % larger and ~5 px higher than ``align_img``'s (see
-      :func:`hfgi3d.pose.canonical_landmarks_world`);
+    * rotation: the face's FFHQ quad x axis (above) is turned level — the roll removal EG3D's
+      training crops have (and its in-the-wild script lacks). The axis averages the eye line and
+      the normal of the eye–mouth line, so on a turned face, whose mouth shifts sideways against
+      the eyes, the eye line stays level to ~1° (yaw 0.3 rad);
+    * scale and shift: ``align_img`` itself (:func:`pos_fit`, :func:`eg3d_crop_matrix`): the
+      levelled landmarks are fitted by an orthographic projection of the Basel mean face's five
+      points (:data:`hfgi3d.pose.LANDMARKS_BFM_DM`; Deep3DFaceRecon's ``POS``: an affine 3D → 2D
+      map by least squares, of which only the scale, the mean norm of its two rows, and the
+      image of the model's origin are kept); the photo is scaled to :data:`RESCALE_FACTOR` px per
+      decimetre, cut :data:`TARGET_SIZE`² around that origin, centre-cropped to
+      :data:`CENTRE_CROP_SIZE`² and resized to ``size``². ``align_img`` measures ``y`` upwards
+      from ``H − 1 − y`` and floors the crop box to whole pixels; both are kept as the half-pixel
+      offsets they amount to (the floor on average; the half photo pixels grow with the
+      enlargement). In a photo at the crop's own scale a frontal mean face's five points land at
+      eyes ``(187.9, 191.7)``, ``(324.3, 191.7)``, nose ``(257.1, 265.5)``, mouth
+      ``(201.1, 339.1)``, ``(311.0, 339.0)`` px at 512² (scale with ``size``); a photo that is
+      already an EG3D crop comes back with its landmarks where they were (``benchmarks/pose_accuracy.py``
+      measures the round trip on crops made by EG3D's scripts);
     * output ``size × size`` (default 512), pixel centres at integers as in :mod:`hfgi3d.faces`,
       resampled by kornia's ``warp_affine``: bicubic when enlarging; when shrinking, the photo is
       first resized with antialiasing to the crop's scale (FFHQ's "shrink" step), then read
@@ -41,12 +45,11 @@ Convention (the crop):
       and, farther out, towards the median colour of the crop's in-photo pixels — FFHQ's padding
       recipe (ramp 30 % of the crop, blur also 10 % inside the border), not bit-exact.
 
-    Only the pose comes from the aligned crop (:class:`hfgi3d.pose.PnPPoseEstimator`, or any
-    :class:`hfgi3d.pose.PoseEstimator`); the camera is an orbit camera ``orbit_c25(yaw, pitch)``,
-    which has no roll. Seen from an orbit camera that is turned *and* raised or lowered, an upright
-    head's eye line is not level (1.9° at yaw 0.3, pitch 0.1 rad; 6.8° at yaw 0.5, pitch 0.25), so
-    a levelled crop of such a face disagrees with its camera by that in-plane rotation (the pose
-    fit ignores it: roll is one of its nuisances). EG3D's own labels carry that roll; ours cannot.
+    The camera comes from the aligned crop (:mod:`hfgi3d.pose`, :mod:`hfgi3d.pose_mediapipe`): an
+    orbit camera ``orbit_c25(yaw, pitch)``, which has no roll. Seen from an orbit camera that is
+    turned *and* raised or lowered, an upright head's eye line is not level (1.9° at yaw 0.3,
+    pitch 0.1 rad; 6.8° at yaw 0.5, pitch 0.25), so a levelled crop of such a face disagrees with
+    its camera by that in-plane rotation. EG3D's own labels carry that roll; ours cannot.
 """
 
 from __future__ import annotations
@@ -61,19 +64,22 @@ from kornia.filters import gaussian_blur2d
 from kornia.geometry.transform import warp_affine
 from torch import Tensor
 
-from hfgi3d.cameras import frontal_c25
 from hfgi3d.faces import LEFT_EYE, MOUTH_LEFT, MOUTH_RIGHT, NUM_LANDMARKS, RIGHT_EYE
-from hfgi3d.pose import PnPPoseEstimator, PoseEstimator, canonical_landmarks_px
+from hfgi3d.pose import LANDMARKS_BFM_DM, PnPPoseEstimator, PoseEstimate, PoseEstimator
 
 DEFAULT_SIZE = 512
 """Side of the crops, pixels: EG3D's FFHQ models are 512²."""
-POSE_ITERATIONS = 1
-"""Crop re-fits to the template seen from the estimated camera (one is enough: the PnP is invariant to the
-crop's scale, shift and roll, so its estimate does not change when the crop is re-fitted)."""
+TARGET_SIZE = 1024
+"""``align_img``'s ``target_size`` in EG3D's cropping scripts: the square cut around the face, pixels."""
+RESCALE_FACTOR = 300.0
+"""``align_img``'s ``rescale_factor``: pixels per decimetre of the mean face in the ``TARGET_SIZE`` image."""
+CENTRE_CROP_SIZE = 700
+"""EG3D's ``center_crop_size``: the centre of the ``TARGET_SIZE`` image that is resized to the output."""
 BORDER_BLUR_SIGMA = 0.02  # × size: FFHQ blurs the padding with σ = 0.02 · quad size
 BORDER_RAMP = 0.3  # × size: FFHQ's padding width; fully median-coloured this far outside the photo
 _BLUR_INSIDE_RATIO = 3.0  # the blur ramp starts BORDER_RAMP / 3 inside the photo, as FFHQ's ``mask * 3 + 1``
 _MAX_8BIT = 255.0
+_HALF_PIXEL = 0.5
 
 
 # ----------------------------------------------------------------------------------------------
@@ -97,23 +103,46 @@ def ffhq_roll_rad(landmarks_px: Tensor) -> Tensor:
     return torch.atan2(axis[:, 1], axis[:, 0])
 
 
-def fit_crop_matrix(landmarks_px: Tensor, template_px: Tensor, roll_rad: Tensor) -> Tensor:
-    """``N×2×3`` maps ``photo px → crop px``: rotate by ``−roll``, then the least-squares scale and shift.
+def pos_fit(landmarks_px: Tensor) -> tuple[Tensor, Tensor]:
+    """Deep3DFaceRecon's ``POS``: the orthographic fit of the Basel mean face's five points to ``N×5×2`` landmarks.
+
+    Each image axis is fitted separately, ``x_k = a·X_k + t_x`` and ``y_k = b·X_k + t_y`` (``X_k`` the
+    3D points in decimetres, ``a``, ``b`` free 3-vectors), by least squares.
+
+    Returns:
+        ``N×2`` image of the model's origin ``(t_x, t_y)``, pixels, and ``N`` scales
+        ``(‖a‖ + ‖b‖) / 2``, pixels per decimetre.
+    """
+    model_dm = torch.tensor(LANDMARKS_BFM_DM, dtype=torch.float64)  # 5×3
+    design = torch.cat([model_dm, torch.ones(NUM_LANDMARKS, 1, dtype=torch.float64)], dim=1)  # 5×4
+    coefficients = torch.linalg.pinv(design) @ landmarks_px.to(torch.float64)  # N×4×2: rows a (or b), then t
+    scale = torch.linalg.vector_norm(coefficients[:, :3], dim=1).mean(dim=1)  # N
+    return coefficients[:, 3], scale
+
+
+def eg3d_crop_matrix(landmarks_px: Tensor, size: int, roll_rad: Tensor) -> Tensor:
+    """``N×2×3`` maps ``photo px → crop px`` of ``align_img`` (module docstring) after levelling by ``−roll``.
 
     Args:
-        landmarks_px: ``N×K×2`` points in the photo.
-        template_px: ``N×K×2`` (or ``K×2``) target points in the crop.
-        roll_rad: ``N`` roll of each face (:func:`ffhq_roll_rad`).
+        landmarks_px: ``N×5×2`` points in the photo.
+        size: side of the square crop, pixels.
+        roll_rad: ``N`` roll of each face (:func:`ffhq_roll_rad`); the crop turns by its negative.
     """
     cos, sin = torch.cos(roll_rad), torch.sin(roll_rad)  # N each
     rotation = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)  # N×2×2, by −roll
-    rotated = landmarks_px @ rotation.transpose(1, 2)  # N×K×2
-    template = template_px.to(rotated).expand_as(rotated)
-    rotated_mean, template_mean = rotated.mean(dim=1), template.mean(dim=1)  # N×2
-    rotated_c, template_c = rotated - rotated_mean[:, None], template - template_mean[:, None]
-    scale = (rotated_c * template_c).sum(dim=(1, 2)) / rotated_c.square().sum(dim=(1, 2))  # N
-    translation = template_mean - scale[:, None] * rotated_mean  # N×2
-    return torch.cat([scale[:, None, None] * rotation, translation[..., None]], dim=-1)
+    levelled = landmarks_px.to(torch.float64) @ rotation.transpose(1, 2)  # N×5×2
+    origin, scale_px_per_dm = pos_fit(levelled)
+    resize = RESCALE_FACTOR / scale_px_per_dm  # N: photo px → TARGET_SIZE-image px
+    # In the TARGET_SIZE image the origin sits at the centre, shifted by align_img's pixel conventions:
+    # +½ photo px in x and −½ in y (y is measured from H − 1), +½ px of the floored crop box.
+    flip = torch.tensor([_HALF_PIXEL, -_HALF_PIXEL], dtype=torch.float64)
+    centre = TARGET_SIZE / 2 + _HALF_PIXEL + resize[:, None] * flip  # N×2, target px, pixel-edge coordinates
+    to_output = size / CENTRE_CROP_SIZE  # target px → crop px, about the centre crop
+    linear = (to_output * resize)[:, None, None] * rotation  # N×2×2
+    # crop_px = to_output · (resize · (levelled − origin) + centre − (TARGET − CENTRE_CROP) / 2) − ½
+    margin = (TARGET_SIZE - CENTRE_CROP_SIZE) / 2
+    shift = to_output * (centre - margin - resize[:, None] * origin) - _HALF_PIXEL  # N×2
+    return torch.cat([linear, shift[..., None]], dim=-1)
 
 
 def transform_points(matrix: Tensor, points: Tensor) -> Tensor:
@@ -122,31 +151,21 @@ def transform_points(matrix: Tensor, points: Tensor) -> Tensor:
 
 
 class CropTransform(NamedTuple):
-    """Where a face's crop is cut and the camera that sees it."""
+    """Where a face's crop is cut."""
 
     matrix: Tensor
     """``N×2×3`` photo px → crop px."""
-    c25: Tensor
-    """``N×25`` camera labels of the crops."""
     landmarks_px: Tensor
     """``N×5×2`` landmarks in the crop."""
 
 
-def crop_transform(landmarks_px: Tensor, size: int, estimator: PoseEstimator) -> CropTransform:
-    """The EG3D crop (module docstring) and camera of ``N×5×2`` photo landmarks, for ``size × size`` crops."""
+def crop_transform(landmarks_px: Tensor, size: int = DEFAULT_SIZE) -> CropTransform:
+    """The EG3D crop (module docstring) of ``N×5×2`` photo landmarks, for ``size × size`` crops (float64)."""
     if landmarks_px.ndim != 3 or landmarks_px.shape[1:] != (NUM_LANDMARKS, 2):
         raise ValueError(f"expected N×{NUM_LANDMARKS}×2 landmarks, got shape {tuple(landmarks_px.shape)}")
     landmarks = landmarks_px.to(torch.float64)
-    template = canonical_landmarks_px(frontal_c25().to(torch.float64), size)  # 1×5×2
-    # FFHQ's axis of the template itself is 0.08° off horizontal (the mean face is not quite symmetric):
-    # turning the face's axis onto the template's lets a face shaped like the template land exactly on it.
-    roll = ffhq_roll_rad(landmarks) - ffhq_roll_rad(template)  # N
-    matrix = fit_crop_matrix(landmarks, template, roll)
-    for _ in range(POSE_ITERATIONS):
-        c25 = estimator(transform_points(matrix, landmarks), size)
-        matrix = fit_crop_matrix(landmarks, canonical_landmarks_px(c25.to(torch.float64), size), roll)
-    aligned = transform_points(matrix, landmarks)
-    return CropTransform(matrix, estimator(aligned, size), aligned)
+    matrix = eg3d_crop_matrix(landmarks, size, ffhq_roll_rad(landmarks))
+    return CropTransform(matrix, transform_points(matrix, landmarks))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -254,13 +273,12 @@ class AlignedFace(NamedTuple):
 
     pixels: np.ndarray
     """``size×size×3`` uint8 RGB."""
-    c25: Tensor
-    """``1×25`` camera label."""
     landmarks_px: Tensor
     """``5×2`` landmarks in the crop."""
     matrix: Tensor
     """``2×3`` photo px → crop px."""
-    residual_px: float
+    pose: PoseEstimate
+    """The camera (``pose.c25``, ``1×25``), which estimator gave it, its confidence and reprojection error."""
     magnification: float
     padded_fraction: float
 
@@ -274,19 +292,18 @@ def align_face(
         pixels: the photo.
         landmarks_px: MTCNN's five points, order of :data:`hfgi3d.faces.LANDMARK_NAMES`.
         size: crop side, pixels.
-        estimator: pose from crop landmarks (default :class:`hfgi3d.pose.PnPPoseEstimator`).
+        estimator: pose from the crop (default :class:`hfgi3d.pose.PnPPoseEstimator`;
+            :func:`hfgi3d.pose_mediapipe.default_pose_estimator` picks the most accurate installed one).
     """
     estimator = PnPPoseEstimator() if estimator is None else estimator
-    transform = crop_transform(landmarks_px[None], size, estimator)
+    transform = crop_transform(landmarks_px[None], size)
     crop = warp_photo(pixels, transform.matrix[0], size)
-    expected = canonical_landmarks_px(transform.c25.to(torch.float64), size)  # 1×5×2
-    residual = float((transform.landmarks_px - expected).square().sum(-1).mean().sqrt())
+    aligned = transform.landmarks_px[0].float()
     return AlignedFace(
         pixels=crop.pixels,
-        c25=transform.c25.float(),
-        landmarks_px=transform.landmarks_px[0].float(),
+        landmarks_px=aligned,
         matrix=transform.matrix[0].float(),
-        residual_px=residual,
+        pose=estimator.estimate(crop.pixels, aligned),
         magnification=crop.magnification,
         padded_fraction=crop.padded_fraction,
     )

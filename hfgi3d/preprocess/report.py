@@ -33,9 +33,14 @@ WARN_PADDED_FRACTION = 0.2
 """The report warns when more than this fraction of the crop lies outside the photo."""
 WARN_YAW_RAD = 0.8
 WARN_PITCH_RAD = 0.5
-WARN_RESIDUAL = 0.05
-"""× size: the report warns when the landmarks miss the posed mean face by more (RMS): a broad smile reaches
-~0.03 (the astronaut photo: 16 px at 512²); beyond are grimaces, occlusions and false detections."""
+WARN_REPROJECTION = 0.025
+"""× size: the report warns that the pose is uncertain when the landmarks miss the posed 3D face by more (RMS
+after the framing fit; 12.8 px at 512²). On EG3D's own crops (``tests/data/eg3d_cameras``) MediaPipe's
+landmarks miss its mean face by 3–8 px, MTCNN's five miss the five-point one by 0.3–3 px; beyond are
+grimaces, occlusions, unusual faces and false detections."""
+WARN_CONFIDENCE = 0.25
+"""The report also warns when fewer than this share of the landmarks lie within 1 % of the crop side of the
+posed face (:attr:`hfgi3d.pose.PoseEstimate.confidence`; 0.36–0.94 on the crops above for MediaPipe)."""
 _JSON_INDENT = 1
 
 SkipCode = Literal[
@@ -96,8 +101,12 @@ class ProcessedImage:
     face_score: float
     yaw_rad: float
     pitch_rad: float
-    residual_px: float
-    """RMS distance between the crop's landmarks and the mean face seen from the estimated camera."""
+    pose_estimator: str
+    """Which estimator gave the camera (``"mediapipe"``, or ``"pnp5"``: five MTCNN points)."""
+    pose_confidence: float
+    """Share of the estimator's landmarks that its posed 3D face explains (:class:`hfgi3d.pose.PoseEstimate`)."""
+    reprojection_px: float
+    """RMS distance between the estimator's landmarks and its posed 3D face, crop pixels."""
     magnification: float
     """Crop pixels per photo pixel."""
     padded_fraction: float
@@ -125,12 +134,15 @@ class PreprocessReport:
     options: PreprocessOptions
     processed: tuple[ProcessedImage, ...] = ()
     skipped: tuple[SkippedImage, ...] = ()
+    notes: tuple[str, ...] = ()
+    """About the whole run (e.g. which pose estimator was missing)."""
 
     def to_json(self) -> dict[str, object]:
         return {
             "input": self.input,
             "output_dir": self.output_dir,
             "options": asdict(self.options),
+            "notes": list(self.notes),
             "num_processed": len(self.processed),
             "num_skipped": len(self.skipped),
             "processed": [asdict(entry) for entry in self.processed],
@@ -208,13 +220,15 @@ def quality_warnings(face: AlignedFace, yaw: float, pitch: float, size: int) -> 
         )
     if abs(yaw) > WARN_YAW_RAD or abs(pitch) > WARN_PITCH_RAD:
         warnings.append(
-            f"extreme pose (yaw {yaw:+.2f}, pitch {pitch:+.2f} rad): five landmarks are unreliable here; "
+            f"extreme pose (yaw {yaw:+.2f}, pitch {pitch:+.2f} rad): landmarks are unreliable here; "
             "pass the camera yourself if you know it"
         )
-    if face.residual_px > WARN_RESIDUAL * size:
+    pose = face.pose
+    if pose.reprojection_px > WARN_REPROJECTION * size or pose.confidence < WARN_CONFIDENCE:
         warnings.append(
-            f"the landmarks fit the posed mean face poorly ({face.residual_px:.1f} px RMS): unusual expression, "
-            "occlusion or a false detection — check the crop"
+            f"the pose is uncertain: {pose.estimator}'s landmarks miss the posed 3D face by {pose.reprojection_px:.1f} "
+            f"px RMS ({pose.confidence:.0%} within 1 % of the crop) — unusual face or expression, occlusion or a "
+            "false detection; check the crop, or pass the camera yourself"
         )
     return warnings
 
@@ -224,7 +238,8 @@ def format_summary(report: PreprocessReport) -> str:
     total = len(report.processed) + len(report.skipped)
     lines = [
         f"preprocess: {len(report.processed)} of {total} photo(s) aligned into {report.output_dir} "
-        f"({DATASET_JSON}, {REPORT_JSON})"
+        f"({DATASET_JSON}, {REPORT_JSON})",
+        *(f"note: {note}" for note in report.notes),
     ]
     if report.skipped:
         lines.append(f"skipped {len(report.skipped)}:")
