@@ -220,10 +220,11 @@ def _run(argv: list[str]) -> int:
     texture.add_argument("--overwrite", action="store_true", help="replace an existing texture edit of that name")
     texture.set_defaults(run=_edit_texture)
 
-    args, unknown = parser.parse_known_args(argv)
-    if unknown and args.command != "edit-texture":
-        raise InputError(f"unrecognized arguments: {' '.join(unknown)}")
-    args.fit_args = unknown
+    if argv and argv[0] == "edit-texture":  # what follows its own options is passed on to fit
+        args, fit_args = parser.parse_known_args(argv)
+        args.fit_args = fit_args
+    else:
+        args = parser.parse_args(argv)
     return int(args.run(args))
 
 
