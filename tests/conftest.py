@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import platform
+from collections.abc import Iterator
 
 import numpy
+import pytest
 import torch
 import torchvision
 
@@ -15,3 +17,14 @@ def pytest_report_header() -> list[str]:
         f"{torch.get_num_threads()} threads), torchvision {torchvision.__version__}, numpy {numpy.__version__}, "
         f"{platform.machine()}"
     ]
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): MTCNN's
+    and the pose fits' thousands of tiny ops gain nothing from threads, and on a busy CPU OpenMP's
+    waiting threads slow them ~10×."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -34,13 +33,7 @@ SMILE_PITCH_RAD = 0.02  # the expression terms keep a smiling frontal face front
 RIGID_SMILE_PITCH_RAD = 0.1  # ... which the rigid mean face misreads by more than this (measured 0.147)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Thousands of tiny solves gain nothing from threads; on a busy CPU OpenMP's waiting threads slow them ~10×."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _yaw_pitch(c25: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,13 +36,7 @@ BFM_PLACEMENT_DM = 0.03  # the mesh's five points land within this of the Basel 
 SYNTHETIC_RAD = 2e-3  # the fit recovers the pose of its own projected mesh
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """MTCNN's and the fits' many tiny ops gain nothing from threads; on a busy CPU waiting threads slow them ~10×."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
