@@ -128,6 +128,11 @@ def _run(argv: list[str]) -> int:
     preprocess.add_argument(
         "--min-face-px", type=int, default=64, help="ignore faces smaller than this in the photo (default 64)"
     )
+    preprocess.add_argument(
+        "--pose-estimator", choices=("auto", "mediapipe", "pnp5"), default="auto",
+        help="auto (default): MediaPipe's Face Landmarker where installed (hfgi3d[editing]), else pnp5; "
+        "mediapipe: insist on it; pnp5: five MTCNN points on a mean face (README: accuracy table)",
+    )  # fmt: skip
     preprocess.add_argument("--overwrite", action="store_true", help="replace crops that already exist in OUTPUT")
     preprocess.add_argument(
         "--device",
@@ -321,7 +326,10 @@ def _edit_texture(args: argparse.Namespace) -> int:
 
 def _preprocess(args: argparse.Namespace) -> int:
     from hfgi3d.faces import make_detector
+    from hfgi3d.pose import PnPPoseEstimator, PoseEstimator
+    from hfgi3d.pose_mediapipe import make_mediapipe_estimator, mediapipe_available
     from hfgi3d.preprocess import PreprocessOptions, format_summary, preprocess
+    from hfgi3d.scorers import EDITING_INSTALL
 
     options = PreprocessOptions(
         size=args.size,
@@ -330,6 +338,15 @@ def _preprocess(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         min_face_px=args.min_face_px,
     )
-    report = preprocess(args.input, args.output, options, detector=make_detector(args.device), progress=True)
+    estimator: PoseEstimator | None = None  # auto: preprocess picks, and notes a missing MediaPipe in its report
+    if args.pose_estimator == "pnp5":
+        estimator = PnPPoseEstimator()
+    elif args.pose_estimator == "mediapipe":
+        if not mediapipe_available():
+            raise InputError(f"--pose-estimator mediapipe needs MediaPipe: {EDITING_INSTALL}")
+        estimator = make_mediapipe_estimator()
+    report = preprocess(
+        args.input, args.output, options, detector=make_detector(args.device), progress=True, estimator=estimator
+    )
     print(format_summary(report))
     return 0 if report.processed else 2

