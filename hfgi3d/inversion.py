@@ -470,7 +470,9 @@ class InversionModule(L.LightningModule):
         render = self._render(ws, c25)
         losses = self._terms(render, batch["image"], None, self._target("input", batch["image"]))
         camera_only = refining and step < hp.camera_warmup_steps  # the latent waits (Adam skips it: no grad)
-        self._optimize(STAGES.index(ESTIMATE), losses["loss"], ESTIMATE, step, keep=() if camera_only else None)
+        self._optimize(
+            STAGES.index(ESTIMATE), losses["loss"], ESTIMATE, step, frozen=(self.latent,) if camera_only else ()
+        )
         if refining:
             yaw, pitch, roll = self.camera_angles.detach()
             losses = {**losses, "camera_yaw_rad": yaw, "camera_pitch_rad": pitch, "camera_roll_rad": roll}
@@ -583,9 +585,9 @@ class InversionModule(L.LightningModule):
                 prepared.append(self.lpips.prepare(batch[image_key], None if mask_key is None else batch[mask_key]))
         return prepared
 
-    def _optimize(self, index: int, loss: Tensor, stage: str, step: int, keep: Sequence[Tensor] | None = None) -> None:
-        """Backward ``loss`` and step optimizer ``index`` and its scheduler. With ``keep``, only those
-        parameters (plus the camera's) move: the others' gradients are dropped, so Adam skips them."""
+    def _optimize(self, index: int, loss: Tensor, stage: str, step: int, frozen: Sequence[Tensor] = ()) -> None:
+        """Backward ``loss`` and step optimizer ``index`` and its scheduler; the ``frozen`` parameters'
+        gradients are dropped first, so Adam leaves them (and their moments) as they are."""
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite loss ({loss.item()}) in stage '{stage}' at step {step}; "
@@ -597,12 +599,8 @@ class InversionModule(L.LightningModule):
         assert isinstance(scheduler, LambdaLR)
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        if keep is not None:
-            kept = {id(p) for p in (*keep, self.camera_angles, self.camera_translation)}
-            for group in optimizer.param_groups:
-                for parameter in group["params"]:
-                    if id(parameter) not in kept:
-                        parameter.grad = None
+        for parameter in frozen:
+            parameter.grad = None
         optimizer.step()
         scheduler.step()
 
