@@ -1,0 +1,137 @@
+"""StackedGenerator: N copies of a generator in one call give what N separate generators give."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from hfgi3d.cameras import orbit_c25
+from hfgi3d.generator import TriPlaneGenerator, tiny_config
+from hfgi3d.generator.stacked import StackedGenerator
+
+COUNT = 3
+CAMERAS = 2
+
+
+@pytest.fixture(scope="module")
+def copies() -> list[TriPlaneGenerator]:
+    """Three tiny generators that differ in every weight (as three tuned photos would)."""
+    torch.manual_seed(0)
+    base = TriPlaneGenerator(tiny_config()).train()
+    generators = []
+    for index in range(COUNT):
+        generator = copy.deepcopy(base)
+        with torch.no_grad():
+            for parameter in generator.parameters():
+                parameter.add_(0.05 * index * torch.randn_like(parameter))
+        generators.append(generator)
+    return generators
+
+
+def _stack(generators: list[TriPlaneGenerator], photos_per_call: int = COUNT) -> StackedGenerator:
+    stacked = StackedGenerator(generators[0], len(generators), photos_per_call)
+    for index, generator in enumerate(generators):
+        stacked.load_generator(index, generator)
+    return stacked
+
+
+def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    ws = torch.randn(COUNT, 1, 512, generator=torch.Generator().manual_seed(1)).expand(-1, 8, -1).contiguous()
+    yaw = torch.linspace(-0.3, 0.3, COUNT * CAMERAS)
+    cameras = orbit_c25(yaw, 0.1 * yaw).reshape(COUNT, CAMERAS, 25)
+    return ws, cameras
+
+
+def _single(generator: TriPlaneGenerator, ws: torch.Tensor, cameras: torch.Tensor) -> dict[str, torch.Tensor]:
+    planes = generator.planes(ws[None])
+    k = len(cameras)
+    return generator.render(planes.expand(k, -1, -1, -1, -1), ws[None].expand(k, -1, -1), cameras)
+
+
+@pytest.mark.parametrize("photos_per_call", [COUNT, 2, 1])
+def test_one_call_renders_what_each_generator_renders(copies: list[TriPlaneGenerator], photos_per_call: int) -> None:
+    stacked = _stack(copies, photos_per_call)
+    ws, cameras = _inputs()
+    torch.manual_seed(5)  # ray jitter on: every photo draws the jitter a single run from this seed draws
+    out = stacked.synthesis(ws, cameras)
+    assert out["image"].shape == (COUNT, CAMERAS, 3, 128, 128)
+    after = torch.rand(())  # the call leaves the random state where one photo's rendering leaves it
+    for index, generator in enumerate(copies):
+        torch.manual_seed(5)
+        single = _single(generator, ws[index], cameras[index])
+        assert torch.rand(()) == after
+        for key in ("image", "image_depth", "image_raw"):
+            torch.testing.assert_close(out[key][index], single[key], atol=2e-5, rtol=1e-4, msg=key)
+    # The copies differ, so equality above is not an artefact of identical weights.
+    assert (out["image"][0] - out["image"][2]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("photos_per_call", [COUNT, 1])
+def test_gradients_stay_in_each_photos_slice(copies: list[TriPlaneGenerator], photos_per_call: int) -> None:
+    stacked = _stack(copies, photos_per_call)
+    ws, cameras = _inputs()
+    ws = ws.requires_grad_(True)
+    torch.manual_seed(5)
+    out = stacked.synthesis(ws, cameras)
+    weights = torch.tensor([1.0, 2.0, 3.0]).reshape(-1, 1, 1, 1, 1)
+    (out["image"].square() * weights).mean(dim=(1, 2, 3, 4)).sum().backward()
+    for index, generator in enumerate(copies):
+        generator.zero_grad(set_to_none=True)
+        ws_single = ws.detach()[index].clone().requires_grad_(True)
+        torch.manual_seed(5)
+        image = _single(generator, ws_single, cameras[index])["image"]
+        ((index + 1.0) * image.square().mean()).backward()
+        assert ws.grad is not None and ws_single.grad is not None
+        torch.testing.assert_close(ws.grad[index], ws_single.grad, atol=1e-6, rtol=1e-4)
+        for name, parameter in generator.named_parameters():
+            grad = stacked.weights[name.replace(".", "__")].grad
+            if parameter.grad is None:  # unused in this rendering mode (the super-resolution noise)
+                assert grad is None or grad[index].abs().max() == 0, name
+                continue
+            assert grad is not None, name
+            torch.testing.assert_close(grad[index], parameter.grad, atol=1e-6, rtol=1e-3, msg=name)
+
+
+def test_one_adam_over_the_stack_steps_each_photo_as_its_own_adam(copies: list[TriPlaneGenerator]) -> None:
+    """Given the same gradients, one Adam over the stacked weights moves each slice exactly as a
+    separate Adam moves its generator. (Gradients themselves agree to fp32 rounding, tested above;
+    Adam divides by sqrt(v), which magnifies rounding where a gradient is near zero, so a whole fit
+    is compared with a tolerance that allows for it.)"""
+    stacked = _stack(copies)
+    singles = [copy.deepcopy(generator) for generator in copies]
+    adam = torch.optim.Adam(stacked.parameters(), lr=0.01)
+    adams = [torch.optim.Adam(generator.parameters(), lr=0.01) for generator in singles]
+    noise = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        for index, generator in enumerate(singles):
+            for name, parameter in generator.named_parameters():
+                parameter.grad = torch.randn(parameter.shape, generator=noise) * 10.0 ** torch.randint(
+                    -9, 0, (), generator=noise
+                )
+                grad = stacked.weights[name.replace(".", "__")]
+                if grad.grad is None:
+                    grad.grad = torch.zeros_like(grad)
+                grad.grad[index] = parameter.grad
+        adam.step()
+        adam.zero_grad(set_to_none=True)
+        for optimizer in adams:
+            optimizer.step()
+    for index, generator in enumerate(singles):
+        moved = stacked.generator(index)
+        for (name, expected), actual in zip(generator.named_parameters(), moved.parameters(), strict=True):
+            torch.testing.assert_close(actual, expected, atol=1e-7, rtol=1e-6, msg=name)
+            assert not torch.equal(expected, copies[index].get_parameter(name)), name
+
+
+def test_a_copy_comes_out_as_a_generator_and_modes_follow(copies: list[TriPlaneGenerator]) -> None:
+    stacked = _stack(copies)
+    out = stacked.generator(1)
+    assert isinstance(out, TriPlaneGenerator) and out.training
+    for (name, expected), actual in zip(copies[1].state_dict().items(), out.state_dict().values(), strict=True):
+        assert torch.equal(actual, expected), name
+    stacked.eval()
+    assert not stacked._template[0].training and not stacked.generator(0).training
+    with pytest.raises(ValueError, match="at least one"):
+        StackedGenerator(copies[0], 0)
