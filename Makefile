@@ -43,7 +43,7 @@ format: $(STAMP)  ## apply ruff's fixes and formatting
 demo: $(STAMP)  ## invert the bundled sample photo with the tiny generator (configs/demo.yaml) into outputs/demo
 	$(BIN)/python -m hfgi3d fit --config configs/hfgi3d.yaml --config configs/demo.yaml --output_dir outputs/demo --overwrite
 
-benchmark: $(STAMP)  ## the paper's protocol: HFGI3D_CELEBAHQ=DIR HFGI3D_EG3D=ffhq512-128.pkl [BENCHMARK_ARGS="--accelerator gpu --devices 8 --wandb GROUP"]
+benchmark: $(STAMP)  ## the paper's protocol: HFGI3D_CELEBAHQ=DIR HFGI3D_EG3D=ffhq512-128.pkl [BENCHMARK_ARGS="--accelerator gpu --devices 8 --batch-size 8 --wandb GROUP"]
 	$(BIN)/python -m hfgi3d.benchmarks celeba --out benchmarks/results/celeba $(BENCHMARK_ARGS)
 
 benchmark-synthetic: $(STAMP)  ## ground-truth benchmark, CI size (tiny generator, 3 images × 5 methods, CPU) into benchmarks/results/synthetic-ci

@@ -5,8 +5,12 @@ input-view ``{stage}/psnr``, ``{stage}/ssim`` and ``{stage}/lpips`` (AlexNet) of
 latent and generator. When the fit ends it runs :func:`hfgi3d.metrics.evaluation.evaluate`,
 writes ``metrics.json`` to the output folder and logs every number as ``eval/<metric>`` to each
 attached logger (CSV, TensorBoard, W&B, …). With a W&B logger it also puts them in the run
-summary and logs a one-row ``wandb.Table`` (``eval/table``: image id, every metric, runtime,
-peak GPU memory) so a benchmark group can be sorted and filtered as one table.
+summary and logs a ``wandb.Table`` (``eval/table``: image id, every metric, runtime, peak GPU
+memory) so a benchmark group can be sorted and filtered as one table.
+
+A batch of photos gets one ``metrics.json`` per photo folder and one table row per photo; the
+logged ``{stage}/psnr|ssim|lpips`` and ``eval/<metric>`` are then means over the batch's photos,
+and ``seconds`` is the batch's time (shared by its photos). A dropped photo has no metrics.
 """
 
 from __future__ import annotations
@@ -64,7 +68,9 @@ class Evaluation(L.Callback):
         self._started = 0.0
         self._seconds_before = 0.0  # fit time of the segments before a resume
         self.metrics: dict[str, Any] | None = None
-        """The last evaluation's ``metrics.json`` content (``None`` before the fit ends)."""
+        """The last evaluation's ``metrics.json`` content (``None`` before the fit ends, and for batches)."""
+        self.rows: list[dict[str, Any]] = []
+        """Every evaluated photo's ``metrics.json`` content, in batch order."""
 
     # Lightning hooks ----------------------------------------------------------------------
 
@@ -97,13 +103,14 @@ class Evaluation(L.Callback):
         image, c25 = datamodule.image.to(module.device), module.input_camera()  # as being refined, in stage 1
         was_training = module.G.training
         module.G.eval()
-        pred = module.G.synthesis(module.ws(), c25, deterministic=True)["image"].clamp(-1, 1)
+        pred = module.G.synthesis(module.ws(), c25[:, None], deterministic=True)["image"][:, 0].clamp(-1, 1)
         module.G.train(was_training)
         lpips = self._networks.lpips_alex.to(module.device)
+        alive = module.alive
         values = {
-            f"{stage}/psnr": float(psnr(pred, image)[0]),
-            f"{stage}/ssim": float(ssim(pred, image)[0]),
-            f"{stage}/lpips": float(lpips(pred, image)[0]),
+            f"{stage}/psnr": float(psnr(pred, image)[alive].mean()),
+            f"{stage}/ssim": float(ssim(pred, image)[alive].mean()),
+            f"{stage}/lpips": float(lpips(pred, image)[alive].mean()),
         }
         # Straight to the loggers: `self.log` would repeat these values at every later step.
         for logger in trainer.loggers:
@@ -120,34 +127,43 @@ class Evaluation(L.Callback):
         seconds = self._seconds_before + time.perf_counter() - self._started
         if not trainer.is_global_zero:
             return
-        rank_zero_info(f"evaluating {trainer.datamodule.image_id}: {', '.join(self._planned())}")  # type: ignore[attr-defined]
         assert self._networks is not None and self.output_dir is not None
         module: Any = pl_module
         datamodule: Any = trainer.datamodule  # type: ignore[attr-defined]
         device = module.device
-        started = time.perf_counter()
         networks = self._networks.to(device)
-        generator = module.G.eval()
-        metrics, skipped = evaluate(
-            generator,
-            module.ws().detach(),
-            datamodule.image.to(device),
-            datamodule.c25.to(device),
-            networks,
-            self.config,
-        )
-        run = {
-            "seconds": seconds,
-            "eval_seconds": time.perf_counter() - started,
-            "steps": trainer.global_step,
-            "peak_gpu_memory_mb": torch.cuda.max_memory_allocated(device) / _MIB if device.type == "cuda" else None,
-        }
-        self.metrics = {"image_id": datamodule.image_id, **metrics, **run, "skipped": skipped}
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.output_dir / "metrics.json", self.metrics)
-        self._log(trainer, self.metrics)
-        shown = ", ".join(f"{key} {value:.4g}" for key, value in metrics.items() if value is not None)
-        rank_zero_info(f"evaluation of {datamodule.image_id}: {shown} (metrics.json in {self.output_dir})")
+        module.G.eval()
+        rows = []
+        for photo, folder in enumerate(datamodule.photo_folders(self.output_dir)):
+            if not bool(module.alive[photo]):
+                continue
+            image_id = datamodule.image_ids[photo]
+            rank_zero_info(f"evaluating {image_id}: {', '.join(self._planned())}")
+            started = time.perf_counter()
+            metrics, skipped = evaluate(
+                module.photo_generator(photo).eval(),
+                module.ws().detach()[photo : photo + 1],
+                datamodule.image[photo : photo + 1].to(device),
+                module.input_camera()[photo : photo + 1],
+                networks,
+                self.config,
+            )
+            run = {
+                "seconds": seconds,
+                "eval_seconds": time.perf_counter() - started,
+                "steps": trainer.global_step,
+                "peak_gpu_memory_mb": torch.cuda.max_memory_allocated(device) / _MIB if device.type == "cuda" else None,
+            }
+            row = {"image_id": image_id, **metrics, **run, "skipped": skipped}
+            folder.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(folder / "metrics.json", row)
+            rows.append(row)
+            shown = ", ".join(f"{key} {value:.4g}" for key, value in metrics.items() if value is not None)
+            rank_zero_info(f"evaluation of {image_id}: {shown} (metrics.json in {folder})")
+        self.rows = rows
+        self.metrics = rows[0] if len(rows) == 1 else None
+        if rows:
+            self._log(trainer, rows)
 
     def _planned(self) -> list[str]:
         """The metric families this evaluation computes (for the status line)."""
@@ -157,24 +173,27 @@ class Evaluation(L.Callback):
 
     # Logging ------------------------------------------------------------------------------
 
-    def _log(self, trainer: L.Trainer, row: dict[str, Any]) -> None:
-        numbers = {
-            f"eval/{key}": float(value)
-            for key, value in row.items()
-            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        }
+    def _log(self, trainer: L.Trainer, rows: list[dict[str, Any]]) -> None:
+        """``eval/<key>``: each number's mean over the photos that have it (one photo: its value)."""
+        found: dict[str, list[float]] = {}
+        for row in rows:
+            for key, value in row.items():
+                if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+                    found.setdefault(f"eval/{key}", []).append(float(value))
+        numbers = {key: sum(values) / len(values) for key, values in found.items()}
         for logger in trainer.loggers:
             logger.log_metrics(numbers, step=trainer.global_step)
             if isinstance(logger, WandbLogger):
-                _log_wandb_table(logger, row, numbers)
+                _log_wandb_table(logger, rows, numbers)
             logger.save()
 
 
-def _log_wandb_table(logger: WandbLogger, row: dict[str, Any], numbers: dict[str, float]) -> None:
-    """The per-image row as a one-row ``wandb.Table``, and the numbers in the run summary."""
+def _log_wandb_table(logger: WandbLogger, rows: list[dict[str, Any]], numbers: dict[str, float]) -> None:
+    """One ``wandb.Table`` row per image, and the (mean) numbers in the run summary."""
     import wandb  # the logger exists, so wandb is installed
 
-    table = wandb.Table(columns=list(TABLE_COLUMNS), data=[[row.get(column) for column in TABLE_COLUMNS]])
+    data = [[row.get(column) for column in TABLE_COLUMNS] for row in rows]
+    table = wandb.Table(columns=list(TABLE_COLUMNS), data=data)
     logger.experiment.log({"eval/table": table})
     logger.experiment.summary.update(numbers)
 

@@ -1,5 +1,9 @@
 """Writing an inversion's results to one folder per image (a Lightning callback).
 
+One photo (``data.image``) writes into ``output_dir``; a batch (``data.images``) into
+``output_dir/<image id>/`` for each photo, each folder exactly as a single run writes it. A photo
+the fit dropped (non-finite loss) gets ``failed.json`` (its id and the reason) instead.
+
 Files: ``input.png``, ``reconstruction.png``, ``novel_views.png`` (yaw × pitch grid),
 ``depth.png`` (the same grid's depth, near = bright), ``orbit.mp4``, ``pseudo_views.png``
 (rows: v_i, V_i, O_i, M_v), ``pseudo_view_masks.png`` (v_i tinted green where ``M_v``, red where
@@ -49,6 +53,8 @@ MASK_TINT_VISIBLE = (-1.0, 1.0, -1.0)  # green, in [-1, 1]
 MASK_TINT_OCCLUDED = (1.0, -1.0, -1.0)  # red
 MASK_TINT_ALPHA = 0.4
 
+FAILED_JSON = "failed.json"
+"""In the folder of a photo the fit dropped: its id and why."""
 GeneratorFormat = Literal["fp16", "fp32", "none"]
 GENERATOR_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 
@@ -102,32 +108,44 @@ class InversionOutputs(L.Callback):
             raise ValueError(f"outputs.save_generator must be fp16, fp32 or none, not {self.save_generator!r}")
         if self.output_dir is None:
             raise ValueError("InversionOutputs needs an output_dir")
-        existing = [name for name in RESULT_FILES if (self.output_dir / name).exists()]
-        if existing and not self.overwrite:
-            raise FileExistsError(
-                f"{self.output_dir} already holds results ({', '.join(existing)}); "
-                "pass --overwrite to replace them or choose another --output_dir"
-            )
+        datamodule: Any = trainer.datamodule  # type: ignore[attr-defined]
+        for folder in datamodule.photo_folders(self.output_dir):
+            existing = [name for name in (*RESULT_FILES, FAILED_JSON) if (folder / name).exists()]
+            if existing and not self.overwrite:
+                raise FileExistsError(
+                    f"{folder} already holds results ({', '.join(existing)}); "
+                    "pass --overwrite to replace them or choose another --output_dir"
+                )
 
     @torch.no_grad()
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert self.output_dir is not None
         module: Any = pl_module
         datamodule: Any = trainer.datamodule  # type: ignore[attr-defined]
-        out = self.output_dir
-        out.mkdir(parents=True, exist_ok=True)
+        module.G.eval()
+        dtype = GENERATOR_DTYPES.get(self.save_generator)
+        if dtype is not None and dtype != torch.float32:
+            round_weights(module.G, dtype)  # what follows is rendered from the weights as saved
+        for photo, out in enumerate(datamodule.photo_folders(self.output_dir)):
+            out.mkdir(parents=True, exist_ok=True)
+            if not bool(module.alive[photo]):
+                reason = module.failures.get(photo, "dropped")
+                write_json_atomic(out / FAILED_JSON, {"image_id": datamodule.image_ids[photo], "error": reason})
+                rank_zero_warn(f"no results for {datamodule.image_ids[photo]}: {reason} ({out / FAILED_JSON})")
+                continue
+            self._write_photo(module, datamodule, photo, out, dtype)
+
+    def _write_photo(self, module: Any, datamodule: Any, photo: int, out: Path, dtype: torch.dtype | None) -> None:
+        """Every result file of photo ``photo`` into ``out``."""
         started = time.perf_counter()
         parts = ["reconstruction", f"{self.grid_size[0]}×{self.grid_size[1]} novel views"]
         parts += [f"orbit video ({self.orbit_frames} frames)"] if self.orbit_frames > 0 else []
         parts += [f"mesh ({self.mesh_resolution}³)"] if self.mesh_resolution > 0 else []
         rank_zero_info(f"writing {', '.join(parts)} to {out}")
-        generator = module.G.eval()
-        dtype = GENERATOR_DTYPES.get(self.save_generator)
-        if dtype is not None and dtype != torch.float32:
-            round_weights(generator, dtype)  # what follows is rendered from the weights as saved
+        generator = module.photo_generator(photo).eval()
         device = module.device
-        image, c25 = datamodule.image.to(device), datamodule.c25.to(device)
-        ws = module.ws().detach()
+        image, c25 = datamodule.image[photo : photo + 1].to(device), module.input_camera()[photo : photo + 1]
+        ws = module.ws().detach()[photo : photo + 1]
         planes = generator.planes(ws)
 
         def render(cameras: Tensor) -> dict[str, Tensor]:
@@ -152,16 +170,23 @@ class InversionOutputs(L.Callback):
             write_video(frames.cpu(), out / "orbit.mp4", fps=self.orbit_fps)
         views = datamodule.views
         if views is not None:
-            shown = views.select(torch.arange(min(len(views), 8)))
+            per_photo = len(views) // datamodule.photo_count
+            shown = views.select(photo * per_photo + torch.arange(min(per_photo, 8)))
             rows = [shown.pseudo, shown.visible, shown.occluded, shown.mask_visible.expand_as(shown.pseudo) * 2 - 1]
             save_image_grid(torch.cat(rows).clamp(-1, 1), out / "pseudo_views.png", nrow=len(shown))
             save_image_grid(mask_overlay(shown), out / "pseudo_view_masks.png", nrow=len(shown))
         if self.mesh_resolution > 0 and not write_mesh(
             generator, ws, out / "mesh.ply", self.mesh_resolution, self.mesh_level
         ):
-            rank_zero_warn(f"no mesh written: the density field of {datamodule.image_id} has no usable surface level")
-        write_json_atomic(out / "camera.json", module.camera_record())
-        latent = {"ws": ws, "ws_estimate": module.ws_estimate, "ws_occluded": module.ws_occluded, "c25": c25}
+            image_id = datamodule.image_ids[photo]
+            rank_zero_warn(f"no mesh written: the density field of {image_id} has no usable surface level")
+        write_json_atomic(out / "camera.json", module.camera_record(photo))
+        latent = {
+            "ws": ws,
+            "ws_estimate": module.ws_estimate[photo : photo + 1],
+            "ws_occluded": module.ws_occluded[photo : photo + 1],
+            "c25": c25,
+        }
         torch.save({key: value.detach().cpu() for key, value in latent.items()}, out / "latent.pt")
         if dtype is not None:
             save_generator(generator, out / "generator.pt", dtype)

@@ -100,7 +100,12 @@ class WandbMedia(L.Callback):
             return
         if self.output_dir is None:
             raise ValueError("WandbMedia needs an output_dir")
-        media = self.media(self.output_dir)
+        datamodule: Any = trainer.datamodule  # type: ignore[attr-defined]
+        folders = datamodule.photo_folders(self.output_dir)
+        media: dict[str, Any] = {}
+        for folder in folders:  # a batch: media/<image id>/... for each photo
+            prefix = f"media/{folder.name}/" if len(folders) > 1 or datamodule.batched else "media/"
+            media.update({key.replace("media/", prefix, 1): value for key, value in self.media(folder).items()})
         for logger in loggers:
             logger.log_metrics(media, step=trainer.global_step)
         self.logged = sorted(media)

@@ -40,15 +40,25 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from hfgi3d.callbacks.evaluation import Evaluation
-from hfgi3d.callbacks.outputs import InversionOutputs
+from hfgi3d.callbacks.outputs import FAILED_JSON, InversionOutputs
 from hfgi3d.callbacks.progress import InterruptCheckpoint, StageProgressBar
 from hfgi3d.callbacks.timing import StepTimer
 from hfgi3d.callbacks.wandb_logging import WandbMedia, wandb_loggers
 from hfgi3d.data.datamodule import PseudoViewDataModule
 from hfgi3d.data.inputs import read_photo, resolve_input
+from hfgi3d.errors import InputError
 from hfgi3d.inversion import InversionModule
 from hfgi3d.presets import LINKS
-from hfgi3d.validation import INTERRUPTED_CHECKPOINT, FitInputs, check_fit_inputs, output_dir_for
+from hfgi3d.validation import (
+    INTERRUPTED_CHECKPOINT,
+    RESULT_FILES,
+    FitInputs,
+    batch_folder,
+    batch_ids,
+    check_fit_inputs,
+    fit_inputs_from_argv,
+    output_dir_for,
+)
 
 CALLBACK_GROUPS = ("outputs", "evaluation", "media")
 """Config groups of the callbacks that write into the output folder, in the order they run."""
@@ -59,6 +69,10 @@ CSV_LOGGER = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": 
 def _total_steps(estimate_steps: int, occluded_steps: int, pseudo_multiview_steps: int, use_pseudo_views: bool) -> int:
     """The three stages' steps (no ``occluded`` stage without pseudo views)."""
     return estimate_steps + (occluded_steps if use_pseudo_views else 0) + pseudo_multiview_steps
+
+
+def _photo_count(datamodule: PseudoViewDataModule) -> int:
+    return datamodule.photo_count
 
 
 RUN_CONFIG = "config.yaml"
@@ -146,6 +160,8 @@ class InversionCLI(LightningCLI):
             compute_fn=_total_steps,
         )
         parser.link_arguments("overwrite", "outputs.overwrite")
+        # The model holds one set of weights per photo of the batch the DataModule read.
+        parser.link_arguments("data", "model.photos", compute_fn=_photo_count, apply_on="instantiate")
         for source, target in LINKS:
             parser.link_arguments(source, target)
 
@@ -156,21 +172,29 @@ class InversionCLI(LightningCLI):
         for note in check_fit_inputs(inputs):
             print(f"note: {note}", file=sys.stderr)
         output_dir = str(output_dir_for(inputs))
-        self.save_config_kwargs.update(run_config=run_config, output_dir=output_dir)
+        # A batch of data.images keeps its config, logs and checkpoints in its own folder; every
+        # photo's results go to output_dir/<image id> (the callbacks' output_dir is the root).
+        run_dir = output_dir
+        if inputs.images is not None:
+            run_dir = str(batch_folder(Path(output_dir), config["data"]["batch_index"]))
+        self.save_config_kwargs.update(run_config=run_config, output_dir=run_dir)
         for group in CALLBACK_GROUPS:
             config[group]["output_dir"] = output_dir
         if config["trainer"].get("default_root_dir") in (None, "."):
-            config["trainer"]["default_root_dir"] = output_dir
-        image_id = Path(resolve_input(config["data"]["image"], None)[0]).stem
+            config["trainer"]["default_root_dir"] = run_dir
+        if inputs.images is None:
+            image_id = Path(resolve_input(config["data"]["image"], None)[0]).stem
+        else:
+            image_id = f"{Path(output_dir).name}_{Path(run_dir).name}"
         for entry in _logger_entries(config["trainer"]):
             init_args = entry.get("init_args")
             if init_args is None:
                 continue
             if init_args.get("save_dir") in (None, "."):
-                init_args["save_dir"] = output_dir
+                init_args["save_dir"] = run_dir
             if str(entry.get("class_path", "")).endswith("WandbLogger") and init_args.get("name") is None:
                 init_args["name"] = image_id
-        interrupted = Path(output_dir) / INTERRUPTED_CHECKPOINT
+        interrupted = Path(run_dir) / INTERRUPTED_CHECKPOINT
         for callback in self.trainer_defaults["callbacks"]:
             if isinstance(callback, InterruptCheckpoint):
                 callback.dirpath = str(interrupted.parent)
@@ -188,17 +212,89 @@ class InversionCLI(LightningCLI):
         """The photo against the generator's size, where that was unknown before the generator was read."""
         datamodule: Any = self.datamodule
         resolution = self.model.G.config.img_resolution
-        read_photo(datamodule.image_path, resolution)
+        for path, _ in datamodule.photos:
+            read_photo(path, resolution)
 
 
 def main(args: Sequence[str]) -> int:
     """Run the LightningCLI with ``args`` (starting with the subcommand, e.g. ``fit``).
 
-    Returns 0, or 130 / 143 when Ctrl-C / SIGTERM interrupted the fit, after saying where the
-    resumable checkpoint is and the command that resumes it. Bad input raises
-    :class:`~hfgi3d.errors.InputError` (or jsonargparse's ``ArgumentError``) before anything is built.
+    With ``data.images`` the photos are inverted ``data.batch_size`` at a time, one fit per batch
+    (:func:`fit_batches`). Returns 0, or 130 / 143 when Ctrl-C / SIGTERM interrupted the fit,
+    after saying where the resumable checkpoint is and the command that resumes it. Bad input
+    raises :class:`~hfgi3d.errors.InputError` (or jsonargparse's ``ArgumentError``) before
+    anything is built.
     """
     args = list(args)
+    inputs = fit_inputs_from_argv(args[1:])
+    if inputs.images is not None:
+        return fit_batches(args, inputs)
+    return _fit(args, args)
+
+
+def fit_batches(args: list[str], inputs: FitInputs) -> int:
+    """Every batch of ``data.images``, one fit each, in file-name order.
+
+    Running the same command again continues the job: a batch whose photos all have results
+    (``metrics.json``, or ``failed.json`` for a dropped photo) is skipped, and ``--ckpt_path``
+    resumes the batch whose folder holds that checkpoint. ``--overwrite`` reruns every batch.
+    """
+    assert inputs.images is not None
+    root = output_dir_for(inputs)
+    batches = batch_ids(inputs.images, inputs.batch_size)
+    resumed = _batch_of_checkpoint(root, inputs.ckpt_path, len(batches))
+    plain = _without_option(args, "--ckpt_path")
+    for index, ids in enumerate(batches):
+        finished = [image_id for image_id in ids if _has_results(root / image_id)]
+        if len(finished) == len(ids) and not inputs.overwrite and index != resumed:
+            print(f"note: batch {index} ({', '.join(ids)}) already has results: skipped", file=sys.stderr)
+            continue
+        batch_args = [*plain, "--data.batch_index", str(index)]
+        if index == resumed:
+            batch_args += ["--ckpt_path", str(inputs.ckpt_path)]
+        elif finished and not inputs.overwrite:  # a batch stopped while writing: its results are this job's
+            batch_args.append("--overwrite")
+        print(f"batch {index + 1}/{len(batches)}: {', '.join(ids)}", file=sys.stderr)
+        code = _fit(batch_args, args)
+        if code != 0:
+            return code
+    return 0
+
+
+def _has_results(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in RESULT_FILES) or (folder / FAILED_JSON).is_file()
+
+
+def _batch_of_checkpoint(root: Path, ckpt_path: str | None, count: int) -> int | None:
+    """The batch whose folder holds ``ckpt_path`` (``None`` without one)."""
+    if ckpt_path is None:
+        return None
+    checkpoint = Path(ckpt_path).resolve()
+    for index in range(count):
+        if batch_folder(root, index).resolve() in checkpoint.parents:
+            return index
+    raise InputError(
+        f"--ckpt_path {ckpt_path} is not inside a batch folder of {root} (batch_0 … batch_{count - 1}): "
+        "resume with a checkpoint this job wrote"
+    )
+
+
+def _without_option(args: list[str], option: str) -> list[str]:
+    """``args`` without ``option`` and its value (``--option value`` or ``--option=value``)."""
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(f"{option}="):
+            kept.append(arg)
+    return kept
+
+
+def _fit(args: list[str], user_args: list[str]) -> int:
+    """One LightningCLI fit with ``args``; ``user_args`` (the command as typed) go into the resume hint."""
     interrupt = InterruptCheckpoint()
     callbacks = [LearningRateMonitor(logging_interval="step"), StepTimer(), StageProgressBar(), interrupt]
     try:
@@ -216,7 +312,7 @@ def main(args: Sequence[str]) -> int:
             raise
         # Lightning ignores further Ctrl-C while it shuts down; give the process its handler back.
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        print(_resume_message(interrupt, args), file=sys.stderr)
+        print(_resume_message(interrupt, user_args), file=sys.stderr)
         return 128 + (signal.SIGINT if interrupt.signal == "SIGINT" else signal.SIGTERM)
     trainer = getattr(cli, "trainer", None)
     for logger in wandb_loggers(trainer) if trainer is not None else []:
@@ -227,15 +323,7 @@ def main(args: Sequence[str]) -> int:
 
 def _resume_message(interrupt: InterruptCheckpoint, args: list[str]) -> str:
     """Where the interrupted run's checkpoint is, and the exact command that resumes it."""
-    kept: list[str] = []
-    skip = False
-    for arg in args:  # drop a previous --ckpt_path: the resume starts from the new file
-        if skip:
-            skip = False
-        elif arg == "--ckpt_path":
-            skip = True
-        elif not arg.startswith("--ckpt_path="):
-            kept.append(arg)
+    kept = _without_option(args, "--ckpt_path")  # a previous one: the resume starts from the new file
     command = shlex.join(["python", "-m", "hfgi3d", *kept, "--ckpt_path", interrupt.ckpt_path])
     return (
         f"interrupted ({interrupt.signal}) after step {interrupt.step}: the run is saved in {interrupt.ckpt_path}\n"

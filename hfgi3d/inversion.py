@@ -1,4 +1,12 @@
-"""Pseudo-multi-view inversion of one photo (docs/method.md §4–§6) as a LightningModule.
+"""Pseudo-multi-view inversion of a batch of photos (docs/method.md §4–§6) as a LightningModule.
+
+Each photo of the batch (``photos``, N; one unless ``data.images`` and ``data.batch_size`` say
+otherwise) has its own latent, its own copy of the generator's weights
+(:class:`~hfgi3d.generator.stacked.StackedGenerator`), its own camera offsets and its own Adam
+moments; every loss is computed per photo and their sum is minimized, so each photo follows the
+single-photo schedule exactly as it would alone. A photo whose loss turns non-finite is dropped
+(its error kept in :attr:`InversionModule.failures`); the others go on. With one photo a
+non-finite loss stops the fit, as there is nothing left to go on with.
 
 Three scheduled stages, with manual optimization, each with its own optimizer, logs and
 progress bar:
@@ -31,7 +39,6 @@ Log keys are slash-namespaced by stage (``estimate/loss_lpips``, ``occluded/loss
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -46,8 +53,9 @@ from torch.optim.lr_scheduler import LambdaLR
 from hfgi3d.cameras import frontal_c25, offset_c25
 from hfgi3d.data.datamodule import PseudoViewDataModule
 from hfgi3d.generator import TriPlaneGenerator, open_generator
+from hfgi3d.generator.stacked import StackedGenerator
 from hfgi3d.geometry import difference_mask
-from hfgi3d.losses import LPIPS, LpipsTarget, masked_mse
+from hfgi3d.losses import LPIPS, LpipsTarget, mse_per_sample
 
 ESTIMATE = "estimate"
 OCCLUDED = "occluded"
@@ -58,6 +66,8 @@ AuxTarget = Literal["masked", "blended"]
 CompileMode = Literal["none", "default", "reduce-overhead", "max-autotune"]
 RNG_KEY = "hfgi3d_rng_state"
 """Checkpoint entry with the global RNG state (CPU and CUDA) of the step to run next."""
+FAILURES_KEY = "hfgi3d_failures"
+"""Checkpoint entry with the reasons the dropped photos were dropped (``{photo index: reason}``)."""
 
 
 def _rng_state() -> dict[str, Any]:
@@ -95,7 +105,7 @@ def lr_factor(step: int, total: int, rampup: float, rampdown: float) -> float:
 
 
 class InversionModule(L.LightningModule):
-    """Invert one photo into EG3D with pseudo-multi-view optimization.
+    """Invert a batch of photos into EG3D with pseudo-multi-view optimization.
 
     The values of the paper and of the authors' release live in ``configs/hfgi3d.yaml`` and
     ``configs/hfgi3d_official.yaml``; every argument is a config entry (``model.*``).
@@ -137,6 +147,12 @@ class InversionModule(L.LightningModule):
         stage_one_from: a finished run's ``latent.pt``: skip stage 1 and take its ``w_e`` and ``w_o``
             (``estimate_steps`` and ``occluded_steps`` must be 0). ``edit-texture`` uses it to rebuild
             the pseudo views of an edited photo on the run's geometry and rerun stage 2.
+        photos: N, photos inverted together (``fit`` takes it from the DataModule's batch).
+        photos_per_call: photos whose generators run in one batched call
+            (:class:`~hfgi3d.generator.stacked.StackedGenerator`; 0: all on a GPU, one at a time on a CPU).
+
+    Per-photo tensors (the latents, camera offsets and cameras) have the photos as their leading
+    dimension.
     """
 
     w_std: Tensor
@@ -147,6 +163,7 @@ class InversionModule(L.LightningModule):
     c25_initial: Tensor
     c25_refined: Tensor
     camera_refined: Tensor
+    alive: Tensor
 
     def __init__(
         self,
@@ -184,6 +201,8 @@ class InversionModule(L.LightningModule):
         camera_warmup_steps: int = 0,
         refine_translation: bool = False,
         stage_one_from: str | None = None,
+        photos: int = 1,
+        photos_per_call: int = 0,
     ) -> None:
         super().__init__()
         if stage_one_from is not None and (estimate_steps or occluded_steps):
@@ -193,19 +212,19 @@ class InversionModule(L.LightningModule):
             )
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.G = open_generator(generator, seed)
+        self.G = StackedGenerator(open_generator(generator, seed), photos, photos_per_call)
         self.G.requires_grad_(False)
         # Held in a tuple so that the frozen VGG16 is not a submodule: it stays out of
         # checkpoints (its weights come from the LPIPS sources) and is moved in on_fit_start.
         self._lpips = (LPIPS(resize_to=lpips_resize, weights=lpips_weights),)
         num_ws = 1 if latent_space == "w" else self.G.num_ws
-        w_shape = (1, self.G.num_ws, self.G.config.w_dim)
-        self.latent = nn.Parameter(torch.zeros(1, num_ws, self.G.config.w_dim))
+        w_shape = (photos, self.G.num_ws, self.G.config.w_dim)
+        self.latent = nn.Parameter(torch.zeros(photos, num_ws, self.G.config.w_dim))
         # w_o, optimized in its own stage (and checkpointed there); the views are built from it.
         self.occluded_latent = nn.Parameter(torch.zeros(w_shape))
         self.register_buffer("w_std", torch.zeros(()))
         self.register_buffer("ws_estimate", torch.zeros(w_shape))
-        # D (1×1×H×W), set on entering the occluded stage; recomputed (deterministic) on resume, not saved.
+        # D (N×1×H×W), set on entering the occluded stage; recomputed (deterministic) on resume, not saved.
         self.register_buffer("occluded_mask", torch.zeros(0), persistent=False)
         # Stage state lives in buffers so that it is restored with the weights, before on_fit_start
         # (Lightning restores global_step only afterwards): the index in STAGES of the last stage entered.
@@ -213,11 +232,14 @@ class InversionModule(L.LightningModule):
         self.register_buffer("stage_entered", torch.zeros((), dtype=torch.long))
         # Camera refinement: offsets (yaw, pitch, roll in radians; translation), optimized in stage 1,
         # then frozen into c25_refined, which replaces the DataModule's input camera.
-        self.camera_angles = nn.Parameter(torch.zeros(3))
-        self.camera_translation = nn.Parameter(torch.zeros(3))
-        self.register_buffer("c25_initial", torch.zeros(1, 25))
-        self.register_buffer("c25_refined", torch.zeros(1, 25))
+        self.camera_angles = nn.Parameter(torch.zeros(photos, 3))
+        self.camera_translation = nn.Parameter(torch.zeros(photos, 3))
+        self.register_buffer("c25_initial", torch.zeros(photos, 25))
+        self.register_buffer("c25_refined", torch.zeros(photos, 25))
         self.register_buffer("camera_refined", torch.zeros((), dtype=torch.bool))
+        # Photos still being inverted; a non-finite loss drops one (its reason in `failures`).
+        self.register_buffer("alive", torch.ones(photos, dtype=torch.bool))
+        self.failures: dict[int, str] = {}
         self._targets: dict[str, LpipsTarget] = {}
         self._render_fn: Callable[[Tensor, Tensor], Tensor] = self._render_images
         self._rng_at_step_start: dict[str, Any] | None = None
@@ -236,6 +258,15 @@ class InversionModule(L.LightningModule):
         if not isinstance(datamodule, PseudoViewDataModule):
             raise TypeError("InversionModule needs a PseudoViewDataModule")
         return datamodule
+
+    @property
+    def photo_count(self) -> int:
+        """N, the photos inverted together."""
+        return self.G.count
+
+    def photo_generator(self, photo: int) -> TriPlaneGenerator:
+        """Photo ``photo``'s generator as it stands (a stand-alone copy)."""
+        return self.G.generator(photo)
 
     @property
     def occluded_steps(self) -> int:
@@ -261,27 +292,23 @@ class InversionModule(L.LightningModule):
         return next((stage for stage, _, end in spans if step < end), spans[-1][0])
 
     def ws(self) -> Tensor:
-        """The current latent broadcast to ``1×num_ws×w_dim``."""
+        """The current latents broadcast to ``N×num_ws×w_dim``."""
         return self.latent.expand(-1, self.G.num_ws, -1)
 
     @property
     def ws_occluded(self) -> Tensor:
-        """``w_o`` (``1×num_ws×w_dim``, detached)."""
+        """``w_o`` (``N×num_ws×w_dim``, detached)."""
         return self.occluded_latent.detach()
 
     def _render_images(self, ws: Tensor, cameras: Tensor) -> Tensor:
-        """Images ``K×3×H×W`` of one latent ``ws`` (``1×num_ws×w_dim``) from ``K`` cameras: the
-        tri-planes once, then the neural rendering and super-resolution of the cameras in
-        batches of :attr:`render_batch`."""
+        """Images ``N×K×3×H×W`` of each photo's latent (``ws``: ``N×num_ws×w_dim``) from its ``K``
+        cameras (``N×K×25``): the tri-planes once, then the neural rendering and super-resolution
+        of the cameras in batches of :attr:`render_batch`."""
         planes = self.G.planes(ws)
         images = []
-        for chunk in cameras.split(self.render_batch):
-            k = len(chunk)
-            rendered = self.G.render(
-                planes.expand(k, -1, -1, -1, -1), ws.expand(k, -1, -1), chunk, self.hp.neural_rendering_resolution
-            )
-            images.append(rendered["image"])
-        return torch.cat(images)
+        for chunk in cameras.split(self.render_batch, dim=1):
+            images.append(self.G.render(planes, ws, chunk, self.hp.neural_rendering_resolution)["image"])
+        return torch.cat(images, dim=1)
 
     @property
     def render_batch(self) -> int:
@@ -301,10 +328,15 @@ class InversionModule(L.LightningModule):
     def _lpips_distance(self, pred: Tensor, target: LpipsTarget) -> Tensor:
         return self.lpips.distance_to(pred, target)
 
+    def _per_photo(self, values: Tensor) -> Tensor:
+        """Per-image values (photo-major, the same count for every photo) → each photo's mean, ``N``."""
+        return values.reshape(self.photo_count, -1).mean(1)
+
     def _terms(self, pred: Tensor, image: Tensor, mask: Tensor | None, target: LpipsTarget) -> dict[str, Tensor]:
-        """``L_rec`` of renders against a prepared target: ``{loss, loss_l2, loss_lpips}`` (batch means)."""
-        loss_l2 = masked_mse(pred, image, mask)
-        loss_lpips = self._lpips_distance(pred, target).mean()
+        """``L_rec`` of renders against a prepared target: ``{loss, loss_l2, loss_lpips}``, each ``N``:
+        a photo's mean over its images (``pred`` photo-major)."""
+        loss_l2 = self._per_photo(mse_per_sample(pred, image, mask))
+        loss_lpips = self._per_photo(self._lpips_distance(pred, target))
         loss = self.hp.lambda_l2 * loss_l2 + self.hp.lambda_lpips * loss_lpips
         return {"loss": loss, "loss_l2": loss_l2, "loss_lpips": loss_lpips}
 
@@ -319,6 +351,11 @@ class InversionModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         self.datamodule.load_input(self.G.config.img_resolution)
+        if self.datamodule.photo_count != self.photo_count:
+            raise ValueError(
+                f"the model inverts {self.photo_count} photo(s) but the data holds {self.datamodule.photo_count}; "
+                "`python -m hfgi3d fit` sets model.photos for you"
+            )
 
     def on_fit_start(self) -> None:
         max_steps = self.trainer.max_steps
@@ -354,7 +391,7 @@ class InversionModule(L.LightningModule):
         generator = torch.Generator(device="cpu").manual_seed(self.hp.seed)
         z = torch.randn(self.hp.w_avg_samples, self.G.config.z_dim, generator=generator).to(self.device)
         c = frontal_c25().to(self.device).expand(len(z), -1)
-        w = self.G.mapping(z, c)[:, 0]  # S×w_dim
+        w = self.G.mapping(z, c)[:, 0]  # S×w_dim (every photo starts from the same w_avg)
         w_avg = w.mean(0)
         self.w_std.copy_(((w - w_avg).square().sum() / len(w)).sqrt())
         self.latent.copy_(w_avg.expand_as(self.latent))
@@ -424,7 +461,10 @@ class InversionModule(L.LightningModule):
             return self._render_images(ws, cameras)
 
     # Resuming gives the run an uninterrupted one would have: the global RNG (ray jitter, latent
-    # noise) is saved as it was when the step in progress began, and restored before training.
+    # noise) is saved as it was when the step in progress began, if that step has not updated the
+    # parameters yet (an interruption: the resumed run repeats the step), and as it is otherwise
+    # (a step done: the periodic checkpoints, which Lightning writes before the module's
+    # on_train_batch_end), and restored before training.
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._rng_at_step_start = _rng_state()
@@ -433,11 +473,12 @@ class InversionModule(L.LightningModule):
         self._rng_at_step_start = None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # An interrupted step did not happen: the resumed run repeats it from the same RNG state.
         checkpoint[RNG_KEY] = self._rng_at_step_start or _rng_state()
+        checkpoint[FAILURES_KEY] = dict(self.failures)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._rng_to_restore = checkpoint.get(RNG_KEY)
+        self.failures = dict(checkpoint.get(FAILURES_KEY, {}))
 
     def on_train_start(self) -> None:
         if self._rng_to_restore is not None:
@@ -464,32 +505,36 @@ class InversionModule(L.LightningModule):
         ws = self.ws()
         if hp.estimate_noise > 0:
             fade = max(0.0, 1.0 - step / (hp.estimate_noise_ramp * hp.estimate_steps))
-            ws = ws + torch.randn_like(ws) * self.w_std * hp.estimate_noise * fade**2
+            # One draw for every photo: the noise a single-photo run from the same seed adds.
+            ws = ws + torch.randn_like(ws[:1]) * self.w_std * hp.estimate_noise * fade**2
         refining = hp.refine_camera and not bool(self.camera_refined)
         c25 = self.stage_one_camera(batch["c25"]) if refining else batch["c25"]
-        render = self._render(ws, c25)
+        render = self._render(ws, c25[:, None])[:, 0]  # N×3×H×W
         losses = self._terms(render, batch["image"], None, self._target("input", batch["image"]))
         camera_only = refining and step < hp.camera_warmup_steps  # the latent waits (Adam skips it: no grad)
         self._optimize(
             STAGES.index(ESTIMATE), losses["loss"], ESTIMATE, step, frozen=(self.latent,) if camera_only else ()
         )
         if refining:
-            yaw, pitch, roll = self.camera_angles.detach()
+            yaw, pitch, roll = self.camera_angles.detach().unbind(1)
             losses = {**losses, "camera_yaw_rad": yaw, "camera_pitch_rad": pitch, "camera_roll_rad": roll}
             if hp.refine_translation:
-                losses["camera_translation"] = self.camera_translation.detach().norm()
+                losses["camera_translation"] = self.camera_translation.detach().norm(dim=1)
             if step == hp.estimate_steps - 1:
                 self._freeze_camera()
         self._log(ESTIMATE, losses)
         return losses["loss"]
 
     def stage_one_camera(self, c25: Tensor) -> Tensor:
-        """``c25`` moved by the camera offsets being refined (differentiable; :func:`offset_c25`)."""
-        translation = self.camera_translation if self.hp.refine_translation else None
-        return offset_c25(c25, self.camera_angles, translation)
+        """Each photo's camera (``N×25``) moved by its offsets being refined (differentiable; :func:`offset_c25`)."""
+        moved = []
+        for photo in range(self.photo_count):
+            translation = self.camera_translation[photo] if self.hp.refine_translation else None
+            moved.append(offset_c25(c25[photo : photo + 1], self.camera_angles[photo], translation))
+        return torch.cat(moved)
 
     def input_camera(self) -> Tensor:
-        """The input camera as it stands: with the offsets while stage 1 refines it, then frozen."""
+        """The input cameras (``N×25``) as they stand: with the offsets while stage 1 refines them, then frozen."""
         c25 = self.datamodule.c25
         assert c25 is not None
         c25 = c25.to(self.device)
@@ -498,23 +543,23 @@ class InversionModule(L.LightningModule):
                 return self.stage_one_camera(c25)
         return c25
 
-    def camera_record(self) -> dict[str, Any]:
-        """``camera.json``: the initial and refined 25-vectors and the offsets (radians, world units)."""
+    def camera_record(self, photo: int = 0) -> dict[str, Any]:
+        """``camera.json`` of a photo: the initial and refined 25-vectors and the offsets (radians, world units)."""
         refined = self.input_camera()
         initial = self.c25_initial if bool(self.camera_refined) else refined
-        yaw, pitch, roll = (float(v) for v in self.camera_angles.detach())
+        yaw, pitch, roll = (float(v) for v in self.camera_angles[photo].detach())
         return {
             "refined": bool(self.camera_refined),
-            "initial_c25": initial[0].tolist(),
-            "c25": refined[0].tolist(),
+            "initial_c25": initial[photo].tolist(),
+            "c25": refined[photo].tolist(),
             "offsets_rad": {"yaw": yaw, "pitch": pitch, "roll": roll},
-            "translation": self.camera_translation.detach().tolist(),
+            "translation": self.camera_translation[photo].detach().tolist(),
         }
 
     def _occluded_step(self, batch: dict[str, Tensor], step: int) -> Tensor:
         """``w_o``: fit ``G(w, p0)·D`` to ``x·D`` with G frozen (docs/method.md §5)."""
         mask = self.occluded_mask
-        render = self._render(self.occluded_latent, batch["c25"])
+        render = self._render(self.occluded_latent, batch["c25"][:, None])[:, 0]
         image = batch["image"] * mask
         losses = self._terms(render * mask, image, None, self._target("occluded_input", image))
         self._optimize(STAGES.index(OCCLUDED), losses["loss"], OCCLUDED, step)
@@ -523,15 +568,15 @@ class InversionModule(L.LightningModule):
 
     def _pseudo_multiview_step(self, batch: dict[str, Tensor], step: int) -> Tensor:
         ws = self.ws()
-        cameras = batch["c25"]
-        if self.hp.use_pseudo_views:
-            cameras = torch.cat([cameras, batch["aux_c25"]])  # the input view, then the auxiliary views
-        renders = self._render(ws, cameras)  # one generator call for every camera of the step
-        input_losses = self._terms(renders[:1], batch["image"], None, self._target("input", batch["image"]))
+        cameras = batch["c25"][:, None]  # N×1×25
+        if self.hp.use_pseudo_views:  # each photo's input view, then its auxiliary views
+            cameras = torch.cat([cameras, batch["aux_c25"].reshape(self.photo_count, -1, 25)], dim=1)
+        renders = self._render(ws, cameras)  # N×(1+A)×3×H×W: one generator call for every camera of the step
+        input_losses = self._terms(renders[:, 0], batch["image"], None, self._target("input", batch["image"]))
         losses = {name.replace("loss", "loss_input", 1): value for name, value in input_losses.items()}
         loss = losses["loss_input"]
         if self.hp.use_pseudo_views:
-            aux_loss, aux_losses = self.auxiliary_loss(renders[1:], batch)
+            aux_loss, aux_losses = self.auxiliary_loss(renders[:, 1:].flatten(0, 1), batch)
             losses.update(aux_losses)
             loss = loss + aux_loss
         losses["loss"] = loss
@@ -540,11 +585,11 @@ class InversionModule(L.LightningModule):
         return loss
 
     def auxiliary_loss(self, render: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        """The auxiliary views' weighted loss and its unweighted terms (see ``aux_target``).
+        """The auxiliary views' weighted loss and its unweighted terms (see ``aux_target``), per photo (``N``).
 
         ``masked``: ``λ_o·L_rec(M_o·G(w, p_i), M_o·O_i) + λ_v·L_rec(M_v·G(w, p_i), M_v·V_i)``;
-        ``blended``: ``λ_p·L_rec(G(w, p_i), v_i)``; means over the ``A`` views of ``render``
-        (``A×3×H×W``). The targets' LPIPS features come prepared (pre-built views, by
+        ``blended``: ``λ_p·L_rec(G(w, p_i), v_i)``; means over each photo's ``A`` views in ``render``
+        (``N·A×3×H×W``, photo-major). The targets' LPIPS features come prepared (pre-built views, by
         ``aux_index``) or are computed here (views built on the fly).
         """
         hp = self.hp
@@ -555,10 +600,10 @@ class InversionModule(L.LightningModule):
             distances = self._lpips_distance(
                 torch.cat([render, render]), LpipsTarget.cat([occluded_target, visible_target])
             )
-            occluded_l2 = masked_mse(render, batch["aux_occluded"], batch["aux_mask_occluded"])
-            visible_l2 = masked_mse(render, batch["aux_visible"], batch["aux_mask_visible"])
-            occluded = hp.lambda_l2 * occluded_l2 + hp.lambda_lpips * distances[:count].mean()
-            visible = hp.lambda_l2 * visible_l2 + hp.lambda_lpips * distances[count:].mean()
+            occluded_l2 = self._per_photo(mse_per_sample(render, batch["aux_occluded"], batch["aux_mask_occluded"]))
+            visible_l2 = self._per_photo(mse_per_sample(render, batch["aux_visible"], batch["aux_mask_visible"]))
+            occluded = hp.lambda_l2 * occluded_l2 + hp.lambda_lpips * self._per_photo(distances[:count])
+            visible = hp.lambda_l2 * visible_l2 + hp.lambda_lpips * self._per_photo(distances[count:])
             total = hp.lambda_occluded * occluded + hp.lambda_visible * visible
             return total, {"loss_occluded": occluded, "loss_visible": visible}
         if hp.aux_target == "blended":
@@ -586,28 +631,57 @@ class InversionModule(L.LightningModule):
         return prepared
 
     def _optimize(self, index: int, loss: Tensor, stage: str, step: int, frozen: Sequence[Tensor] = ()) -> None:
-        """Backward ``loss`` and step optimizer ``index`` and its scheduler; the ``frozen`` parameters'
-        gradients are dropped first, so Adam leaves them (and their moments) as they are."""
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite loss ({loss.item()}) in stage '{stage}' at step {step}; "
-                "the last checkpoint on disk is the last good state"
-            )
+        """Backward the sum of the photos' losses (``loss``, ``N``) and step optimizer ``index`` and its
+        scheduler; the ``frozen`` parameters' gradients are dropped first, so Adam leaves them (and their
+        moments) as they are. A photo whose loss is not finite is dropped (:meth:`_drop`)."""
+        finite = torch.isfinite(loss.detach())
+        if not bool(finite[self.alive].all()):
+            self._drop(~finite & self.alive, loss, stage, step)
         optimizers, schedulers = self.optimizers(), self.lr_schedulers()
         assert isinstance(optimizers, list) and isinstance(schedulers, list)
         optimizer, scheduler = optimizers[index], schedulers[index]
         assert isinstance(scheduler, LambdaLR)
         optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
+        self.manual_backward(torch.where(self.alive, loss, torch.zeros_like(loss)).sum())
         for parameter in frozen:
             parameter.grad = None
+        if not bool(self.alive.all()):
+            self._zero_dropped_gradients(optimizer)
         optimizer.step()
         scheduler.step()
+        self._rng_at_step_start = None  # the step happened: a checkpoint from now on holds the RNG as it is
+
+    def _drop(self, bad: Tensor, loss: Tensor, stage: str, step: int) -> None:
+        """Stop inverting the photos ``bad`` selects (their loss is not finite), or stop the fit when
+        none would be left."""
+        for photo in bad.nonzero().flatten().tolist():
+            self.failures[photo] = f"non-finite loss ({loss[photo].item()}) in stage '{stage}' at step {step}"
+        if bool(bad.sum() >= self.alive.sum()):
+            which = "" if self.photo_count == 1 else " of every photo left"
+            raise FloatingPointError(
+                f"non-finite loss{which} ({loss.detach().tolist()}) in stage '{stage}' at step {step}; "
+                "the last checkpoint on disk is the last good state"
+            )
+        self.alive &= ~bad
+        names = ", ".join(str(photo) for photo in bad.nonzero().flatten().tolist())
+        rank_zero_warn(
+            f"dropped photo(s) {names} of the batch: {self.failures[int(bad.nonzero()[0])]}; the others go on"
+        )
+
+    def _zero_dropped_gradients(self, optimizer: Any) -> None:
+        """Dropped photos' gradients (possibly NaN) set to 0: their slices stay where they are, finite."""
+        dead = ~self.alive
+        for group in optimizer.param_groups:
+            for parameter in group["params"]:
+                if parameter.grad is not None and parameter.shape[:1] == dead.shape:
+                    parameter.grad[dead] = 0
 
     def _log(self, stage: str, losses: dict[str, Tensor]) -> None:
-        values = {f"{stage}/{name}": value.detach() for name, value in losses.items()}
+        """Each value's mean over the photos still being inverted (with one photo: its value)."""
+        alive = self.alive
+        values = {f"{stage}/{name}": value.detach()[alive].mean() for name, value in losses.items()}
         self.log_dict(values, on_step=True, prog_bar=False, batch_size=1)
-        self.log("loss", losses["loss"].detach(), prog_bar=True, batch_size=1)
+        self.log("loss", values[f"{stage}/loss"], prog_bar=True, batch_size=1)
 
     # Entering a stage ----------------------------------------------------------------------
 
@@ -639,8 +713,10 @@ class InversionModule(L.LightningModule):
             self.stage_entered.fill_(STAGES.index(OCCLUDED))
         self._targets = {}
         image, c25 = self.datamodule.image.to(self.device), self.datamodule.c25.to(self.device)  # type: ignore[union-attr]
-        rendered = self.G.synthesis(self.ws_estimate, c25, self.hp.neural_rendering_resolution, deterministic=True)
-        self.occluded_mask = difference_mask(image, rendered["image"].float(), self.hp.difference_threshold)
+        rendered = self.G.synthesis(
+            self.ws_estimate, c25[:, None], self.hp.neural_rendering_resolution, deterministic=True
+        )
+        self.occluded_mask = difference_mask(image, rendered["image"][:, 0].float(), self.hp.difference_threshold)
 
     def _enter_pseudo_multiview(self, resumed: bool) -> None:
         """Build the pseudo views and their LPIPS targets, then unfreeze G (entering, or on resume)."""
@@ -684,12 +760,12 @@ class InversionModule(L.LightningModule):
     def _stage_one_generator(self, resumed: bool) -> TriPlaneGenerator:
         """A frozen copy of G as stage 1 left it, for the pseudo views.
 
-        Stages 1 and ``occluded`` never change G, so this is the pretrained generator: a copy of
-        ``G`` on entering stage 2, re-opened from its file when a run resumes in stage 2 (G is
-        tuned by then).
+        Stages 1 and ``occluded`` never change G, so this is the pretrained generator, the same for
+        every photo: a copy of ``G`` on entering stage 2, re-opened from its file when a run resumes
+        in stage 2 (G is tuned by then).
         """
         if resumed:
             stage_one = open_generator(self.hp.generator, self.hp.seed).to(self.device)
         else:
-            stage_one = copy.deepcopy(self.G)
+            stage_one = self.G.generator(0)  # every photo's copy is still the pretrained one
         return stage_one.eval().requires_grad_(False)

@@ -128,11 +128,16 @@ def masked_mse(x: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
         mask's weight so it does not vanish when the region is small — averaged over the batch.
         Samples with an empty mask contribute 0 and get zero (finite) gradients.
     """
+    return mse_per_sample(x, y, mask).mean()
+
+
+def mse_per_sample(x: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
+    """:func:`masked_mse` of each sample (``B``): the batch mean of this is :func:`masked_mse`."""
     check_image_pair(x, y)
     squared = (x - y).square()  # B×3×H×W
     if mask is None:
-        return squared.mean()
-    return _per_sample_masked_mean(squared, _check_mask(mask, x), channels=x.shape[1]).mean()
+        return squared.mean(dim=(1, 2, 3))
+    return _per_sample_masked_mean(squared, _check_mask(mask, x), channels=x.shape[1])
 
 
 # ----------------------------------------------------------------------------------------------

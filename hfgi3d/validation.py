@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from hfgi3d.data.inputs import SAMPLE, load_camera, read_photo, resolve_input
+from hfgi3d.data.inputs import SAMPLE, list_photos, load_camera, read_photo, resolve_input
 from hfgi3d.errors import InputError
 from hfgi3d.generator.checkpoint import generator_resolution
 
@@ -42,6 +42,9 @@ class FitInputs:
     generator: str | None = None
     image: str | None = None
     camera: str | None = None
+    images: str | None = None
+    batch_size: int = 1
+    batch_index: int | None = None
     output_dir: str | None = None
     overwrite: bool = False
     ckpt_path: str | None = None
@@ -61,6 +64,9 @@ class FitInputs:
             generator=get("model.generator"),
             image=get("data.image"),
             camera=get("data.camera"),
+            images=get("data.images"),
+            batch_size=get("data.batch_size") or 1,
+            batch_index=get("data.batch_index"),
             output_dir=get("output_dir") or get("outputs.output_dir"),
             overwrite=bool(get("overwrite")),
             ckpt_path=get("ckpt_path"),
@@ -69,11 +75,27 @@ class FitInputs:
 
 
 def output_dir_for(inputs: FitInputs) -> Path:
-    """The run's folder: ``--output_dir``, else ``outputs/<photo name>``."""
+    """The run's folder: ``--output_dir``, else ``outputs/<photo name>`` (``outputs/<folder name>``
+    for ``data.images``, whose photos get a folder each inside it)."""
     if inputs.output_dir:
         return Path(inputs.output_dir)
+    if inputs.images is not None:
+        images = Path(inputs.images)
+        return Path("outputs") / (images.parent.name if images.is_file() else images.resolve().name)
     image, _ = resolve_input(inputs.image or SAMPLE, None)
     return Path("outputs") / image.stem
+
+
+def batch_folder(output_dir: Path, batch_index: int) -> Path:
+    """Where batch ``batch_index`` of a ``data.images`` fit keeps its config, logs and checkpoints
+    (its photos' results go to ``output_dir/<image id>``)."""
+    return output_dir / f"batch_{batch_index}"
+
+
+def batch_ids(images: str, batch_size: int) -> list[list[str]]:
+    """The image ids of each batch of ``data.images``, in the order ``fit`` runs them."""
+    ids = [photo.stem for photo, _ in list_photos(images)]
+    return [ids[first : first + batch_size] for first in range(0, len(ids), batch_size)]
 
 
 def check_fit_inputs(inputs: FitInputs) -> list[str]:
@@ -87,14 +109,46 @@ def check_fit_inputs(inputs: FitInputs) -> list[str]:
         raise InputError("--model.estimate_steps and --model.pseudo_multiview_steps are both 0: nothing to fit")
     resolution = None if inputs.generator is None else generator_resolution(inputs.generator)
     notes: list[str] = []
-    if inputs.image is not None:
-        image, camera = resolve_input(inputs.image, inputs.camera)
-        _, notes = read_photo(image, resolution)
-        load_camera(camera, image)
-    _check_output_dir(output_dir_for(inputs), inputs.overwrite, inputs.ckpt_path)
+    if inputs.image is not None and inputs.images is not None:
+        raise InputError("give data.image (one photo) or data.images (a folder or dataset.json), not both")
+    if inputs.image is None and inputs.images is None:
+        raise InputError(
+            "no photo: pass --data.image PHOTO (and --data.camera CAMERA) or --data.images FOLDER_OR_dataset.json"
+        )
+    if isinstance(inputs.batch_size, bool) or not isinstance(inputs.batch_size, int) or inputs.batch_size < 1:
+        raise InputError(f"--data.batch_size must be a whole number ≥ 1, got {inputs.batch_size!r}")
+    if inputs.images is not None:
+        photos = list_photos(inputs.images)
+        if inputs.batch_index is not None:  # one batch of the fit (the command checked them all before)
+            first = inputs.batch_index * inputs.batch_size
+            photos = photos[first : first + inputs.batch_size]
+        for photo, camera_file in photos:
+            notes += read_photo(photo, resolution)[1]
+            load_camera(camera_file, photo)
+        _check_batch_folders(output_dir_for(inputs), inputs)
+    else:
+        if inputs.image is not None:
+            image, camera = resolve_input(inputs.image, inputs.camera)
+            _, notes = read_photo(image, resolution)
+            load_camera(camera, image)
+        _check_output_dir(output_dir_for(inputs), inputs.overwrite, inputs.ckpt_path)
     if inputs.ckpt_path is not None and not Path(inputs.ckpt_path).is_file():
         raise InputError(f"checkpoint to resume from not found: {inputs.ckpt_path}")
     return notes
+
+
+def _check_batch_folders(folder: Path, inputs: FitInputs) -> None:
+    """A ``data.images`` fit: no batch left interrupted unless resumed (``--ckpt_path``) or started over."""
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"the output folder {folder} is a file: choose another --output_dir")
+    assert inputs.images is not None
+    for index in range(len(batch_ids(inputs.images, inputs.batch_size))):
+        interrupted = batch_folder(folder, index) / INTERRUPTED_CHECKPOINT
+        if interrupted.is_file() and inputs.ckpt_path is None and not inputs.overwrite:
+            raise InputError(
+                f"batch {index} in {folder} was interrupted: resume it with --ckpt_path {interrupted}, "
+                "or pass --overwrite to start over"
+            )
 
 
 def _check_output_dir(folder: Path, overwrite: bool, ckpt_path: str | None) -> None:

@@ -25,6 +25,7 @@ outputs: {orbit_frames: 0, mesh_resolution: 0}
 evaluation: {every_n_steps: 0}
 trainer: {accelerator: cpu, log_every_n_steps: 4, callbacks: []}
 """
+TOLERANCE_BATCHED = 1e-4  # measured: 2.6e-6
 NUMBER_KEYS = ("novel_psnr", "novel_ssim", "novel_lpips", "psnr", "ssim", "lpips_alex", "warp_psnr")
 
 
@@ -120,6 +121,22 @@ def test_a_killed_run_resumes_without_redoing_finished_jobs(tmp_path: Path, prof
     assert rows[0] == first[0]  # the finished job was kept, not run again
     assert len(read_rows(results)) == 2
     assert all("error" not in row for row in rows)
+
+
+def test_a_batched_run_gives_every_photo_its_row(tmp_path: Path, profile: Path) -> None:
+    """``--batch-size 2``: both photos in one fit (``fit --data.images``), a row each, with the numbers
+    one photo per fit gives (to rounding: the batched stage 2 rounds differently, tests/test_batch.py)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert benchmarks_main(_synthetic_args(one, profile)) == 0
+    assert benchmarks_main(_synthetic_args(two, profile, "--batch-size", "2")) == 0
+    rows_one, rows_two = read_rows(one / MERGED_FILE), read_rows(two / MERGED_FILE)
+    assert [(r["image_id"], r["method"]) for r in rows_two] == [(r["image_id"], r["method"]) for r in rows_one]
+    assert [r["batch_size"] for r in rows_two] == [2, 2] and [r["batch_size"] for r in rows_one] == [1, 1]
+    for a, b in zip(rows_one, rows_two, strict=True):
+        assert "error" not in a and "error" not in b, (a.get("error"), b.get("error"))
+        for key in NUMBER_KEYS:
+            assert b[key] == pytest.approx(a[key], rel=TOLERANCE_BATCHED), key
+    assert (two / "runs" / "pti" / "batch_synthetic_0000" / "synthetic_0001" / "metrics.json").is_file()
 
 
 def test_celeba_without_data_or_weights_explains_and_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -26,6 +26,13 @@ METHODS = {
 SYNTHETIC_CI_PROFILE = "benchmark/synthetic_ci.yaml"
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _presets(method: str) -> list[str]:
     """The method's ``--config`` files, in order: the paper's preset, then its overrides."""
     return [str(preset_path(name)) for name in (BASE_PRESET, *METHODS[method])]
@@ -93,7 +100,7 @@ def celeba(args: argparse.Namespace) -> int:
         for method in args.methods
     ]
     job_fn = make_job_fn(generator, args.profile, folder, args.wandb)
-    rows = run(jobs, folder, job_fn, args.accelerator, args.devices, args.num_nodes, args.retry_errors)
+    rows = run(jobs, folder, job_fn, args.accelerator, args.devices, args.num_nodes, args.retry_errors, args.batch_size)
     if not rows:  # ranks other than 0
         return 0
     command = " ".join(["python -m hfgi3d.benchmarks", *sys.argv[1:]])
@@ -120,7 +127,7 @@ def synthetic(args: argparse.Namespace) -> int:
     ]
     lpips = LPIPS(net="alex", weights=args.lpips_weights_alex)
     job_fn = make_job_fn(args.generator, args.profile, data, folder / "runs", lpips, args.wandb)
-    rows = run(jobs, folder, job_fn, args.accelerator, args.devices, args.num_nodes, args.retry_errors)
+    rows = run(jobs, folder, job_fn, args.accelerator, args.devices, args.num_nodes, args.retry_errors, args.batch_size)
     if not rows:  # ranks other than 0
         return 0
     command = " ".join(["python -m hfgi3d.benchmarks", *sys.argv[1:]])
@@ -151,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parallel.add_argument("--devices", type=int, default=1, help="processes per node (one per GPU, or CPU processes)")
     parallel.add_argument("--num-nodes", type=int, default=1)
     parallel.add_argument("--retry-errors", action="store_true", help="run failed jobs again")
+    parallel.add_argument(
+        "--batch-size", type=_positive, default=1, help="photos of one method inverted together in one fit (default 1)"
+    )
     parallel.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parallel.add_argument(
         "--precision", default=None, help="trainer.precision of every fit, e.g. bf16-mixed (default: the presets')"

@@ -13,7 +13,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from hfgi3d.benchmarks.runner import Job, Worker, run_fit
+from hfgi3d.benchmarks.runner import Job, Photo, Worker, run_fit
 
 DATA_ENV = "HFGI3D_CELEBAHQ"
 GENERATOR_ENV = "HFGI3D_EG3D"
@@ -71,10 +71,11 @@ def write_image_list(path: Path, photos: list[Path], seed: int) -> None:
 
 
 def make_job_fn(generator: str, profile: str | None, folder: Path, wandb_group: str | None) -> Any:
-    """The job function: align the photo (once), fit the method's preset, return ``metrics.json``."""
+    """The job function: align each photo (once), fit the method's preset on the batch, return each
+    photo's ``metrics.json`` (a photo preprocessing skips gets an error row; the others go on)."""
     from hfgi3d.preprocess import preprocess
 
-    def run_job(job: Job, worker: Worker) -> dict[str, Any]:
+    def align(job: Job) -> Path:
         photo = Path(job.payload["photo"])
         aligned = folder / "aligned" / job.image_id
         crop = aligned / f"{photo.stem}.png"
@@ -83,10 +84,31 @@ def make_job_fn(generator: str, profile: str | None, folder: Path, wandb_group: 
             if report.skipped:
                 skipped = report.skipped[0]
                 raise ValueError(f"preprocessing skipped {photo.name} ({skipped.code}): {skipped.reason}")
-        out = folder / "runs" / job.method / job.image_id
+        return crop
+
+    def run_job(jobs: list[Job], worker: Worker) -> list[dict[str, Any]]:
+        rows: dict[int, dict[str, Any]] = {}
+        photos, fitted = [], []
+        root = folder / "runs" / jobs[0].method
+        if len(jobs) > 1:
+            root = root / f"batch_{jobs[0].image_id}"
+        for index, job in enumerate(jobs):
+            try:
+                crop = align(job)
+            except Exception as error:  # this photo only
+                rows[index] = {"error": f"{type(error).__name__}: {error}"}
+                continue
+            out = folder / "runs" / job.method / job.image_id if len(jobs) == 1 else root / crop.stem
+            photos.append(Photo(crop, crop.parent / "dataset.json", out))
+            fitted.append(index)
         # No generator.pt: 1500 photos × 5 methods at 63 MB each would fill a disk; the metrics are all we keep.
         extra = ("--outputs.save_generator", "none")
-        metrics = run_fit(job, worker, generator, profile, crop, aligned / "dataset.json", out, wandb_group, extra)
-        return {key: value for key, value in metrics.items() if key != "image_id"}
+        if photos:
+            batch = [jobs[index] for index in fitted]
+            for index, metrics in zip(
+                fitted, run_fit(batch, worker, generator, profile, photos, wandb_group, extra), strict=True
+            ):
+                rows[index] = {key: value for key, value in metrics.items() if key != "image_id"}
+        return [rows[index] for index in range(len(jobs))]
 
     return run_job

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from hfgi3d.benchmarks.runner import Job, Worker, run_fit
+from hfgi3d.benchmarks.runner import Job, Photo, Worker, run_fit
 from hfgi3d.cameras import orbit_c25
 from hfgi3d.generator import TriPlaneGenerator, load_generator, open_generator
 from hfgi3d.geometry import backward_warp, upsample_depth, visibility_mask
@@ -183,16 +183,26 @@ SYNTHETIC_COLUMNS = (
 def make_job_fn(
     generator_spec: str, profile: str | None, data: Path, runs: Path, lpips: LPIPS, wandb_group: str | None = None
 ) -> Any:
-    """The job function: fit the method's preset on one painted input view, then score the novel views."""
+    """The job function: fit the method's preset on the batch's painted input views, then score each
+    photo's novel views."""
 
-    def run_job(job: Job, worker: Worker) -> dict[str, Any]:
-        out = runs / job.method / job.image_id
-        image, camera = data / f"{job.image_id}.png", data / f"{job.image_id}.json"
+    def run_job(jobs: list[Job], worker: Worker) -> list[dict[str, Any]]:
+        root = runs / jobs[0].method if len(jobs) == 1 else runs / jobs[0].method / f"batch_{jobs[0].image_id}"
+        photos = [
+            Photo(data / f"{job.image_id}.png", data / f"{job.image_id}.json", root / job.image_id) for job in jobs
+        ]
         extra = ("--outputs.save_generator", "fp32")  # scored below, then deleted
-        metrics = run_fit(job, worker, generator_spec, profile, image, camera, out, wandb_group, extra)
-        row = {key: value for key, value in metrics.items() if key not in ("image_id", "skipped")}
-        row.update(score(out, data / f"{job.image_id}.pt", lpips))
-        (out / "generator.pt").unlink()  # ~1 MB tiny, ~120 MB FFHQ-512: scored, no longer needed
-        return row
+        rows = []
+        for job, photo, metrics in zip(
+            jobs, photos, run_fit(jobs, worker, generator_spec, profile, photos, wandb_group, extra), strict=True
+        ):
+            if "error" in metrics:
+                rows.append(metrics)
+                continue
+            row = {key: value for key, value in metrics.items() if key not in ("image_id", "skipped")}
+            row.update(score(photo.out, data / f"{job.image_id}.pt", lpips))
+            (photo.out / "generator.pt").unlink()  # ~1 MB tiny, ~120 MB FFHQ-512: scored, no longer needed
+            rows.append(row)
+        return rows
 
     return run_job

@@ -1,9 +1,13 @@
-"""The inversion's data: the input view and, once stage 1 is done, one pseudo view per step.
+"""The inversion's data: the input views and, once stage 1 is done, pseudo views per step.
 
-Each training step receives a batch with the input view (``image`` 1×3×H×W, ``c25`` 1×25)
-and, from stage 2 on, one auxiliary view drawn at random: ``aux_c25`` (``p_i``),
+The DataModule owns a batch of N photos (one with ``image``; up to ``batch_size`` of ``images``,
+the batch ``batch_index``). Each training step receives the input views (``image`` N×3×H×W,
+``c25`` N×25) and, from stage 2 on, ``aux_views_per_step`` (A) auxiliary views of each photo
+drawn at random, photo-major (photo 0's A views, then photo 1's): ``aux_c25`` (``p_i``, N·A×25),
 ``aux_pseudo`` (``v_i``), ``aux_visible`` (``V_i``), ``aux_occluded`` (``O_i``),
-``aux_mask_visible`` (``M_v``) and ``aux_mask_occluded`` (``M_o``).
+``aux_mask_visible`` (``M_v``) and ``aux_mask_occluded`` (``M_o``). Every photo draws the same
+view indices and pose offsets a single-photo run with the same seed draws, so a batch reproduces
+one-photo-at-a-time runs.
 
 The DataLoader only paces the steps; the tensors are attached in
 :meth:`PseudoViewDataModule.on_after_batch_transfer` (by :meth:`~PseudoViewDataModule.assemble`),
@@ -15,6 +19,7 @@ built so far (Lightning prefetches one batch ahead). The auxiliary view a step d
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -22,8 +27,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
-from hfgi3d.data.inputs import load_camera, load_image, resolve_input
+from hfgi3d.data.inputs import list_photos, load_camera, load_image, resolve_input
 from hfgi3d.data.pseudo_views import PseudoViewConfig, PseudoViews, auxiliary_cameras, build_pseudo_views
+from hfgi3d.errors import InputError
 from hfgi3d.generator import TriPlaneGenerator
 
 
@@ -43,14 +49,20 @@ def _draw(available: int, count: int, generator: torch.Generator) -> Tensor:
 
 
 class PseudoViewDataModule(L.LightningDataModule):
-    """Input photo + camera, and the pseudo views that stage 2 trains on.
+    """Input photos + cameras, and the pseudo views that stage 2 trains on.
 
     Args:
-        image: path of the aligned input photo (square), or ``sample`` for the bundled sample
+        image: path of one aligned input photo (square), or ``sample`` for the bundled sample
             photo (``configs/demo.yaml``).
         camera: its camera (see :mod:`hfgi3d.data.inputs`); ``None`` with the sample photo.
-        num_views: K auxiliary views: pre-built ones (``mode='prebuilt'``) or the orbit's.
-        aux_views_per_step: auxiliary views per stage-2 step, rendered in one batch (the paper: 1).
+        images: several photos instead of ``image``: an EG3D ``dataset.json``, a folder holding one,
+            or a folder of photos with a camera file beside each (:func:`~hfgi3d.data.inputs.list_photos`).
+        batch_size: photos inverted together (``images`` only), each with its own latent,
+            generator weights and optimizer state.
+        batch_index: which batch of ``batch_size`` photos (in file-name order) this fit inverts;
+            ``fit`` runs them all, one after the other.
+        num_views: K auxiliary views per photo: pre-built ones (``mode='prebuilt'``) or the orbit's.
+        aux_views_per_step: auxiliary views per photo and stage-2 step, rendered in one batch (the paper: 1).
         mode: ``prebuilt`` builds K views once before stage 2 and draws one per step;
             ``on_the_fly`` builds a fresh random view every step (slower, more poses).
         pseudo_views: how views are chosen and built.
@@ -62,16 +74,34 @@ class PseudoViewDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        image: str,
         num_views: int,
         aux_views_per_step: int,
         mode: Literal["prebuilt", "on_the_fly"],
         pseudo_views: PseudoViewConfig,
         seed: int,
+        image: str | None = None,
         camera: str | None = None,
+        images: str | None = None,
+        batch_size: int = 1,
+        batch_index: int = 0,
     ) -> None:
         super().__init__()
-        self.image_path, self.camera_path = resolve_input(image, camera)
+        if (image is None) == (images is None):
+            raise InputError("give data.image (one photo) or data.images (a folder or dataset.json), not both")
+        if batch_size < 1:
+            raise InputError(f"data.batch_size must be at least 1, got {batch_size}")
+        if image is not None:
+            image_path, camera_path = resolve_input(image, camera)
+            every: list[tuple[Path, str | None]] = [(image_path, camera_path)]
+        else:
+            every = list(list_photos(str(images)))
+        self.num_batches = -(-len(every) // batch_size)
+        if not 0 <= batch_index < self.num_batches:
+            raise InputError(
+                f"data.batch_index {batch_index} is out of range: {len(every)} photos make {self.num_batches} batch(es)"
+            )
+        self.photos = every[batch_index * batch_size : (batch_index + 1) * batch_size]
+        self.batched = images is not None
         self.num_views = num_views
         self.aux_views_per_step = aux_views_per_step
         self.mode = mode
@@ -84,14 +114,34 @@ class PseudoViewDataModule(L.LightningDataModule):
         self._pose_rng = torch.Generator().manual_seed(seed)
 
     @property
+    def photo_count(self) -> int:
+        """N, the photos of this batch."""
+        return len(self.photos)
+
+    @property
+    def image_ids(self) -> list[str]:
+        return [path.stem for path, _ in self.photos]
+
+    @property
+    def image_path(self) -> Path:
+        """The first photo (the only one without ``images``)."""
+        return self.photos[0][0]
+
+    @property
     def image_id(self) -> str:
         return self.image_path.stem
 
+    def photo_folders(self, output_dir: str | Path) -> list[Path]:
+        """Each photo's result folder: ``output_dir`` itself for one ``image``, else ``output_dir/<image id>``."""
+        if not self.batched:
+            return [Path(output_dir)]
+        return [Path(output_dir) / image_id for image_id in self.image_ids]
+
     def load_input(self, resolution: int) -> None:
-        """Read the photo at the generator's resolution and its camera (idempotent)."""
+        """Read the photos at the generator's resolution and their cameras (idempotent)."""
         if self.image is None:
-            self.c25 = load_camera(self.camera_path, self.image_path)
-            self.image = load_image(self.image_path, resolution)
+            self.c25 = torch.cat([load_camera(camera, path) for path, camera in self.photos])
+            self.image = torch.cat([load_image(path, resolution) for path, _ in self.photos])
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(_Steps(), batch_size=None, num_workers=0)
@@ -104,10 +154,12 @@ class PseudoViewDataModule(L.LightningDataModule):
         return self.views is not None or self._builder is not None
 
     def prepare_pseudo_views(self, generator: TriPlaneGenerator, ws_estimate: Tensor, ws_occluded: Tensor) -> None:
-        """Build the K views from the stage-1 latent ``w_e`` and the occluded latent ``w_o``.
+        """Build each photo's K views from its stage-1 latent ``w_e`` and occluded latent ``w_o``
+        (``N×num_ws×w_dim`` each), photo after photo, each from the pose state a single-photo run
+        starts with.
 
         ``generator`` must be the stage-1 generator and must not change afterwards (the module
-        passes a frozen copy). In ``on_the_fly`` mode it and the latents are kept to build a view
+        passes a frozen copy). In ``on_the_fly`` mode it and the latents are kept to build views
         per step.
         """
         if self.image is None or self.c25 is None:
@@ -116,36 +168,66 @@ class PseudoViewDataModule(L.LightningDataModule):
         if self.mode == "on_the_fly":
             self._builder = (generator, ws_estimate.detach(), ws_occluded.detach())
             return
-        cameras = auxiliary_cameras(self.c25, self.num_views, self.config, self._pose_rng).to(device)
-        self.views = build_pseudo_views(
-            generator, ws_estimate.detach(), ws_occluded.detach(), self.image.to(device),
-            self.c25.to(device), cameras, self.config,
-        )  # fmt: skip
+        start = self._pose_rng.get_state()
+        views = []
+        for photo in range(self.photo_count):
+            self._pose_rng.set_state(start)
+            cameras = auxiliary_cameras(self.c25[photo : photo + 1], self.num_views, self.config, self._pose_rng)
+            views.append(
+                build_pseudo_views(
+                    generator,
+                    ws_estimate[photo : photo + 1].detach(),
+                    ws_occluded[photo : photo + 1].detach(),
+                    self.image[photo : photo + 1].to(device),
+                    self.c25[photo : photo + 1].to(device),
+                    cameras.to(device),
+                    self.config,
+                )
+            )
+        self.views = PseudoViews.cat(views)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> dict[str, Tensor]:
         assert self.trainer is not None
         return self.assemble(self.trainer.global_step, self.trainer.strategy.root_device)
 
     def assemble(self, step: int, device: torch.device) -> dict[str, Tensor]:
-        """Step ``step``'s batch: the input view, plus ``aux_views_per_step`` auxiliary views drawn
-        for that step (distinct while the views last) once pseudo views are available; pre-built
-        views come with their indices, ``aux_index`` (see the module docstring for the keys)."""
+        """Step ``step``'s batch: the input views, plus ``aux_views_per_step`` auxiliary views of each
+        photo drawn for that step (distinct while the views last) once pseudo views are available;
+        pre-built views come with their indices in :attr:`views`, ``aux_index`` (see the module
+        docstring for the keys)."""
         if self.image is None or self.c25 is None:
             raise RuntimeError("the input was not loaded; the LightningModule's setup loads it")
         out = {"image": self.image.to(device), "c25": self.c25.to(device)}
         if not self.ready:
             return out
-        draw = torch.Generator().manual_seed((self.seed << 32) + step)
         if self.views is not None:
-            index = _draw(len(self.views), self.aux_views_per_step, draw)
-            view = self.views.select(index).to(device)
-            out["aux_index"] = index.to(device)
+            per_photo = len(self.views) // self.photo_count
+            draw = torch.Generator().manual_seed((self.seed << 32) + step)
+            index = _draw(per_photo, self.aux_views_per_step, draw)
+            flat = (torch.arange(self.photo_count)[:, None] * per_photo + index[None]).flatten()  # photo-major
+            view = self.views.select(flat).to(device)
+            out["aux_index"] = flat.to(device)
         else:
             assert self._builder is not None
             generator, ws_e, ws_o = self._builder
-            cameras = auxiliary_cameras(self.c25, self.num_views, self.config, draw)  # fresh random or the orbit
-            camera = cameras[_draw(len(cameras), self.aux_views_per_step, draw)].to(device)
-            view = build_pseudo_views(generator, ws_e, ws_o, out["image"], out["c25"], camera, self.config)
+            parts = []
+            for photo in range(self.photo_count):
+                draw = torch.Generator().manual_seed((self.seed << 32) + step)
+                c25 = self.c25[photo : photo + 1]
+                cameras = auxiliary_cameras(c25, self.num_views, self.config, draw)  # fresh random or the orbit
+                camera = cameras[_draw(len(cameras), self.aux_views_per_step, draw)].to(device)
+                parts.append(
+                    build_pseudo_views(
+                        generator,
+                        ws_e[photo : photo + 1],
+                        ws_o[photo : photo + 1],
+                        out["image"][photo : photo + 1],
+                        out["c25"][photo : photo + 1],
+                        camera,
+                        self.config,
+                    )
+                )
+            view = PseudoViews.cat(parts)
         out.update(
             aux_c25=view.c25, aux_pseudo=view.pseudo, aux_visible=view.visible, aux_occluded=view.occluded,
             aux_mask_visible=view.mask_visible, aux_mask_occluded=view.mask_occluded,
@@ -155,12 +237,18 @@ class PseudoViewDataModule(L.LightningDataModule):
     # Checkpointing: pseudo views travel with the checkpoint, so a resumed run reuses them. ---
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"pose_rng": self._pose_rng.get_state()}
+        state: dict[str, Any] = {"pose_rng": self._pose_rng.get_state(), "image_ids": self.image_ids}
         if self.views is not None:
             state["views"] = {name: getattr(self.views, name).cpu() for name in self.views.__dataclass_fields__}
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("image_ids", self.image_ids)
+        if list(saved) != self.image_ids:
+            raise InputError(
+                f"the checkpoint inverts {', '.join(saved)}, not this batch ({', '.join(self.image_ids)}): "
+                "resume with the data options it was started with"
+            )
         self._pose_rng.set_state(state_dict["pose_rng"])
         if "views" in state_dict:
             self.views = PseudoViews(**state_dict["views"])

@@ -1,8 +1,12 @@
-"""Reading the input photo and its camera.
+"""Reading the input photos and their cameras.
 
 A camera is given as a JSON file holding the 25 numbers (a list, or ``{"c25": [...]}``), a
 ``.npy`` file with 25 values, or an EG3D ``dataset.json`` (``{"labels": [[name, c25], ...]}``)
 in which the entry is found by the image's file name.
+
+Several photos (:func:`list_photos`, ``data.images``) come as an EG3D ``dataset.json`` with the
+photos beside it, a folder holding one (what ``preprocess`` writes), or a folder of photos each
+with its camera beside it (``face.png`` + ``face.json`` or ``face.npy``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,53 @@ def resolve_input(image: str, camera: str | None) -> tuple[Path, str | None]:
     if image == SAMPLE:
         return SAMPLE_IMAGE, camera or str(SAMPLE_CAMERA)
     return Path(image), camera
+
+
+PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+"""Photo extensions :func:`list_photos` picks up in a folder."""
+DATASET_JSON = "dataset.json"
+
+
+def list_photos(images: str | Path) -> list[tuple[Path, str]]:
+    """The photos of ``data.images`` and each one's camera file, sorted by file name.
+
+    Raises:
+        InputError: nothing there, no photo in it, a photo without camera, a label whose photo is
+            missing, or two photos with the same name (their result folders would clash).
+    """
+    path = Path(images)
+    if not path.exists():
+        raise InputError(f"data.images: {path} does not exist (pass a folder of photos or an EG3D dataset.json)")
+    dataset = path if path.is_file() else path / DATASET_JSON
+    if path.is_file() and path.suffix != ".json":
+        raise InputError(f"data.images: {path} is a file but not a dataset.json; for one photo use data.image")
+    if dataset.is_file():
+        try:
+            labels = json.loads(dataset.read_text())["labels"]
+            names = [str(name) for name, _ in labels]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+            raise InputError(f"{dataset} is not an EG3D dataset.json ({{'labels': [[name, c25], ...]}})") from None
+        photos = [(dataset.parent / name, str(dataset)) for name in names]
+        missing = [str(photo) for photo, _ in photos if not photo.is_file()]
+        if missing:
+            raise InputError(f"{dataset} labels {len(missing)} photo(s) that are not there, e.g. {missing[0]}")
+    else:
+        photos = []
+        for photo in sorted(p for p in path.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES):
+            camera = next((c for c in (photo.with_suffix(".json"), photo.with_suffix(".npy")) if c.is_file()), None)
+            if camera is None:
+                raise InputError(
+                    f"no camera for {photo}: put {photo.stem}.json (25 numbers) beside it, or a dataset.json in {path}"
+                )
+            photos.append((photo, str(camera)))
+    if not photos:
+        raise InputError(f"data.images: no photo in {path} ({', '.join(PHOTO_SUFFIXES)})")
+    photos.sort(key=lambda item: item[0].name)
+    stems = [photo.stem for photo, _ in photos]
+    clash = next((stem for stem in stems if stems.count(stem) > 1), None)
+    if clash is not None:
+        raise InputError(f"data.images: two photos are named {clash!r}; their result folders would clash")
+    return photos
 
 
 PREPROCESS_HINT = "align it with `python -m hfgi3d preprocess PHOTO OUT/`, which writes the crop and its camera"

@@ -96,6 +96,11 @@ class PseudoViews:
     def to(self, device: torch.device | str) -> PseudoViews:
         return PseudoViews(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 
+    @staticmethod
+    def cat(parts: list[PseudoViews]) -> PseudoViews:
+        """Views of several photos, one after the other (photo-major)."""
+        return PseudoViews(*(torch.cat([getattr(p, f) for p in parts]) for f in PseudoViews.__dataclass_fields__))
+
     def select(self, index: Tensor | int) -> PseudoViews:
         """Views at ``index`` (an int keeps a leading dimension of 1)."""
         idx = torch.as_tensor([index] if isinstance(index, int) else index)

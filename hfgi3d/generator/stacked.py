@@ -109,8 +109,20 @@ class StackedGenerator(nn.Module):
         return self
 
     @property
+    def template(self) -> TriPlaneGenerator:
+        """The module every copy runs through (its own tensors live on the ``meta`` device)."""
+        return self._template[0].generator
+
+    @property
     def num_ws(self) -> int:
-        return self._template[0].generator.num_ws
+        return self.template.num_ws
+
+    def mapping(self, z: Tensor, c: Tensor, truncation_psi: float = 1.0) -> Tensor:
+        """:meth:`TriPlaneGenerator.mapping` of copy 0. Inversion never tunes the mapping network
+        (no gradient reaches it), so every copy maps alike."""
+        weights, buffers = self._tensors()
+        first = {name: value[0] for name, value in weights.items()}
+        return functional_call(self._template[0], {**first, **buffers}, ("mapping", z, c, truncation_psi))
 
     def _tensors(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         weights = {f"generator.{name}": self.weights[_key(name)] for name in self._names}
