@@ -113,7 +113,8 @@ def measure(args: argparse.Namespace, precision: str) -> dict[str, Any]:
         def count_vgg(_: Any, inputs: tuple[Any, ...]) -> None:
             counts["vgg_images"] += len(inputs[0])
 
-        module.G.backbone.synthesis.register_forward_pre_hook(count_generator)
+        generator = getattr(module.G, "template", module.G)  # a StackedGenerator runs its template's modules
+        generator.backbone.synthesis.register_forward_pre_hook(count_generator)
         _trunk(module).register_forward_pre_hook(count_vgg)
 
         class Probe(L.Callback):

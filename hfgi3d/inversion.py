@@ -304,11 +304,8 @@ class InversionModule(L.LightningModule):
         """Images ``N×K×3×H×W`` of each photo's latent (``ws``: ``N×num_ws×w_dim``) from its ``K``
         cameras (``N×K×25``): the tri-planes once, then the neural rendering and super-resolution
         of the cameras in batches of :attr:`render_batch`."""
-        planes = self.G.planes(ws)
-        images = []
-        for chunk in cameras.split(self.render_batch, dim=1):
-            images.append(self.G.render(planes, ws, chunk, self.hp.neural_rendering_resolution)["image"])
-        return torch.cat(images, dim=1)
+        rendered = self.G.synthesis_cameras(ws, cameras, self.render_batch, self.hp.neural_rendering_resolution)
+        return rendered["image"]
 
     @property
     def render_batch(self) -> int:

@@ -52,6 +52,9 @@ def _apply(result: Tensor | dict[str, Tensor], function: Callable[[Tensor], Tens
     return {key: function(value) for key, value in result.items()}
 
 
+MAPPING_PREFIX = "backbone.mapping."
+
+
 def _key(name: str) -> str:
     """Parameter names of the template as module attribute names (a dot is not allowed there)."""
     return name.replace(".", "__")
@@ -120,12 +123,15 @@ class StackedGenerator(nn.Module):
     def mapping(self, z: Tensor, c: Tensor, truncation_psi: float = 1.0) -> Tensor:
         """:meth:`TriPlaneGenerator.mapping` of copy 0. Inversion never tunes the mapping network
         (no gradient reaches it), so every copy maps alike."""
-        weights, buffers = self._tensors()
+        weights, buffers = self._tensors(mapping=True)
         first = {name: value[0] for name, value in weights.items()}
         return functional_call(self._template[0], {**first, **buffers}, ("mapping", z, c, truncation_psi))
 
-    def _tensors(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        weights = {f"generator.{name}": self.weights[_key(name)] for name in self._names}
+    def _tensors(self, mapping: bool = False) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """The weights (the mapping network's only with ``mapping``: rendering never uses them, and
+        leaving them out spares their gradient's zeros) and buffers, as ``functional_call`` names them."""
+        names = [name for name in self._names if mapping or not name.startswith(MAPPING_PREFIX)]
+        weights = {f"generator.{name}": self.weights[_key(name)] for name in names}
         buffers = {f"generator.{name}": getattr(self, _key(name)) for name in self._buffer_names}
         return weights, buffers
 
@@ -195,6 +201,26 @@ class StackedGenerator(nn.Module):
     ) -> dict[str, Tensor]:
         """``ws`` (``N×num_ws×w_dim``) and cameras ``c`` (``N×K×25``) → images, as :meth:`render`."""
         return self.render(self.planes(ws), ws, c, neural_rendering_resolution, deterministic)
+
+    def synthesis_cameras(
+        self,
+        ws: Tensor,
+        c: Tensor,
+        batch_size: int,
+        neural_rendering_resolution: int | None = None,
+        deterministic: bool = False,
+    ) -> dict[str, Tensor]:
+        """Each photo's tri-planes once, rendered from its ``K`` cameras ``batch_size`` at a time
+        (:meth:`TriPlaneGenerator.synthesis_cameras`), all in one call per :attr:`photos_per_call`
+        photos: one reparametrization per photo, whatever K. Keys as :meth:`render`."""
+        return self._map(
+            "synthesis_cameras",
+            ws.unsqueeze(1),
+            c,
+            batch_size=batch_size,
+            neural_rendering_resolution=neural_rendering_resolution,
+            deterministic=deterministic,
+        )
 
     @torch.no_grad()
     def generator(self, index: int) -> TriPlaneGenerator:

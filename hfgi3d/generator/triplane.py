@@ -97,7 +97,13 @@ class TriPlaneGenerator(nn.Module):
         }
 
     def render_cameras(
-        self, planes: Tensor, ws: Tensor, c: Tensor, batch_size: int = 4, deterministic: bool = False
+        self,
+        planes: Tensor,
+        ws: Tensor,
+        c: Tensor,
+        batch_size: int = 4,
+        deterministic: bool = False,
+        neural_rendering_resolution: int | None = None,
     ) -> dict[str, Tensor]:
         """Render one latent's tri-planes (1×3×32×R×R, ``ws`` 1×num_ws×w_dim) from K cameras
         ``c`` (K×25), ``batch_size`` at a time to bound memory; same keys as :meth:`render`."""
@@ -105,9 +111,27 @@ class TriPlaneGenerator(nn.Module):
         for chunk in c.split(batch_size):
             k = len(chunk)
             outputs.append(
-                self.render(planes.expand(k, -1, -1, -1, -1), ws.expand(k, -1, -1), chunk, deterministic=deterministic)
+                self.render(
+                    planes.expand(k, -1, -1, -1, -1),
+                    ws.expand(k, -1, -1),
+                    chunk,
+                    neural_rendering_resolution,
+                    deterministic,
+                )
             )
         return {key: torch.cat([out[key] for out in outputs]) for key in outputs[0]}
+
+    def synthesis_cameras(
+        self,
+        ws: Tensor,
+        c: Tensor,
+        batch_size: int = 4,
+        neural_rendering_resolution: int | None = None,
+        deterministic: bool = False,
+    ) -> dict[str, Tensor]:
+        """One latent (``ws`` 1×num_ws×w_dim) from K cameras (K×25): the tri-planes once, then
+        :meth:`render_cameras`."""
+        return self.render_cameras(self.planes(ws), ws, c, batch_size, deterministic, neural_rendering_resolution)
 
     def synthesis(
         self,
