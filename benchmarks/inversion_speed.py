@@ -218,6 +218,11 @@ def _measure_commit(ref: str, argv: list[str]) -> list[dict[str, Any]]:
         add = ["git", "-C", str(REPO), "worktree", "add", "--quiet", "--detach", str(tree), ref]
         subprocess.run(add, check=True, stdout=subprocess.DEVNULL)
         try:
+            # pyproject's package-dir ships callbacks/ and configs/ as hfgi3d.callbacks and
+            # hfgi3d.configs; on PYTHONPATH the worktree needs them where the package looks.
+            for name in ("callbacks", "configs"):
+                if (tree / name).is_dir() and not (tree / "hfgi3d" / name).exists():
+                    (tree / "hfgi3d" / name).symlink_to(tree / name, target_is_directory=True)
             env = {**os.environ, "PYTHONPATH": str(tree)}
             command = [sys.executable, str(SCRIPT), *argv, "--child"]
             result = subprocess.run(command, cwd=tree, env=env, check=False, capture_output=True, text=True)

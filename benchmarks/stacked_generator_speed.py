@@ -77,7 +77,7 @@ def generator_cases(
         stacked = StackedGenerator(generator, photos, photos_per_call).to(device)
 
         def step() -> None:
-            out = stacked.synthesis(ws, c)
+            out = stacked.synthesis_cameras(ws, c, batch_size=cameras)  # the inversion's call
             out["image"].square().mean(dim=(1, 2, 3, 4)).sum().backward()
 
         return step
