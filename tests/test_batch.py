@@ -4,6 +4,12 @@ the photo list of ``data.images``; the ``fit`` command over several batches."""
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -90,39 +96,65 @@ def _tuning_gap(batch: InversionModule, single: InversionModule, index: int) -> 
     return (gap / moved) ** 0.5
 
 
-def _single_fits(photos: Path, tmp_path: Path) -> list[tuple[InversionModule, torch.Tensor]]:
-    fits = []
-    for name in NAMES:
-        single = InversionModule(**FAST_MODEL)
-        data = _data(image=str(photos / f"{name}.png"), camera=str(photos / f"{name}.json"))
-        fits.append((single, torch.cat(_fit(single, data, tmp_path).losses)))  # steps (all three stages)
-    return fits
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Torch on one thread: with two, a sum over one image is split by the batch's size, which rounds
+    a batch differently from a single photo (and a run differently from a run it is compared with)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
-@pytest.mark.usefixtures("one_thread")
-def test_a_batch_of_three_equals_three_single_photo_fits(photos: Path, tmp_path: Path) -> None:
+@dataclass
+class Fits:
+    """A batch of the three photos and their three single-photo fits, on one thread (see below)."""
+
+    batch: InversionModule
+    batch_losses: torch.Tensor  # steps×3
+    views: int
+    singles: list[tuple[InversionModule, torch.Tensor]]  # each with its losses (steps)
+
+
+@pytest.fixture(scope="module")
+def fits(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Fits:
+    folder = tmp_path_factory.mktemp("fits")
+    with _one_thread():
+        batch = InversionModule(**{**FAST_MODEL, "photos": 3, "photos_per_call": 1})
+        datamodule = _data(images=str(photos), batch_size=3)
+        batch_losses = torch.stack(_fit(batch, datamodule, folder).losses)
+        singles = []
+        for name in NAMES:
+            single = InversionModule(**FAST_MODEL)
+            data = _data(image=str(photos / f"{name}.png"), camera=str(photos / f"{name}.json"))
+            singles.append((single, torch.cat(_fit(single, data, folder).losses)))  # all three stages
+    assert datamodule.views is not None
+    return Fits(batch, batch_losses, len(datamodule.views), singles)
+
+
+def test_a_batch_of_three_equals_three_single_photo_fits(fits: Fits) -> None:
     """One photo per generator call (the CPU default). Stage 1, the occluded stage and the pseudo views
     are bit for bit those of the single-photo fits; in stage 2 the shared VGG pass runs 3 photos' renders
     at once, which rounds differently, so there the losses agree to fp32 rounding and the tuned weights
     to 0.04 % of how far tuning moved them (measured; bound 1 %). On one thread: with two, a sum over
     one image is split by the batch's size, which rounds differently from stage 1 on."""
-    batch = InversionModule(**{**FAST_MODEL, "photos": 3, "photos_per_call": 1})
-    datamodule = _data(images=str(photos), batch_size=3)
-    batch_losses = torch.stack(_fit(batch, datamodule, tmp_path).losses)  # steps×3
+    batch = fits.batch
     stage_two = FAST_MODEL["estimate_steps"] + FAST_MODEL["occluded_steps"]
-    for index, (single, losses) in enumerate(_single_fits(photos, tmp_path)):
-        assert torch.equal(batch_losses[:stage_two, index], losses[:stage_two])
+    for index, (single, losses) in enumerate(fits.singles):
+        assert torch.equal(fits.batch_losses[:stage_two, index], losses[:stage_two])
         assert torch.equal(batch.ws_estimate[index], single.ws_estimate[0])
         assert torch.equal(batch.ws_occluded[index], single.ws_occluded[0])
-        torch.testing.assert_close(batch_losses[stage_two:, index], losses[stage_two:], rtol=1e-4, atol=0)
+        torch.testing.assert_close(fits.batch_losses[stage_two:, index], losses[stage_two:], rtol=1e-4, atol=0)
         torch.testing.assert_close(batch.latent[index], single.latent[0], rtol=0, atol=1e-4)
         assert _tuning_gap(batch, single, index) < 1e-2
-    assert datamodule.views is not None and len(datamodule.views) == 3 * 2  # two views per photo
+    assert fits.views == 3 * 2  # two views per photo
     # The photos differ, so the comparison above is not between three copies of one run.
     assert (batch.latent[0] - batch.latent[2]).abs().max() > 1e-3
 
 
-def test_one_batched_generator_call_follows_the_single_photo_fits(photos: Path, tmp_path: Path) -> None:
+def test_one_batched_generator_call_follows_the_single_photo_fits(fits: Fits, photos: Path, tmp_path: Path) -> None:
     """All three photos in one vmap call (the GPU default). Its grouped convolutions round differently
     (renders and gradients agree to ~1e-6, tests/test_stacked.py), so the first step's losses agree to
     fp32 rounding; later steps drift apart, because Adam moves every element by about its learning rate
@@ -131,38 +163,40 @@ def test_one_batched_generator_call_follows_the_single_photo_fits(photos: Path, 
     weights 7 % of tuning's move apart (bounds 5 % and 20 %)."""
     batch = InversionModule(**{**FAST_MODEL, "photos": 3, "photos_per_call": 3})
     batch_losses = torch.stack(_fit(batch, _data(images=str(photos), batch_size=3), tmp_path).losses)
-    for index, (single, losses) in enumerate(_single_fits(photos, tmp_path)):
+    for index, (single, losses) in enumerate(fits.singles):
         torch.testing.assert_close(batch_losses[0, index], losses[0], rtol=1e-6, atol=0)
         torch.testing.assert_close(batch_losses[:, index], losses, rtol=0.05, atol=0)
         assert _tuning_gap(batch, single, index) < 0.2
 
 
-def test_a_batch_resumes_from_its_last_checkpoint_with_every_photos_state(photos: Path, tmp_path: Path) -> None:
+def test_a_batch_resumes_from_its_last_checkpoint_with_every_photos_state(
+    fits: Fits, photos: Path, tmp_path: Path
+) -> None:
+    """Killed in stage 2 (pseudo views built, G being tuned), resumed from the periodic ``last.ckpt``:
+    every photo ends where the uninterrupted batch (the fixture's) ended, bit for bit."""
+
     class Killed(Exception):
         pass
 
     class StopAt(L.Callback):
         def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
-            if trainer.global_step == 6:  # in stage 2: pseudo views built, G being tuned
+            if trainer.global_step == 6:
                 raise Killed
 
-    model = {**FAST_MODEL, "photos": 3, "pseudo_multiview_steps": 4}
-    whole = InversionModule(**model)
-    _fit(whole, _data(images=str(photos), batch_size=3), tmp_path / "whole")
-
+    model = {**FAST_MODEL, "photos": 3, "photos_per_call": 1}
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True)
-    first = InversionModule(**model)
+    first, second = InversionModule(**model), InversionModule(**model)
     torch.manual_seed(0)
-    with pytest.raises(Killed):
+    with _one_thread(), pytest.raises(Killed):
         _trainer(tmp_path, first.total_steps, [checkpoint, StopAt()]).fit(
             first, datamodule=_data(images=str(photos), batch_size=3)
         )
-    second = InversionModule(**model)
-    _trainer(tmp_path, second.total_steps, []).fit(
-        second, datamodule=_data(images=str(photos), batch_size=3), ckpt_path=tmp_path / "ckpt" / "last.ckpt"
-    )
-    assert torch.equal(second.latent, whole.latent)
-    for key, value in whole.G.state_dict().items():
+    with _one_thread():
+        _trainer(tmp_path, second.total_steps, []).fit(
+            second, datamodule=_data(images=str(photos), batch_size=3), ckpt_path=tmp_path / "ckpt" / "last.ckpt"
+        )
+    assert torch.equal(second.latent, fits.batch.latent)
+    for key, value in fits.batch.G.state_dict().items():
         assert torch.equal(second.G.state_dict()[key], value), key
     # A checkpoint of one batch does not resume another (the DataModule checks the photos' names).
     other = _data(images=str(photos), batch_size=2, batch_index=1)
@@ -213,7 +247,7 @@ BATCH_FIT = [
 ]  # fmt: skip
 
 
-def test_fit_runs_every_batch_drops_a_bad_photo_and_skips_finished_batches(
+def test_fit_runs_every_batch_drops_a_bad_photo_and_resumes_an_interrupted_job(
     photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from hfgi3d.data import datamodule
@@ -225,18 +259,19 @@ def test_fit_runs_every_batch_drops_a_bad_photo_and_skips_finished_batches(
         return image * float("nan") if Path(path).stem == "b" else image
 
     monkeypatch.setattr(datamodule, "load_image", poisoned)
-    out = tmp_path / "out"
-    args = [*BATCH_FIT, "--data.images", str(photos), "--data.batch_size", "2", "--output_dir", str(out)]
+    whole = tmp_path / "whole"
+    base = [*BATCH_FIT, "--data.images", str(photos), "--data.batch_size", "2"]
+    args = [*base, "--output_dir", str(whole)]
     with pytest.warns(UserWarning, match=r"dropped photo\(s\) 1 of the batch: non-finite loss"):
         assert main(args) == 0
     for name in ("a", "c"):  # a shared b's batch and went on; c was the second batch
-        metrics = json.loads((out / name / "metrics.json").read_text())
+        metrics = json.loads((whole / name / "metrics.json").read_text())
         assert metrics["image_id"] == name and metrics["psnr"] > 5
-        assert (out / name / "reconstruction.png").is_file() and (out / name / "generator.pt").is_file()
-    failed = json.loads((out / "b" / "failed.json").read_text())
+        assert (whole / name / "reconstruction.png").is_file() and (whole / name / "generator.pt").is_file()
+    failed = json.loads((whole / "b" / "failed.json").read_text())
     assert failed["image_id"] == "b" and "non-finite loss" in failed["error"] and "step 0" in failed["error"]
-    assert not (out / "b" / "metrics.json").exists()
-    assert (out / "batch_0" / "config.yaml").is_file() and (out / "batch_1" / "config.yaml").is_file()
+    assert not (whole / "b" / "metrics.json").exists()
+    assert (whole / "batch_0" / "config.yaml").is_file() and (whole / "batch_1" / "config.yaml").is_file()
     assert "batch 1/2: a, b" in capsys.readouterr().err
 
     assert main(args) == 0  # the same command again: every batch is done
@@ -246,3 +281,40 @@ def test_fit_runs_every_batch_drops_a_bad_photo_and_skips_finished_batches(
     (tmp_path / "elsewhere.ckpt").write_bytes(b"a checkpoint of another job")
     assert main([*args, "--ckpt_path", str(tmp_path / "elsewhere.ckpt")]) == 2
     assert "not inside a batch folder" in capsys.readouterr().err
+
+    # Ctrl-C in stage 2 of the second batch: the first batch's results stay, the printed command skips
+    # that batch, resumes the second and ends with the uninterrupted job's results.
+    signal_config = tmp_path / "signal.yaml"
+    signal_config.write_text(
+        "trainer:\n  callbacks:\n"
+        "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+        "      init_args: {every_n_train_steps: 50, save_last: true}\n"
+        "    - class_path: tests.test_batch.SignalInBatch\n      init_args: {step: 6, image_id: c}\n"
+    )
+    cut = tmp_path / "cut"
+    assert main([*base, "--output_dir", str(cut), "--config", str(signal_config)]) == 130
+    err = capsys.readouterr().err
+    assert (cut / "a" / "metrics.json").is_file() and not (cut / "c" / "metrics.json").exists()
+    command = shlex.split(next(line for line in err.splitlines() if line.startswith("resume with: "))[13:])
+    checkpoint = Path(command[command.index("--ckpt_path") + 1])
+    assert checkpoint == cut / "batch_1" / "checkpoints" / "interrupted.ckpt" and checkpoint.is_file()
+    assert main(command[3:]) == 0
+    assert "batch 0 (a, b) already has results: skipped" in capsys.readouterr().err
+    for key in ("ws", "ws_occluded"):
+        cut_latent = torch.load(cut / "c" / "latent.pt", weights_only=True)[key]
+        torch.testing.assert_close(
+            cut_latent, torch.load(whole / "c" / "latent.pt", weights_only=True)[key], rtol=0, atol=0
+        )
+
+
+class SignalInBatch(L.Callback):
+    """Sends the process SIGINT when step ``step`` of the batch holding ``image_id`` starts (not resumed)."""
+
+    def __init__(self, step: int, image_id: str) -> None:
+        self.step = step
+        self.image_id = image_id
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        ids = trainer.datamodule.image_ids  # type: ignore[attr-defined]
+        if trainer.global_step == self.step and trainer.ckpt_path is None and self.image_id in ids:
+            os.kill(os.getpid(), signal.SIGINT)
