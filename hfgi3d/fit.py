@@ -82,20 +82,43 @@ folder): ``edit-texture`` reruns stage 2 from it, and ``fit --config RUN/config.
 
 class LogConfig(SaveConfigCallback):
     """Save ``config.yaml`` in the log folder (Lightning's behaviour) and in the output folder (the
-    config as given, :data:`RUN_CONFIG`), and send the resolved config to W&B runs."""
+    config as given, :data:`RUN_CONFIG`), and send the resolved config to W&B runs.
 
-    def __init__(self, *args: Any, run_config: Any = None, output_dir: str | None = None, **kwargs: Any) -> None:
+    A batch of ``data.images`` saves its config in its batch folder, and in each photo's folder the
+    config of that photo alone (``data.image`` and ``data.camera`` in place of ``data.images``), so
+    that ``fit --config OUTPUT/<id>/config.yaml`` repeats it and ``edit-texture`` reruns its stage 2."""
+
+    def __init__(
+        self,
+        *args: Any,
+        run_config: Any = None,
+        output_dir: str | None = None,
+        photo_root: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.run_config = run_config
         self.output_dir = output_dir
+        self.photo_root = photo_root
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.run_config is not None and self.output_dir is not None:
-            folder = Path(self.output_dir)
-            folder.mkdir(parents=True, exist_ok=True)
-            self.parser.save(self.run_config, str(folder / RUN_CONFIG), skip_none=False, overwrite=True)
+            self._save(self.run_config, Path(self.output_dir))
+        if self.run_config is not None and self.photo_root is not None:
+            datamodule: Any = trainer.datamodule  # type: ignore[attr-defined]
+            for (image, camera), folder in zip(
+                datamodule.photos, datamodule.photo_folders(self.photo_root), strict=True
+            ):
+                single = self.run_config.clone()
+                single["data.image"], single["data.camera"], single["data.images"] = str(image), camera, None
+                single["data.batch_size"], single["data.batch_index"], single["output_dir"] = 1, 0, str(folder)
+                self._save(single, folder)
         for logger in wandb_loggers(trainer):
             logger.experiment.config.update(self.config.as_dict(), allow_val_change=True)
+
+    def _save(self, config: Any, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.parser.save(config, str(folder / RUN_CONFIG), skip_none=False, overwrite=True)
 
 
 def _logger_entries(trainer_config: Any) -> list[Any]:
@@ -177,7 +200,8 @@ class InversionCLI(LightningCLI):
         run_dir = output_dir
         if inputs.images is not None:
             run_dir = str(batch_folder(Path(output_dir), config["data"]["batch_index"]))
-        self.save_config_kwargs.update(run_config=run_config, output_dir=run_dir)
+        photo_root = output_dir if inputs.images is not None else None
+        self.save_config_kwargs.update(run_config=run_config, output_dir=run_dir, photo_root=photo_root)
         for group in CALLBACK_GROUPS:
             config[group]["output_dir"] = output_dir
         if config["trainer"].get("default_root_dir") in (None, "."):

@@ -631,9 +631,9 @@ class InversionModule(L.LightningModule):
         """Backward the sum of the photos' losses (``loss``, ``N``) and step optimizer ``index`` and its
         scheduler; the ``frozen`` parameters' gradients are dropped first, so Adam leaves them (and their
         moments) as they are. A photo whose loss is not finite is dropped (:meth:`_drop`)."""
-        finite = torch.isfinite(loss.detach())
-        if not bool(finite[self.alive].all()):
-            self._drop(~finite & self.alive, loss, stage, step)
+        bad = ~torch.isfinite(loss.detach()) & self.alive
+        if bool(bad.any()):  # the step's one synchronisation with the device, as before batching
+            self._drop(bad, loss, stage, step)
         optimizers, schedulers = self.optimizers(), self.lr_schedulers()
         assert isinstance(optimizers, list) and isinstance(schedulers, list)
         optimizer, scheduler = optimizers[index], schedulers[index]
@@ -642,7 +642,7 @@ class InversionModule(L.LightningModule):
         self.manual_backward(torch.where(self.alive, loss, torch.zeros_like(loss)).sum())
         for parameter in frozen:
             parameter.grad = None
-        if not bool(self.alive.all()):
+        if self.failures:  # a photo was dropped (known on the host: no synchronisation)
             self._zero_dropped_gradients(optimizer)
         optimizer.step()
         scheduler.step()
@@ -674,9 +674,12 @@ class InversionModule(L.LightningModule):
                     parameter.grad[dead] = 0
 
     def _log(self, stage: str, losses: dict[str, Tensor]) -> None:
-        """Each value's mean over the photos still being inverted (with one photo: its value)."""
-        alive = self.alive
-        values = {f"{stage}/{name}": value.detach()[alive].mean() for name, value in losses.items()}
+        """Each value's mean over the photos still being inverted (with one photo: its value); computed
+        on the device, without the synchronisation a boolean index would cost."""
+        alive, count = self.alive, self.alive.sum()
+        values = {
+            f"{stage}/{name}": torch.where(alive, value.detach(), 0).sum() / count for name, value in losses.items()
+        }
         self.log_dict(values, on_step=True, prog_bar=False, batch_size=1)
         self.log("loss", values[f"{stage}/loss"], prog_bar=True, batch_size=1)
 

@@ -4,7 +4,10 @@ exercises what users run; each test overrides only what it shrinks."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import lightning as L
 
 from hfgi3d.data.pseudo_views import PseudoViewConfig
 from hfgi3d.metrics.evaluation import EvaluationConfig
@@ -35,3 +38,22 @@ def data_args(*presets: str, **overrides: Any) -> dict[str, Any]:
 def evaluation_config(**overrides: Any) -> EvaluationConfig:
     """The paper's evaluation protocol (with the values ``fit`` links in), then ``overrides``."""
     return EvaluationConfig(**{**load_preset(*PAPER)["evaluation"]["metrics"], **overrides})
+
+
+def cpu_trainer(folder: Path, steps: int, callbacks: list[L.Callback]) -> L.Trainer:
+    """A quiet CPU ``Trainer`` for ``steps`` steps (checkpointing only with a ``ModelCheckpoint`` among
+    ``callbacks``)."""
+    return L.Trainer(
+        max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=folder, callbacks=callbacks, enable_checkpointing=any(
+            isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks
+        ),
+    )  # fmt: skip
+
+
+FAST_MODEL = model_args(
+    generator="tiny", w_avg_samples=16, estimate_steps=3, occluded_steps=2, pseudo_multiview_steps=3,
+    estimate_lr=0.01, pseudo_multiview_lr=1e-3, lpips_resize=None,
+)  # fmt: skip
+"""The paper's model arguments shrunk for the tiny generator: 3 + 2 + 3 steps."""
+FAST_VIEWS = pseudo_view_config(poisson_iterations=50)

@@ -22,16 +22,12 @@ from hfgi3d.cameras import orbit_c25
 from hfgi3d.cli import main
 from hfgi3d.data.datamodule import PseudoViewDataModule
 from hfgi3d.data.inputs import list_photos
+from hfgi3d.edit import open_run
 from hfgi3d.errors import InputError
 from hfgi3d.generator import open_generator
 from hfgi3d.inversion import InversionModule
-from tests.presets import data_args, model_args, pseudo_view_config
+from tests.presets import FAST_MODEL, FAST_VIEWS, cpu_trainer, data_args
 
-FAST_MODEL = model_args(
-    generator="tiny", w_avg_samples=16, estimate_steps=3, occluded_steps=2, pseudo_multiview_steps=3,
-    estimate_lr=0.01, pseudo_multiview_lr=1e-3, lpips_resize=None,
-)  # fmt: skip
-FAST_VIEWS = pseudo_view_config(poisson_iterations=50)
 NAMES = ("a", "b", "c")
 
 
@@ -50,15 +46,6 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
         Image.fromarray(pixels).save(folder / f"{name}.png")
         (folder / f"{name}.json").write_text(json.dumps(c25[0].tolist()))
     return folder
-
-
-def _trainer(folder: Path, steps: int, callbacks: list[L.Callback]) -> L.Trainer:
-    return L.Trainer(
-        max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-        default_root_dir=folder, callbacks=callbacks, enable_checkpointing=any(
-            isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks
-        ),
-    )  # fmt: skip
 
 
 def _data(**kwargs: Any) -> PseudoViewDataModule:
@@ -82,7 +69,7 @@ class LossRecorder(L.Callback):
 def _fit(module: InversionModule, datamodule: PseudoViewDataModule, folder: Path) -> LossRecorder:
     recorder = LossRecorder(module)
     torch.manual_seed(0)  # the ray jitter's global RNG, as `fit` seeds it
-    _trainer(folder, module.total_steps, []).fit(module, datamodule=datamodule)
+    cpu_trainer(folder, module.total_steps, []).fit(module, datamodule=datamodule)
     return recorder
 
 
@@ -188,11 +175,11 @@ def test_a_batch_resumes_from_its_last_checkpoint_with_every_photos_state(
     first, second = InversionModule(**model), InversionModule(**model)
     torch.manual_seed(0)
     with _one_thread(), pytest.raises(Killed):
-        _trainer(tmp_path, first.total_steps, [checkpoint, StopAt()]).fit(
+        cpu_trainer(tmp_path, first.total_steps, [checkpoint, StopAt()]).fit(
             first, datamodule=_data(images=str(photos), batch_size=3)
         )
     with _one_thread():
-        _trainer(tmp_path, second.total_steps, []).fit(
+        cpu_trainer(tmp_path, second.total_steps, []).fit(
             second, datamodule=_data(images=str(photos), batch_size=3), ckpt_path=tmp_path / "ckpt" / "last.ckpt"
         )
     assert torch.equal(second.latent, fits.batch.latent)
@@ -272,6 +259,9 @@ def test_fit_runs_every_batch_drops_a_bad_photo_and_resumes_an_interrupted_job(
     assert failed["image_id"] == "b" and "non-finite loss" in failed["error"] and "step 0" in failed["error"]
     assert not (whole / "b" / "metrics.json").exists()
     assert (whole / "batch_0" / "config.yaml").is_file() and (whole / "batch_1" / "config.yaml").is_file()
+    run = open_run(whole / "a")  # each photo's folder holds that photo's own config: `edit` reads it
+    assert run.setting("data.image") == str(photos / "a.png") and run.setting("data.camera") == str(photos / "a.json")
+    assert run.setting("data.images") is None and run.setting("data.batch_size") == 1
     assert "batch 1/2: a, b" in capsys.readouterr().err
 
     assert main(args) == 0  # the same command again: every batch is done

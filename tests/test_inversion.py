@@ -20,13 +20,7 @@ from hfgi3d.data.datamodule import PseudoViewDataModule
 from hfgi3d.generator import TriPlaneGenerator, load_generator, open_generator
 from hfgi3d.inversion import ESTIMATE, OCCLUDED, PSEUDO_MULTIVIEW, STAGES, InversionModule
 from hfgi3d.losses import reconstruction_loss
-from tests.presets import data_args, model_args, pseudo_view_config
-
-FAST_MODEL = model_args(
-    generator="tiny", w_avg_samples=16, estimate_steps=3, occluded_steps=2, pseudo_multiview_steps=3,
-    estimate_lr=0.01, pseudo_multiview_lr=1e-3, lpips_resize=None,
-)  # fmt: skip
-FAST_VIEWS = pseudo_view_config(poisson_iterations=50)
+from tests.presets import FAST_MODEL, FAST_VIEWS, cpu_trainer, data_args
 
 
 @pytest.fixture(scope="module")
@@ -59,15 +53,6 @@ class StageRecorder(L.Callback):
         self.generator_trainable.append(any(p.requires_grad for p in pl_module.G.parameters()))
 
 
-def _trainer(tmp_path: Path, steps: int, callbacks: list[L.Callback]) -> L.Trainer:
-    return L.Trainer(
-        max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-        default_root_dir=tmp_path, callbacks=callbacks, enable_checkpointing=any(
-            isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks
-        ),
-    )  # fmt: skip
-
-
 def _datamodule(target: tuple[Path, Path], **kwargs: Any) -> PseudoViewDataModule:
     args = data_args(num_views=2, pseudo_views=FAST_VIEWS, **kwargs)
     return PseudoViewDataModule(image=str(target[0]), camera=str(target[1]), **args)
@@ -83,7 +68,7 @@ def test_stages_switch_once_and_freeze_then_train_the_generator(
     )
     module = InversionModule(**FAST_MODEL)
     recorder = StageRecorder()
-    _trainer(tmp_path, module.total_steps, [recorder]).fit(module, datamodule=_datamodule(target))
+    cpu_trainer(tmp_path, module.total_steps, [recorder]).fit(module, datamodule=_datamodule(target))
 
     assert recorder.stages == [ESTIMATE] * 3 + [OCCLUDED] * 2 + [PSEUDO_MULTIVIEW] * 3
     assert recorder.generator_trainable == [False] * 5 + [True] * 3
@@ -115,7 +100,7 @@ def test_on_the_fly_mode_builds_a_view_per_step(
     monkeypatch.setattr("hfgi3d.data.datamodule.build_pseudo_views", spy)
     module = InversionModule(**FAST_MODEL)
     datamodule = _datamodule(target, mode="on_the_fly")
-    _trainer(tmp_path, module.total_steps, []).fit(module, datamodule=datamodule)
+    cpu_trainer(tmp_path, module.total_steps, []).fit(module, datamodule=datamodule)
     assert len(cameras) == 3 and all(len(c) == 1 for c in cameras)  # one fresh view per stage-2 step
     assert len({tuple(c.flatten().tolist()) for c in cameras}) == 3
     assert datamodule.views is None
@@ -128,7 +113,7 @@ def test_on_the_fly_mode_builds_a_view_per_step(
 def test_pti_baseline_uses_no_pseudo_views(target: tuple[Path, Path], tmp_path: Path) -> None:
     module = InversionModule(**{**FAST_MODEL, "use_pseudo_views": False})
     datamodule = _datamodule(target)
-    _trainer(tmp_path, module.total_steps, []).fit(module, datamodule=datamodule)
+    cpu_trainer(tmp_path, module.total_steps, []).fit(module, datamodule=datamodule)
     assert datamodule.views is None and STAGES[int(module.stage_entered)] == PSEUDO_MULTIVIEW
     assert module.total_steps == 6  # no occluded stage without pseudo views
 
@@ -192,7 +177,7 @@ def test_resume_mid_stage_two_reuses_the_pseudo_views(
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True)
     first = InversionModule(**model)
     with pytest.raises(Killed):
-        _trainer(tmp_path, first.total_steps, [checkpoint, StopAt(7)]).fit(first, datamodule=_datamodule(target))
+        cpu_trainer(tmp_path, first.total_steps, [checkpoint, StopAt(7)]).fit(first, datamodule=_datamodule(target))
     last = tmp_path / "ckpt" / "last.ckpt"
     assert torch.load(last, weights_only=False)["global_step"] == 7
 
@@ -200,7 +185,7 @@ def test_resume_mid_stage_two_reuses_the_pseudo_views(
     second = InversionModule(**model)
     datamodule = _datamodule(target)
     recorder = StageRecorder()
-    trainer = _trainer(tmp_path, second.total_steps, [recorder])
+    trainer = cpu_trainer(tmp_path, second.total_steps, [recorder])
     trainer.fit(second, datamodule=datamodule, ckpt_path=last)
     assert trainer.global_step == 9 and recorder.stages == [PSEUDO_MULTIVIEW] * 2
     assert datamodule.views is not None and len(datamodule.views) == 2
@@ -214,7 +199,7 @@ def test_on_the_fly_resume_builds_from_the_stage_one_latent(
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True)
     first = InversionModule(**model)
     with pytest.raises(Killed):
-        _trainer(tmp_path, first.total_steps, [checkpoint, StopAt(7)]).fit(
+        cpu_trainer(tmp_path, first.total_steps, [checkpoint, StopAt(7)]).fit(
             first, datamodule=_datamodule(target, mode="on_the_fly")
         )
     state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["state_dict"]
@@ -231,7 +216,7 @@ def test_on_the_fly_resume_builds_from_the_stage_one_latent(
 
     monkeypatch.setattr("hfgi3d.data.datamodule.build_pseudo_views", spy)
     second = InversionModule(**model)
-    _trainer(tmp_path, second.total_steps, []).fit(
+    cpu_trainer(tmp_path, second.total_steps, []).fit(
         second, datamodule=_datamodule(target, mode="on_the_fly"), ckpt_path=tmp_path / "ckpt" / "last.ckpt"
     )
     assert len(geometry_latents) == 2
@@ -248,13 +233,13 @@ def test_resume_in_the_occluded_stage_keeps_w_o_and_its_optimizer(
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True)
     first = InversionModule(**model)
     with pytest.raises(Killed):
-        _trainer(tmp_path, first.total_steps, [checkpoint, StopAt(4)]).fit(first, datamodule=_datamodule(target))
+        cpu_trainer(tmp_path, first.total_steps, [checkpoint, StopAt(4)]).fit(first, datamodule=_datamodule(target))
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
     assert saved["global_step"] == 4 and len(saved["optimizer_states"][1]["state"]) == 1  # w_o's Adam moments
     assert bool(saved["state_dict"]["camera_refined"]) is refine_camera  # frozen at stage 1's last step
     second = InversionModule(**model)
     recorder = StageRecorder()
-    trainer = _trainer(tmp_path, second.total_steps, [recorder])
+    trainer = cpu_trainer(tmp_path, second.total_steps, [recorder])
     datamodule = _datamodule(target)
     trainer.fit(second, datamodule=datamodule, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     assert recorder.stages == [OCCLUDED] + [PSEUDO_MULTIVIEW] * 3
@@ -272,11 +257,11 @@ def test_resume_during_stage_one_keeps_the_latent(target: tuple[Path, Path], tmp
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True)
     first = InversionModule(**FAST_MODEL)
     with pytest.raises(Killed):
-        _trainer(tmp_path, first.total_steps, [checkpoint, StopAt(2)]).fit(first, datamodule=_datamodule(target))
+        cpu_trainer(tmp_path, first.total_steps, [checkpoint, StopAt(2)]).fit(first, datamodule=_datamodule(target))
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["state_dict"]["latent"]
     second = InversionModule(**FAST_MODEL)
     recorder = StageRecorder()
-    _trainer(tmp_path, second.total_steps, [recorder]).fit(
+    cpu_trainer(tmp_path, second.total_steps, [recorder]).fit(
         second, datamodule=_datamodule(target), ckpt_path=tmp_path / "ckpt" / "last.ckpt"
     )
     assert torch.equal(recorder.snapshots[2]["latent"], saved)
@@ -295,7 +280,7 @@ def test_non_finite_loss_names_stage_and_step_and_keeps_the_checkpoint(
     monkeypatch.setattr(module, "_render_images", poisoned)
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True)
     with pytest.raises(FloatingPointError, match=r"stage 'pseudo_multiview' at step 6"):
-        _trainer(tmp_path, module.total_steps, [checkpoint]).fit(module, datamodule=_datamodule(target))
+        cpu_trainer(tmp_path, module.total_steps, [checkpoint]).fit(module, datamodule=_datamodule(target))
     assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["global_step"] == 6
 
 
@@ -414,7 +399,7 @@ def _stage_two_losses(
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        _trainer(folder, module.total_steps, []).fit(module, datamodule=_datamodule(target))
+        cpu_trainer(folder, module.total_steps, []).fit(module, datamodule=_datamodule(target))
     finally:
         torch.set_num_threads(previous)
     assert len(recorded) == 20
