@@ -224,8 +224,10 @@ class StackedGenerator(nn.Module):
 
     @torch.no_grad()
     def generator(self, index: int) -> TriPlaneGenerator:
-        """Copy ``index`` as a stand-alone generator (for saving, rendering outputs, editing)."""
-        single = TriPlaneGenerator(self.config)
+        """Copy ``index`` as a stand-alone generator (for saving, rendering outputs, editing). Building
+        it leaves the global RNG alone (its random initialisation is overwritten at once)."""
+        with torch.random.fork_rng(devices=[]):
+            single = TriPlaneGenerator(self.config)
         state = {name: self.weights[_key(name)][index] for name in self._names}
         state.update({name: getattr(self, _key(name)) for name in self._buffer_names})
         single.load_state_dict(state)
