@@ -44,12 +44,6 @@ def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
     return ws, cameras
 
 
-def _single(generator: TriPlaneGenerator, ws: torch.Tensor, cameras: torch.Tensor) -> dict[str, torch.Tensor]:
-    planes = generator.planes(ws[None])
-    k = len(cameras)
-    return generator.render(planes.expand(k, -1, -1, -1, -1), ws[None].expand(k, -1, -1), cameras)
-
-
 @pytest.mark.parametrize("photos_per_call", [COUNT, 2, 1])
 def test_one_call_renders_what_each_generator_renders(copies: list[TriPlaneGenerator], photos_per_call: int) -> None:
     stacked = _stack(copies, photos_per_call)
@@ -60,7 +54,7 @@ def test_one_call_renders_what_each_generator_renders(copies: list[TriPlaneGener
     after = torch.rand(())  # the call leaves the random state where one photo's rendering leaves it
     for index, generator in enumerate(copies):
         torch.manual_seed(5)
-        single = _single(generator, ws[index], cameras[index])
+        single = generator.synthesis_cameras(ws[index][None], cameras[index], batch_size=CAMERAS)
         assert torch.rand(()) == after
         for key in ("image", "image_depth", "image_raw"):
             torch.testing.assert_close(out[key][index], single[key], atol=2e-5, rtol=1e-4, msg=key)
@@ -87,7 +81,7 @@ def test_gradients_stay_in_each_photos_slice(copies: list[TriPlaneGenerator], ph
         generator.zero_grad(set_to_none=True)
         ws_single = ws.detach()[index].clone().requires_grad_(True)
         torch.manual_seed(5)
-        image = _single(generator, ws_single, cameras[index])["image"]
+        image = generator.synthesis_cameras(ws_single[None], cameras[index], batch_size=CAMERAS)["image"]
         ((index + 1.0) * image.square().mean()).backward()
         assert ws.grad is not None and ws_single.grad is not None
         torch.testing.assert_close(ws.grad[index], ws_single.grad, atol=1e-6, rtol=1e-4)

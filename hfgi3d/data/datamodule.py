@@ -122,15 +122,6 @@ class PseudoViewDataModule(L.LightningDataModule):
     def image_ids(self) -> list[str]:
         return [path.stem for path, _ in self.photos]
 
-    @property
-    def image_path(self) -> Path:
-        """The first photo (the only one without ``images``)."""
-        return self.photos[0][0]
-
-    @property
-    def image_id(self) -> str:
-        return self.image_path.stem
-
     def photo_folders(self, output_dir: str | Path) -> list[Path]:
         """Each photo's result folder: ``output_dir`` itself for one ``image``, else ``output_dir/<image id>``."""
         if not self.batched:
