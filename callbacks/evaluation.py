@@ -99,8 +99,7 @@ class Evaluation(L.Callback):
         if not stage_ends and not (self.every_n_steps > 0 and step % self.every_n_steps == 0):
             return
         assert self._networks is not None
-        datamodule: Any = trainer.datamodule  # type: ignore[attr-defined]
-        image, c25 = datamodule.image.to(module.device), module.input_camera()  # as being refined, in stage 1
+        image, c25 = batch["image"], module.input_camera(batch["c25"])  # as being refined, in stage 1
         was_training = module.G.training
         module.G.eval()
         pred = module.G.synthesis(module.ws(), c25[:, None], deterministic=True)["image"][:, 0].clamp(-1, 1)
@@ -144,7 +143,7 @@ class Evaluation(L.Callback):
                 module.photo_generator(photo).eval(),
                 module.ws().detach()[photo : photo + 1],
                 datamodule.image[photo : photo + 1].to(device),
-                module.input_camera()[photo : photo + 1],
+                module.input_camera(datamodule.c25)[photo : photo + 1],
                 networks,
                 self.config,
             )

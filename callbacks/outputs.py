@@ -144,7 +144,8 @@ class InversionOutputs(L.Callback):
         rank_zero_info(f"writing {', '.join(parts)} to {out}")
         generator = module.photo_generator(photo).eval()
         device = module.device
-        image, c25 = datamodule.image[photo : photo + 1].to(device), module.input_camera()[photo : photo + 1]
+        image = datamodule.image[photo : photo + 1].to(device)
+        c25 = module.input_camera(datamodule.c25)[photo : photo + 1]
         ws = module.ws().detach()[photo : photo + 1]
         planes = generator.planes(ws)
 
@@ -180,7 +181,7 @@ class InversionOutputs(L.Callback):
         ):
             image_id = datamodule.image_ids[photo]
             rank_zero_warn(f"no mesh written: the density field of {image_id} has no usable surface level")
-        write_json_atomic(out / "camera.json", module.camera_record(photo))
+        write_json_atomic(out / "camera.json", module.camera_record(datamodule.c25, photo))
         latent = {
             "ws": ws,
             "ws_estimate": module.ws_estimate[photo : photo + 1],

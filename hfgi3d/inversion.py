@@ -15,8 +15,9 @@ progress bar:
   and is fitted to the input view with LPIPS + L2. The result is ``w_e``.
 * ``occluded`` (``occluded_steps``; none without pseudo views): ``w_o``, from ``w_e``, is fitted
   to the in-distribution part of the input (``D = ‖x − G(w_e, p0)‖₂ ≤ θ``), G frozen.
-* ``pseudo_multiview`` (``pseudo_multiview_steps``): on entering it, the DataModule builds the
-  pseudo views from ``w_e`` and ``w_o`` with a frozen copy of the stage-1 generator; then G is
+* ``pseudo_multiview`` (``pseudo_multiview_steps``): on entering it, the module hands the
+  DataModule ``w_e``, ``w_o``, a frozen copy of the stage-1 generator and the (refined) input
+  cameras, and the DataModule builds the pseudo views from them; then G is
   tuned (PTI-style, latent optionally frozen) on the input view plus ``aux_views_per_step``
   auxiliary views per step. ``aux_target`` picks what an auxiliary render is compared with:
   ``masked`` (the paper's Eq. 5: ``O_i`` where ``M_o`` plus ``V_i`` where ``M_v``) or
@@ -25,11 +26,19 @@ progress bar:
 
 Work done once, not per step: the tri-planes of a latent are computed once per step and every
 camera of the step (the input and the auxiliary views) is rendered in one batched call; the
-LPIPS features of fixed targets (the photo, each pre-built pseudo view with its mask) are
-computed when a stage starts, so only renders go through VGG. With ``aux_target=masked`` the
+LPIPS features of fixed targets are computed once and kept: the photo's at a stage's first step,
+each pre-built pseudo view's (with its mask) the first time a step draws it, so from then on only
+renders go through VGG. With ``aux_target=masked`` the
 occluded and visible terms share one VGG pass of the doubly masked render batch; the masked
 terms stay exact because LPIPS masks its inputs before the network (``M·x``), so a masked
 target's features depend on the target and the mask only.
+
+The module never reads or writes the DataModule's state: the photos, their cameras and each
+step's auxiliary views (with their masks) come with the step's batch, and its only calls on the
+DataModule are the two of :class:`~hfgi3d.data.datamodule.PseudoViewSource` (load the photos at
+the generator's resolution; take the stage-1 result). A stage is entered between steps (at the
+end of the step before it, or when training starts or resumes), so the batch of a stage's first
+step is assembled after the set-up and already holds the pseudo views.
 
 Log keys are slash-namespaced by stage (``estimate/loss_lpips``, ``occluded/loss``,
 ``pseudo_multiview/loss_visible``); the ``fit`` command adds ``{stage}/lr`` (Lightning's
@@ -40,7 +49,6 @@ Log keys are slash-namespaced by stage (``estimate/loss_lpips``, ``occluded/loss
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -51,7 +59,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from hfgi3d.cameras import frontal_c25, offset_c25
-from hfgi3d.data.datamodule import PseudoViewDataModule
+from hfgi3d.data.datamodule import PseudoViewSource, StageOne
 from hfgi3d.generator import TriPlaneGenerator, open_generator
 from hfgi3d.generator.stacked import StackedGenerator
 from hfgi3d.geometry import difference_mask
@@ -224,7 +232,8 @@ class InversionModule(L.LightningModule):
         self.occluded_latent = nn.Parameter(torch.zeros(w_shape))
         self.register_buffer("w_std", torch.zeros(()))
         self.register_buffer("ws_estimate", torch.zeros(w_shape))
-        # D (N×1×H×W), set on entering the occluded stage; recomputed (deterministic) on resume, not saved.
+        # D (N×1×H×W), computed at the occluded stage's first step from its batch; again (deterministic)
+        # after resuming, not saved.
         self.register_buffer("occluded_mask", torch.zeros(0), persistent=False)
         # Stage state lives in buffers so that it is restored with the weights, before on_fit_start
         # (Lightning restores global_step only afterwards): the index in STAGES of the last stage entered.
@@ -241,6 +250,7 @@ class InversionModule(L.LightningModule):
         self.register_buffer("alive", torch.ones(photos, dtype=torch.bool))
         self.failures: dict[int, str] = {}
         self._targets: dict[str, LpipsTarget] = {}
+        self._view_targets: dict[tuple[str, int], LpipsTarget] = {}  # pre-built views' targets, by kind and index
         self._render_fn: Callable[[Tensor, Tensor], Tensor] = self._render_images
         self._rng_at_step_start: dict[str, Any] | None = None
         self._rng_to_restore: dict[str, Any] | None = None
@@ -253,10 +263,14 @@ class InversionModule(L.LightningModule):
         return self.hparams
 
     @property
-    def datamodule(self) -> PseudoViewDataModule:
+    def _data(self) -> PseudoViewSource:
+        """The trainer's DataModule, through the two calls the module makes on it."""
         datamodule = getattr(self.trainer, "datamodule", None)
-        if not isinstance(datamodule, PseudoViewDataModule):
-            raise TypeError("InversionModule needs a PseudoViewDataModule")
+        if not isinstance(datamodule, PseudoViewSource):
+            raise TypeError(
+                "InversionModule needs a DataModule with load_input and prepare_pseudo_views "
+                "(hfgi3d.data.PseudoViewDataModule)"
+            )
         return datamodule
 
     @property
@@ -347,12 +361,7 @@ class InversionModule(L.LightningModule):
     # Lightning hooks ----------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
-        self.datamodule.load_input(self.G.config.img_resolution)
-        if self.datamodule.photo_count != self.photo_count:
-            raise ValueError(
-                f"the model inverts {self.photo_count} photo(s) but the data holds {self.datamodule.photo_count}; "
-                "`python -m hfgi3d fit` sets model.photos for you"
-            )
+        self._data.load_input(self.G.config.img_resolution)
 
     def on_fit_start(self) -> None:
         max_steps = self.trainer.max_steps
@@ -367,20 +376,14 @@ class InversionModule(L.LightningModule):
         # (layers.modulated_conv2d, fused=False), so while G is frozen (estimate, occluded) the
         # backward pass computes no kernel gradients: a third fewer FLOPs per stage-1 step.
         self.G.train()
-        self._targets = {}
+        self._targets, self._view_targets = {}, {}
+        self.occluded_mask = self.occluded_mask.new_zeros(0)  # D: computed at the occluded stage's first step
         self._set_up_compile()
         if not bool(self.latent_ready):
             if self.hp.stage_one_from is None:
                 self._init_latent()
             else:
                 self._load_stage_one(self.hp.stage_one_from)
-        if bool(self.camera_refined):  # resumed after stage 1: the DataModule read the initial camera again
-            self.datamodule.c25 = self.c25_refined.detach().cpu()
-        entered = STAGES[int(self.stage_entered)]
-        if entered == OCCLUDED and self.occluded_steps > 0:
-            self._enter_occluded(resumed=True)
-        elif entered == PSEUDO_MULTIVIEW:
-            self._enter_pseudo_multiview(resumed=True)
 
     @torch.no_grad()
     def _init_latent(self) -> None:
@@ -468,6 +471,8 @@ class InversionModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._rng_at_step_start = None
+        if self.global_step < self.total_steps:  # global_step: the next step (this one is done)
+            self._enter_stage_of(self.global_step)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[RNG_KEY] = self._rng_at_step_start or _rng_state()
@@ -478,23 +483,27 @@ class InversionModule(L.LightningModule):
         self.failures = dict(checkpoint.get(FAILURES_KEY, {}))
 
     def on_train_start(self) -> None:
+        # Lightning has restored global_step by now (not yet in on_fit_start).
+        if STAGES[int(self.stage_entered)] == PSEUDO_MULTIVIEW:  # resumed in stage 2
+            self._enter_pseudo_multiview(resumed=True)
+        if self.global_step < self.total_steps:
+            self._enter_stage_of(self.global_step)
         if self._rng_to_restore is not None:
             _set_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         step = self.global_step  # manual optimization: counts optimizer steps
+        if len(batch["image"]) != self.photo_count:
+            raise ValueError(
+                f"the model inverts {self.photo_count} photo(s) but the batch holds {len(batch['image'])}; "
+                "`python -m hfgi3d fit` sets model.photos for you"
+            )
         stage = self.stage_at(step)
         if stage == ESTIMATE:
             return self._estimate_step(batch, step)
         if stage == OCCLUDED:
-            if STAGES[int(self.stage_entered)] == ESTIMATE:
-                self._enter_occluded(resumed=False)
             return self._occluded_step(batch, step)
-        if STAGES[int(self.stage_entered)] != PSEUDO_MULTIVIEW:
-            self._enter_pseudo_multiview(resumed=False)
-            # This step's batch was assembled before the pseudo views existed: draw again.
-            batch = self.datamodule.assemble(step, self.device)
         return self._pseudo_multiview_step(batch, step)
 
     def _estimate_step(self, batch: dict[str, Tensor], step: int) -> Tensor:
@@ -518,7 +527,7 @@ class InversionModule(L.LightningModule):
             if hp.refine_translation:
                 losses["camera_translation"] = self.camera_translation.detach().norm(dim=1)
             if step == hp.estimate_steps - 1:
-                self._freeze_camera()
+                self._freeze_camera(batch["c25"])
         self._log(ESTIMATE, losses)
         return losses["loss"]
 
@@ -530,20 +539,23 @@ class InversionModule(L.LightningModule):
             moved.append(offset_c25(c25[photo : photo + 1], self.camera_angles[photo], translation))
         return torch.cat(moved)
 
-    def input_camera(self) -> Tensor:
-        """The input cameras (``N×25``) as they stand: with the offsets while stage 1 refines them, then frozen."""
-        c25 = self.datamodule.c25
-        assert c25 is not None
+    def input_camera(self, c25: Tensor) -> Tensor:
+        """The input cameras (``N×25``) as the fit uses them, from those the photos came with
+        (``c25``, the batch's): as given without refinement; moved by the offsets while stage 1
+        refines them; the refined cameras, frozen, after stage 1."""
         c25 = c25.to(self.device)
-        if self.hp.refine_camera and not bool(self.camera_refined):
-            with torch.no_grad():
-                return self.stage_one_camera(c25)
-        return c25
+        if not self.hp.refine_camera:
+            return c25
+        if bool(self.camera_refined):
+            return self.c25_refined
+        with torch.no_grad():
+            return self.stage_one_camera(c25)
 
-    def camera_record(self, photo: int = 0) -> dict[str, Any]:
-        """``camera.json`` of a photo: the initial and refined 25-vectors and the offsets (radians, world units)."""
-        refined = self.input_camera()
-        initial = self.c25_initial if bool(self.camera_refined) else refined
+    def camera_record(self, c25: Tensor, photo: int = 0) -> dict[str, Any]:
+        """``camera.json`` of a photo, given the cameras the photos came with (``c25``): the initial
+        and refined 25-vectors and the offsets (radians, world units)."""
+        refined = self.input_camera(c25)
+        initial = c25.to(self.device)
         yaw, pitch, roll = (float(v) for v in self.camera_angles[photo].detach())
         return {
             "refined": bool(self.camera_refined),
@@ -555,8 +567,17 @@ class InversionModule(L.LightningModule):
 
     def _occluded_step(self, batch: dict[str, Tensor], step: int) -> Tensor:
         """``w_o``: fit ``G(w, p0)·D`` to ``x·D`` with G frozen (docs/method.md §5)."""
+        c25 = self.input_camera(batch["c25"])
+        if self.occluded_mask.numel() == 0:  # the stage's first step (or the first after resuming)
+            with torch.no_grad():
+                rendered = self.G.synthesis(
+                    self.ws_estimate, c25[:, None], self.hp.neural_rendering_resolution, deterministic=True
+                )
+            self.occluded_mask = difference_mask(
+                batch["image"], rendered["image"][:, 0].float(), self.hp.difference_threshold
+            )
         mask = self.occluded_mask
-        render = self._render(self.occluded_latent, batch["c25"][:, None])[:, 0]
+        render = self._render(self.occluded_latent, c25[:, None])[:, 0]
         image = batch["image"] * mask
         losses = self._terms(render * mask, image, None, self._target("occluded_input", image))
         self._optimize(STAGES.index(OCCLUDED), losses["loss"], OCCLUDED, step)
@@ -565,7 +586,7 @@ class InversionModule(L.LightningModule):
 
     def _pseudo_multiview_step(self, batch: dict[str, Tensor], step: int) -> Tensor:
         ws = self.ws()
-        cameras = batch["c25"][:, None]  # N×1×25
+        cameras = self.input_camera(batch["c25"])[:, None]  # N×1×25
         if self.hp.use_pseudo_views:  # each photo's input view, then its auxiliary views
             cameras = torch.cat([cameras, batch["aux_c25"].reshape(self.photo_count, -1, 25)], dim=1)
         renders = self._render(ws, cameras)  # N×(1+A)×3×H×W: one generator call for every camera of the step
@@ -618,13 +639,22 @@ class InversionModule(L.LightningModule):
         }
         prepared = []
         for kind in kinds:
-            cached = self._targets.get(f"views/{kind}")
-            if cached is not None and "aux_index" in batch:
-                prepared.append(cached.select(batch["aux_index"]))
-                continue
             image_key, mask_key = sources[kind]
-            with torch.no_grad():
-                prepared.append(self.lpips.prepare(batch[image_key], None if mask_key is None else batch[mask_key]))
+            images, masks = batch[image_key], None if mask_key is None else batch[mask_key]
+            if "aux_index" not in batch:  # views built for this step only
+                with torch.no_grad():
+                    prepared.append(self.lpips.prepare(images, masks))
+                continue
+            # Pre-built views: each view's features are computed the first time a step draws it.
+            keys = [(kind, index) for index in batch["aux_index"].tolist()]  # on the CPU: no synchronisation
+            new = {key: row for row, key in enumerate(keys) if key not in self._view_targets}
+            if new:
+                rows = torch.tensor(list(new.values()), device=images.device)
+                with torch.no_grad():
+                    fresh = self.lpips.prepare(images[rows], None if masks is None else masks[rows])
+                for position, key in enumerate(new):
+                    self._view_targets[key] = fresh.select(torch.tensor([position], device=images.device))
+            prepared.append(LpipsTarget.cat([self._view_targets[key] for key in keys]))
         return prepared
 
     def _optimize(self, index: int, loss: Tensor, stage: str, step: int, frozen: Sequence[Tensor] = ()) -> None:
@@ -695,67 +725,51 @@ class InversionModule(L.LightningModule):
         self.ws_estimate.copy_(self.ws().detach())
 
     @torch.no_grad()
-    def _freeze_camera(self) -> None:
-        """The refined camera, fixed after stage 1's last step: it replaces the DataModule's input camera."""
-        initial = self.datamodule.c25
-        assert initial is not None
+    def _freeze_camera(self, initial: Tensor) -> None:
+        """The refined cameras, fixed after stage 1's last step (``initial``: those the photos came
+        with): the later stages, the pseudo views and the outputs use them (:meth:`input_camera`)."""
         self.c25_initial.copy_(initial)
         self.c25_refined.copy_(self.stage_one_camera(initial.to(self.device)))
         self.camera_refined.fill_(True)
-        self.datamodule.c25 = self.c25_refined.detach().cpu()
+
+    def _enter_stage_of(self, step: int) -> None:
+        """Enter the stage of step ``step`` unless it was entered: called between steps, so that the
+        batch of its first step (assembled right before that step runs) holds what the stage needs."""
+        stage, entered = self.stage_at(step), STAGES[int(self.stage_entered)]
+        if stage == OCCLUDED and entered == ESTIMATE:
+            self._enter_occluded()
+        elif stage == PSEUDO_MULTIVIEW and entered != PSEUDO_MULTIVIEW:
+            self._enter_pseudo_multiview(resumed=False)
 
     @torch.no_grad()
-    def _enter_occluded(self, resumed: bool) -> None:
-        """Keep ``w_e``, start ``w_o`` from it and compute the in-distribution mask ``D``."""
-        if not resumed:
-            self._keep_estimate()
-            self.occluded_latent.copy_(self.ws_estimate)
-            self.stage_entered.fill_(STAGES.index(OCCLUDED))
+    def _enter_occluded(self) -> None:
+        """Keep ``w_e`` and start ``w_o`` from it (the mask ``D`` is computed at the first step, from its batch)."""
+        self._keep_estimate()
+        self.occluded_latent.copy_(self.ws_estimate)
         self._targets = {}
-        image, c25 = self.datamodule.image.to(self.device), self.datamodule.c25.to(self.device)  # type: ignore[union-attr]
-        rendered = self.G.synthesis(
-            self.ws_estimate, c25[:, None], self.hp.neural_rendering_resolution, deterministic=True
-        )
-        self.occluded_mask = difference_mask(image, rendered["image"][:, 0].float(), self.hp.difference_threshold)
+        self.occluded_mask = self.occluded_mask.new_zeros(0)
+        self.stage_entered.fill_(STAGES.index(OCCLUDED))
 
     def _enter_pseudo_multiview(self, resumed: bool) -> None:
-        """Build the pseudo views and their LPIPS targets, then unfreeze G (entering, or on resume)."""
-        if not resumed:
-            if STAGES[int(self.stage_entered)] == ESTIMATE:
-                self._keep_estimate()  # no occluded stage: w_o stays w_e
-                self.occluded_latent.data.copy_(self.ws_estimate)
-            self.stage_entered.fill_(STAGES.index(PSEUDO_MULTIVIEW))
-        self._targets = {}
-        datamodule = self.datamodule
-        if self.hp.use_pseudo_views and not datamodule.ready:
-            stage_one = self._stage_one_generator(resumed)
-            started = time.perf_counter()
-            if datamodule.mode == "prebuilt":
-                self._status(f"building {datamodule.num_views} pseudo views")
-            datamodule.prepare_pseudo_views(stage_one, self.ws_estimate, self.ws_occluded)
-            if datamodule.mode == "prebuilt":
-                self._status(f"pseudo views built in {time.perf_counter() - started:.1f} s")
-        if self.hp.use_pseudo_views and datamodule.views is not None:
-            self._prepare_view_targets()
+        """Hand the stage-1 result to the DataModule, which builds the pseudo views (or takes them
+        back from the checkpoint, on resume), then unfreeze G.
+
+        The stage counts as entered only once the views are built, so a run interrupted during the
+        build enters it again when it resumes."""
+        if not resumed and STAGES[int(self.stage_entered)] == ESTIMATE:
+            self._keep_estimate()  # no occluded stage: w_o stays w_e
+            self.occluded_latent.data.copy_(self.ws_estimate)
+        self._targets, self._view_targets = {}, {}
+        if self.hp.use_pseudo_views:
+            refined = self.c25_refined if self.hp.refine_camera and bool(self.camera_refined) else None
+            stage_one = StageOne(
+                lambda: self._stage_one_generator(resumed), self.ws_estimate, self.ws_occluded, refined
+            )
+            self._data.prepare_pseudo_views(stage_one, report=self._status)
+        self.stage_entered.fill_(STAGES.index(PSEUDO_MULTIVIEW))
         self.G.requires_grad_(True)  # already in train mode since on_fit_start
         if self.hp.freeze_latent:
             self.latent.requires_grad_(False)
-
-    @torch.no_grad()
-    def _prepare_view_targets(self, chunk: int = 4) -> None:
-        """LPIPS features of every pre-built view's targets, computed once for the whole stage."""
-        views = self.datamodule.views
-        assert views is not None
-        kinds: dict[str, tuple[Tensor, Tensor | None]] = {"pseudo": (views.pseudo, None)}
-        if self.hp.aux_target == "masked":
-            kinds = {"occluded": (views.occluded, views.mask_occluded), "visible": (views.visible, views.mask_visible)}
-        for kind, (images, masks) in kinds.items():
-            parts = []
-            for first in range(0, len(images), chunk):
-                image = images[first : first + chunk].to(self.device)
-                mask = None if masks is None else masks[first : first + chunk].to(self.device)
-                parts.append(self.lpips.prepare(image, mask))
-            self._targets[f"views/{kind}"] = LpipsTarget.cat(parts)
 
     def _stage_one_generator(self, resumed: bool) -> TriPlaneGenerator:
         """A frozen copy of G as stage 1 left it, for the pseudo views.

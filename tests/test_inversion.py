@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,22 @@ def _datamodule(target: tuple[Path, Path], **kwargs: Any) -> PseudoViewDataModul
     return PseudoViewDataModule(image=str(target[0]), camera=str(target[1]), **args)
 
 
+class WatchedDataModule(PseudoViewDataModule):
+    """Records the attributes that code in ``hfgi3d/inversion.py`` reads or writes on it."""
+
+    touched: set[str]
+
+    def __getattribute__(self, name: str) -> Any:
+        if Path(sys._getframe(1).f_code.co_filename).match("hfgi3d/inversion.py"):
+            object.__getattribute__(self, "touched").add(name)
+        return super().__getattribute__(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if Path(sys._getframe(1).f_code.co_filename).match("hfgi3d/inversion.py"):
+            self.touched.add(f"{name}=")
+        super().__setattr__(name, value)
+
+
 def test_stages_switch_once_and_freeze_then_train_the_generator(
     target: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -68,8 +85,14 @@ def test_stages_switch_once_and_freeze_then_train_the_generator(
     )
     module = InversionModule(**FAST_MODEL)
     recorder = StageRecorder()
-    cpu_trainer(tmp_path, module.total_steps, [recorder]).fit(module, datamodule=_datamodule(target))
+    datamodule = WatchedDataModule(
+        image=str(target[0]), camera=str(target[1]), **data_args(num_views=2, pseudo_views=FAST_VIEWS)
+    )
+    object.__setattr__(datamodule, "touched", set())
+    cpu_trainer(tmp_path, module.total_steps, [recorder]).fit(module, datamodule=datamodule)
 
+    # The module calls the DataModule's two hand-over methods and touches nothing else of it.
+    assert datamodule.touched == {"load_input", "prepare_pseudo_views"}
     assert recorder.stages == [ESTIMATE] * 3 + [OCCLUDED] * 2 + [PSEUDO_MULTIVIEW] * 3
     assert recorder.generator_trainable == [False] * 5 + [True] * 3
     assert len(builds) == 1  # the pseudo views are built exactly once, entering stage 2
@@ -227,7 +250,7 @@ def test_on_the_fly_resume_builds_from_the_stage_one_latent(
 
 @pytest.mark.parametrize("refine_camera", [False, True])
 def test_resume_in_the_occluded_stage_keeps_w_o_and_its_optimizer(
-    target: tuple[Path, Path], tmp_path: Path, refine_camera: bool
+    target: tuple[Path, Path], tmp_path: Path, refine_camera: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model = {**FAST_MODEL, "refine_camera": refine_camera, "camera_warmup_steps": 1}
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True)
@@ -237,6 +260,14 @@ def test_resume_in_the_occluded_stage_keeps_w_o_and_its_optimizer(
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
     assert saved["global_step"] == 4 and len(saved["optimizer_states"][1]["state"]) == 1  # w_o's Adam moments
     assert bool(saved["state_dict"]["camera_refined"]) is refine_camera  # frozen at stage 1's last step
+    centres: list[torch.Tensor] = []
+    original = pseudo_views.build_pseudo_views
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        centres.append(args[4].cpu())  # the input camera the views are built around
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr("hfgi3d.data.datamodule.build_pseudo_views", spy)
     second = InversionModule(**model)
     recorder = StageRecorder()
     trainer = cpu_trainer(tmp_path, second.total_steps, [recorder])
@@ -244,9 +275,12 @@ def test_resume_in_the_occluded_stage_keeps_w_o_and_its_optimizer(
     trainer.fit(second, datamodule=datamodule, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     assert recorder.stages == [OCCLUDED] + [PSEUDO_MULTIVIEW] * 3
     assert torch.equal(second.ws_estimate, saved["state_dict"]["ws_estimate"])
-    if refine_camera:  # the resumed run works on the refined camera, not the file's
-        assert torch.equal(datamodule.c25, saved["state_dict"]["c25_refined"])
-        assert not torch.equal(datamodule.c25, saved["state_dict"]["c25_initial"])
+    expected = saved["state_dict"]["c25_refined"] if refine_camera else datamodule.c25
+    assert len(centres) == 1 and torch.equal(centres[0], expected)
+    assert torch.equal(second.input_camera(datamodule.c25), expected)
+    if refine_camera:  # the resumed run works on the refined camera; the data keeps the file's
+        assert torch.equal(datamodule.c25, saved["state_dict"]["c25_initial"])
+        assert not torch.equal(datamodule.c25, expected)
 
 
 def _fail_build(*args: Any, **kwargs: Any) -> None:

@@ -14,13 +14,21 @@ The DataLoader only paces the steps; the tensors are attached in
 i.e. right before the step runs, so the batch a step sees always reflects the pseudo views
 built so far (Lightning prefetches one batch ahead). The auxiliary view a step draws depends on
 ``seed`` and the step number only, so a resumed run draws what an uninterrupted one would.
+
+The LightningModule sees the data only through :class:`PseudoViewSource`: it asks once for the
+photos at its generator's resolution, hands the stage-1 result over (:class:`StageOne`) when
+stage 1 is done, and otherwise reads what each step's batch carries. The cameras in the batch
+are always those the photos came with; the module owns camera refinement and hands the refined
+cameras over with the stage-1 result, so that the pseudo views are built around them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import lightning as L
 import torch
@@ -39,6 +47,33 @@ class _Steps(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         while True:
             yield {}
+
+
+@dataclass(frozen=True)
+class StageOne:
+    """What stage 1 hands the data pipeline for the pseudo views (``N`` photos)."""
+
+    generator: Callable[[], TriPlaneGenerator]
+    """Makes the generator as stage 1 left it: a frozen copy, which stage 2's tuning does not
+    touch (called only when views are to be built, not when a checkpoint brought them back)."""
+    ws_estimate: Tensor
+    """``w_e``, ``N×num_ws×w_dim``: the views' geometry."""
+    ws_occluded: Tensor
+    """``w_o``, ``N×num_ws×w_dim``: the texture of the parts the photo does not show."""
+    c25: Tensor | None = None
+    """The refined input cameras (``N×25``) when stage 1 refined them; ``None``: as loaded."""
+
+
+@runtime_checkable
+class PseudoViewSource(Protocol):
+    """The two calls the inversion module makes on its data pipeline; every other tensor it
+    needs comes with each step's batch (see the module docstring for the keys)."""
+
+    def load_input(self, resolution: int) -> None:
+        """Read the photos at the generator's resolution (``resolution``) and their cameras."""
+
+    def prepare_pseudo_views(self, stage_one: StageOne, report: Callable[[str], None] | None = None) -> None:
+        """Build (or get ready to build) the pseudo views from stage 1's result."""
 
 
 def _draw(available: int, count: int, generator: torch.Generator) -> Tensor:
@@ -110,7 +145,9 @@ class PseudoViewDataModule(L.LightningDataModule):
         self.image: Tensor | None = None
         self.c25: Tensor | None = None
         self.views: PseudoViews | None = None
-        self._builder: tuple[TriPlaneGenerator, Tensor, Tensor] | None = None
+        self._builder: tuple[TriPlaneGenerator, Tensor, Tensor, Tensor] | None = (
+            None  # on_the_fly: G, w_e, w_o, cameras
+        )
         self._pose_rng = torch.Generator().manual_seed(seed)
 
     @property
@@ -144,38 +181,65 @@ class PseudoViewDataModule(L.LightningDataModule):
         """Whether auxiliary views can be drawn (stage 2)."""
         return self.views is not None or self._builder is not None
 
-    def prepare_pseudo_views(self, generator: TriPlaneGenerator, ws_estimate: Tensor, ws_occluded: Tensor) -> None:
-        """Build each photo's K views from its stage-1 latent ``w_e`` and occluded latent ``w_o``
-        (``N×num_ws×w_dim`` each), photo after photo, each from the pose state a single-photo run
-        starts with.
+    def prepare_pseudo_views(self, stage_one: StageOne, report: Callable[[str], None] | None = None) -> None:
+        """Build each photo's K views from its stage-1 latents ``w_e`` and ``w_o`` with the stage-1
+        generator, around its input camera (the refined one when ``stage_one.c25`` is given), photo
+        after photo, each from the pose state a single-photo run starts with.
 
-        ``generator`` must be the stage-1 generator and must not change afterwards (the module
-        passes a frozen copy). In ``on_the_fly`` mode it and the latents are kept to build views
-        per step.
+        ``stage_one.generator`` must not change afterwards (the module passes a frozen copy). In
+        ``on_the_fly`` mode the stage-1 result is kept to build views per step. Views already
+        restored from a checkpoint are kept as they are. ``report`` receives one-line progress
+        messages for the console.
         """
         if self.image is None or self.c25 is None:
             raise RuntimeError("load_input must run before pseudo views are built")
-        device = ws_estimate.device
         if self.mode == "on_the_fly":
-            self._builder = (generator, ws_estimate.detach(), ws_occluded.detach())
+            self._builder = (
+                stage_one.generator(),
+                stage_one.ws_estimate.detach(),
+                stage_one.ws_occluded.detach(),
+                self._centres(stage_one.c25, stage_one.ws_estimate.device),
+            )
             return
+        if self.views is not None:  # restored with the checkpoint
+            return
+        device = stage_one.ws_estimate.device
+        centres = self._centres(stage_one.c25, device)
+        started = time.perf_counter()
+        if report is not None:
+            report(
+                f"building {self.num_views} pseudo views"
+                + (f" of each of {self.photo_count} photos" if self.photo_count > 1 else "")
+            )
+        # A copy of the pose RNG, committed once every view is built: a run interrupted during the
+        # build resumes from the state it started with, and builds the same views.
+        poses = torch.Generator().manual_seed(0)
         start = self._pose_rng.get_state()
+        generator = stage_one.generator()
         views = []
         for photo in range(self.photo_count):
-            self._pose_rng.set_state(start)
-            cameras = auxiliary_cameras(self.c25[photo : photo + 1], self.num_views, self.config, self._pose_rng)
+            poses.set_state(start)
+            cameras = auxiliary_cameras(centres[photo : photo + 1].cpu(), self.num_views, self.config, poses)
             views.append(
                 build_pseudo_views(
                     generator,
-                    ws_estimate[photo : photo + 1].detach(),
-                    ws_occluded[photo : photo + 1].detach(),
+                    stage_one.ws_estimate[photo : photo + 1].detach(),
+                    stage_one.ws_occluded[photo : photo + 1].detach(),
                     self.image[photo : photo + 1].to(device),
-                    self.c25[photo : photo + 1].to(device),
+                    centres[photo : photo + 1],
                     cameras.to(device),
                     self.config,
                 )
             )
         self.views = PseudoViews.cat(views)
+        self._pose_rng.set_state(poses.get_state())
+        if report is not None:
+            report(f"pseudo views built in {time.perf_counter() - started:.1f} s")
+
+    def _centres(self, refined: Tensor | None, device: torch.device) -> Tensor:
+        """The input cameras the pseudo views are built around (``N×25`` on ``device``)."""
+        assert self.c25 is not None
+        return (self.c25 if refined is None else refined.detach()).to(device)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> dict[str, Tensor]:
         assert self.trainer is not None
@@ -184,8 +248,9 @@ class PseudoViewDataModule(L.LightningDataModule):
     def assemble(self, step: int, device: torch.device) -> dict[str, Tensor]:
         """Step ``step``'s batch: the input views, plus ``aux_views_per_step`` auxiliary views of each
         photo drawn for that step (distinct while the views last) once pseudo views are available;
-        pre-built views come with their indices in :attr:`views`, ``aux_index`` (see the module
-        docstring for the keys)."""
+        pre-built views come with their indices among all the batch's views, ``aux_index`` (on the
+        CPU, so that the module can look up what it keeps per view without a device
+        synchronisation; see the module docstring for the other keys)."""
         if self.image is None or self.c25 is None:
             raise RuntimeError("the input was not loaded; the LightningModule's setup loads it")
         out = {"image": self.image.to(device), "c25": self.c25.to(device)}
@@ -197,15 +262,15 @@ class PseudoViewDataModule(L.LightningDataModule):
             index = _draw(per_photo, self.aux_views_per_step, draw)
             flat = (torch.arange(self.photo_count)[:, None] * per_photo + index[None]).flatten()  # photo-major
             view = self.views.select(flat).to(device)
-            out["aux_index"] = flat.to(device)
+            out["aux_index"] = flat
         else:
             assert self._builder is not None
-            generator, ws_e, ws_o = self._builder
+            generator, ws_e, ws_o, centres = self._builder
             parts = []
             for photo in range(self.photo_count):
                 draw = torch.Generator().manual_seed((self.seed << 32) + step)
-                c25 = self.c25[photo : photo + 1]
-                cameras = auxiliary_cameras(c25, self.num_views, self.config, draw)  # fresh random or the orbit
+                # Fresh random poses (or the orbit) around the input camera the views are built for.
+                cameras = auxiliary_cameras(centres[photo : photo + 1].cpu(), self.num_views, self.config, draw)
                 camera = cameras[_draw(len(cameras), self.aux_views_per_step, draw)].to(device)
                 parts.append(
                     build_pseudo_views(
@@ -213,7 +278,7 @@ class PseudoViewDataModule(L.LightningDataModule):
                         ws_e[photo : photo + 1],
                         ws_o[photo : photo + 1],
                         out["image"][photo : photo + 1],
-                        out["c25"][photo : photo + 1],
+                        centres[photo : photo + 1],
                         camera,
                         self.config,
                     )
