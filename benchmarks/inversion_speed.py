@@ -11,7 +11,9 @@ images through the LPIPS trunk per step, FLOPs per step (``torch.utils.flop_coun
 and backward, counted on the stage's last step, which is then left out of the timing because
 the counter slows every op down), and the stage's peak memory. Give each stage at least three
 steps so that one is timed. ``hand_over_s`` is what stage 2 costs before its
-first step (the ``w_o`` fit and the pseudo-view construction), ``peak_gpu_memory_mb`` /
+first step (the ``w_o`` fit and the pseudo-view construction, whether a commit builds the views
+inside the first stage-2 step or between steps, as this one does: the time between the last
+earlier step and the first stage-2 step counts), ``peak_gpu_memory_mb`` /
 ``peak_rss_mb`` the peak memory of the fit.
 
 ``--against GITREF`` measures that commit too, in the same run and with the same options (in a
@@ -125,6 +127,7 @@ def measure(args: argparse.Namespace, precision: str) -> dict[str, Any]:
                 self.device = "cpu"
                 self._flops: Any = None
                 self._started = 0.0
+                self._ended: float | None = None
 
             def _sync(self, module: Any) -> None:
                 if module.device.type == "cuda":
@@ -136,6 +139,8 @@ def measure(args: argparse.Namespace, precision: str) -> dict[str, Any]:
 
             def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
                 self._sync(pl_module)
+                if self._ended is not None:  # what ran between the steps (a stage's set-up, logging)
+                    self.steps[-1]["after_s"] = time.perf_counter() - self._ended
                 if pl_module.device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(pl_module.device)
                 counts.update(generator_calls=0, vgg_images=0)
@@ -160,8 +165,9 @@ def measure(args: argparse.Namespace, precision: str) -> dict[str, Any]:
                 self.steps.append({
                     "stage": pl_module.stage_at(trainer.global_step - 1), "counted": self._flops is not None,
                     "seconds": seconds, "flops": flops,
-                    "memory_mb": None if memory is None else memory / 2**20, **counts,
+                    "memory_mb": None if memory is None else memory / 2**20, "after_s": 0.0, **counts,
                 })  # fmt: skip
+                self._ended = time.perf_counter()
 
         probe = Probe()
         trainer = L.Trainer(
@@ -188,7 +194,9 @@ def measure(args: argparse.Namespace, precision: str) -> dict[str, Any]:
         }
     tuning = _step_seconds([step for step in probe.steps if step["stage"] == "pseudo_multiview"])
     occluded = _step_seconds([step for step in probe.steps if step["stage"] == "occluded"])
-    hand_over = sum(occluded) + tuning[0] - statistics.median(tuning[1:] or tuning) if tuning else None
+    first = next((i for i, step in enumerate(probe.steps) if step["stage"] == "pseudo_multiview"), 0)
+    between = probe.steps[first - 1]["after_s"] if first > 0 else 0.0  # stage 2 set up between steps
+    hand_over = sum(occluded) + between + tuning[0] - statistics.median(tuning[1:] or tuning) if tuning else None
     evaluation = next((c for c in callbacks if hasattr(c, "metrics")), None)
     metrics = (evaluation.metrics or {}) if evaluation is not None else {}
     return {

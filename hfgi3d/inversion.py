@@ -26,9 +26,8 @@ progress bar:
 
 Work done once, not per step: the tri-planes of a latent are computed once per step and every
 camera of the step (the input and the auxiliary views) is rendered in one batched call; the
-LPIPS features of fixed targets are computed once and kept: the photo's at a stage's first step,
-each pre-built pseudo view's (with its mask) the first time a step draws it, so from then on only
-renders go through VGG. With ``aux_target=masked`` the
+LPIPS features of fixed targets (the photo, each pre-built pseudo view with its mask) are
+computed when a stage starts, so only renders go through VGG. With ``aux_target=masked`` the
 occluded and visible terms share one VGG pass of the doubly masked render batch; the masked
 terms stay exact because LPIPS masks its inputs before the network (``M·x``), so a masked
 target's features depend on the target and the mask only.
@@ -60,6 +59,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from hfgi3d.cameras import frontal_c25, offset_c25
 from hfgi3d.data.datamodule import PseudoViewSource, StageOne
+from hfgi3d.data.pseudo_views import PseudoViews
 from hfgi3d.generator import TriPlaneGenerator, open_generator
 from hfgi3d.generator.stacked import StackedGenerator
 from hfgi3d.geometry import difference_mask
@@ -250,7 +250,6 @@ class InversionModule(L.LightningModule):
         self.register_buffer("alive", torch.ones(photos, dtype=torch.bool))
         self.failures: dict[int, str] = {}
         self._targets: dict[str, LpipsTarget] = {}
-        self._view_targets: dict[tuple[str, int], LpipsTarget] = {}  # pre-built views' targets, by kind and index
         self._render_fn: Callable[[Tensor, Tensor], Tensor] = self._render_images
         self._rng_at_step_start: dict[str, Any] | None = None
         self._rng_to_restore: dict[str, Any] | None = None
@@ -269,7 +268,7 @@ class InversionModule(L.LightningModule):
         if not isinstance(datamodule, PseudoViewSource):
             raise TypeError(
                 "InversionModule needs a DataModule with load_input and prepare_pseudo_views "
-                "(hfgi3d.data.PseudoViewDataModule)"
+                "(hfgi3d.data.datamodule.PseudoViewDataModule)"
             )
         return datamodule
 
@@ -376,7 +375,7 @@ class InversionModule(L.LightningModule):
         # (layers.modulated_conv2d, fused=False), so while G is frozen (estimate, occluded) the
         # backward pass computes no kernel gradients: a third fewer FLOPs per stage-1 step.
         self.G.train()
-        self._targets, self._view_targets = {}, {}
+        self._targets = {}
         self.occluded_mask = self.occluded_mask.new_zeros(0)  # D: computed at the occluded stage's first step
         self._set_up_compile()
         if not bool(self.latent_ready):
@@ -639,22 +638,13 @@ class InversionModule(L.LightningModule):
         }
         prepared = []
         for kind in kinds:
-            image_key, mask_key = sources[kind]
-            images, masks = batch[image_key], None if mask_key is None else batch[mask_key]
-            if "aux_index" not in batch:  # views built for this step only
-                with torch.no_grad():
-                    prepared.append(self.lpips.prepare(images, masks))
+            cached = self._targets.get(f"views/{kind}")
+            if cached is not None and "aux_index" in batch:
+                prepared.append(cached.select(batch["aux_index"]))
                 continue
-            # Pre-built views: each view's features are computed the first time a step draws it.
-            keys = [(kind, index) for index in batch["aux_index"].tolist()]  # on the CPU: no synchronisation
-            new = {key: row for row, key in enumerate(keys) if key not in self._view_targets}
-            if new:
-                rows = torch.tensor(list(new.values()), device=images.device)
-                with torch.no_grad():
-                    fresh = self.lpips.prepare(images[rows], None if masks is None else masks[rows])
-                for position, key in enumerate(new):
-                    self._view_targets[key] = fresh.select(torch.tensor([position], device=images.device))
-            prepared.append(LpipsTarget.cat([self._view_targets[key] for key in keys]))
+            image_key, mask_key = sources[kind]
+            with torch.no_grad():
+                prepared.append(self.lpips.prepare(batch[image_key], None if mask_key is None else batch[mask_key]))
         return prepared
 
     def _optimize(self, index: int, loss: Tensor, stage: str, step: int, frozen: Sequence[Tensor] = ()) -> None:
@@ -759,17 +749,34 @@ class InversionModule(L.LightningModule):
         if not resumed and STAGES[int(self.stage_entered)] == ESTIMATE:
             self._keep_estimate()  # no occluded stage: w_o stays w_e
             self.occluded_latent.data.copy_(self.ws_estimate)
-        self._targets, self._view_targets = {}, {}
+        self._targets = {}
         if self.hp.use_pseudo_views:
             refined = self.c25_refined if self.hp.refine_camera and bool(self.camera_refined) else None
             stage_one = StageOne(
                 lambda: self._stage_one_generator(resumed), self.ws_estimate, self.ws_occluded, refined
             )
-            self._data.prepare_pseudo_views(stage_one, report=self._status)
+            views = self._data.prepare_pseudo_views(stage_one, report=self._status)
+            if views is not None:
+                self._prepare_view_targets(views)
         self.stage_entered.fill_(STAGES.index(PSEUDO_MULTIVIEW))
         self.G.requires_grad_(True)  # already in train mode since on_fit_start
         if self.hp.freeze_latent:
             self.latent.requires_grad_(False)
+
+    @torch.no_grad()
+    def _prepare_view_targets(self, views: PseudoViews, chunk: int = 4) -> None:
+        """LPIPS features of every pre-built view's targets, computed once for the whole stage
+        (steps pick theirs by the batch's ``aux_index``)."""
+        kinds: dict[str, tuple[Tensor, Tensor | None]] = {"pseudo": (views.pseudo, None)}
+        if self.hp.aux_target == "masked":
+            kinds = {"occluded": (views.occluded, views.mask_occluded), "visible": (views.visible, views.mask_visible)}
+        for kind, (images, masks) in kinds.items():
+            parts = []
+            for first in range(0, len(images), chunk):
+                image = images[first : first + chunk].to(self.device)
+                mask = None if masks is None else masks[first : first + chunk].to(self.device)
+                parts.append(self.lpips.prepare(image, mask))
+            self._targets[f"views/{kind}"] = LpipsTarget.cat(parts)
 
     def _stage_one_generator(self, resumed: bool) -> TriPlaneGenerator:
         """A frozen copy of G as stage 1 left it, for the pseudo views.

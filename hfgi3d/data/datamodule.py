@@ -17,7 +17,8 @@ built so far (Lightning prefetches one batch ahead). The auxiliary view a step d
 
 The LightningModule sees the data only through :class:`PseudoViewSource`: it asks once for the
 photos at its generator's resolution, hands the stage-1 result over (:class:`StageOne`) when
-stage 1 is done, and otherwise reads what each step's batch carries. The cameras in the batch
+stage 1 is done (and gets the pre-built views back, to compute their fixed LPIPS features once),
+and otherwise reads what each step's batch carries. The cameras in the batch
 are always those the photos came with; the module owns camera refinement and hands the refined
 cameras over with the stage-1 result, so that the pseudo views are built around them.
 """
@@ -72,8 +73,11 @@ class PseudoViewSource(Protocol):
     def load_input(self, resolution: int) -> None:
         """Read the photos at the generator's resolution (``resolution``) and their cameras."""
 
-    def prepare_pseudo_views(self, stage_one: StageOne, report: Callable[[str], None] | None = None) -> None:
-        """Build (or get ready to build) the pseudo views from stage 1's result."""
+    def prepare_pseudo_views(
+        self, stage_one: StageOne, report: Callable[[str], None] | None = None
+    ) -> PseudoViews | None:
+        """Build (or get ready to build) the pseudo views from stage 1's result; return the
+        pre-built ones (``None`` when views are built per step)."""
 
 
 def _draw(available: int, count: int, generator: torch.Generator) -> Tensor:
@@ -181,7 +185,9 @@ class PseudoViewDataModule(L.LightningDataModule):
         """Whether auxiliary views can be drawn (stage 2)."""
         return self.views is not None or self._builder is not None
 
-    def prepare_pseudo_views(self, stage_one: StageOne, report: Callable[[str], None] | None = None) -> None:
+    def prepare_pseudo_views(
+        self, stage_one: StageOne, report: Callable[[str], None] | None = None
+    ) -> PseudoViews | None:
         """Build each photo's K views from its stage-1 latents ``w_e`` and ``w_o`` with the stage-1
         generator, around its input camera (the refined one when ``stage_one.c25`` is given), photo
         after photo, each from the pose state a single-photo run starts with.
@@ -190,6 +196,10 @@ class PseudoViewDataModule(L.LightningDataModule):
         ``on_the_fly`` mode the stage-1 result is kept to build views per step. Views already
         restored from a checkpoint are kept as they are. ``report`` receives one-line progress
         messages for the console.
+
+        Returns:
+            The pre-built views (photo-major, ``aux_index`` indexes them), or ``None`` in
+            ``on_the_fly`` mode.
         """
         if self.image is None or self.c25 is None:
             raise RuntimeError("load_input must run before pseudo views are built")
@@ -200,9 +210,9 @@ class PseudoViewDataModule(L.LightningDataModule):
                 stage_one.ws_occluded.detach(),
                 self._centres(stage_one.c25, stage_one.ws_estimate.device),
             )
-            return
+            return None
         if self.views is not None:  # restored with the checkpoint
-            return
+            return self.views
         device = stage_one.ws_estimate.device
         centres = self._centres(stage_one.c25, device)
         started = time.perf_counter()
@@ -235,6 +245,7 @@ class PseudoViewDataModule(L.LightningDataModule):
         self._pose_rng.set_state(poses.get_state())
         if report is not None:
             report(f"pseudo views built in {time.perf_counter() - started:.1f} s")
+        return self.views
 
     def _centres(self, refined: Tensor | None, device: torch.device) -> Tensor:
         """The input cameras the pseudo views are built around (``N×25`` on ``device``)."""
@@ -248,9 +259,8 @@ class PseudoViewDataModule(L.LightningDataModule):
     def assemble(self, step: int, device: torch.device) -> dict[str, Tensor]:
         """Step ``step``'s batch: the input views, plus ``aux_views_per_step`` auxiliary views of each
         photo drawn for that step (distinct while the views last) once pseudo views are available;
-        pre-built views come with their indices among all the batch's views, ``aux_index`` (on the
-        CPU, so that the module can look up what it keeps per view without a device
-        synchronisation; see the module docstring for the other keys)."""
+        pre-built views come with their indices among all the batch's views, ``aux_index`` (see the
+        module docstring for the other keys)."""
         if self.image is None or self.c25 is None:
             raise RuntimeError("the input was not loaded; the LightningModule's setup loads it")
         out = {"image": self.image.to(device), "c25": self.c25.to(device)}
@@ -262,7 +272,7 @@ class PseudoViewDataModule(L.LightningDataModule):
             index = _draw(per_photo, self.aux_views_per_step, draw)
             flat = (torch.arange(self.photo_count)[:, None] * per_photo + index[None]).flatten()  # photo-major
             view = self.views.select(flat).to(device)
-            out["aux_index"] = flat
+            out["aux_index"] = flat.to(device)
         else:
             assert self._builder is not None
             generator, ws_e, ws_o, centres = self._builder
