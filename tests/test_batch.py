@@ -156,6 +156,30 @@ def test_one_batched_generator_call_follows_the_single_photo_fits(fits: Fits, ph
         assert _tuning_gap(batch, single, index) < 0.2
 
 
+def test_camera_refinement_in_a_batch_equals_single_photo_refinement(photos: Path, tmp_path: Path) -> None:
+    """Each photo of a batch refines its own camera offsets, exactly as alone: stage 1's losses, the
+    refined cameras and the pseudo views' cameras (built around them) are bit for bit those of single
+    fits, and the data keeps the cameras the photos came with."""
+    model = {**FAST_MODEL, "refine_camera": True, "camera_warmup_steps": 1, "pseudo_multiview_steps": 1}
+    stage_two = model["estimate_steps"] + model["occluded_steps"]
+    with _one_thread():
+        batch = InversionModule(**{**model, "photos": 2, "photos_per_call": 1})
+        batch_data = _data(images=str(photos), batch_size=2)
+        batch_losses = torch.stack(_fit(batch, batch_data, tmp_path).losses)
+        for index, name in enumerate(NAMES[:2]):
+            single = InversionModule(**model)
+            data = _data(image=str(photos / f"{name}.png"), camera=str(photos / f"{name}.json"))
+            losses = torch.cat(_fit(single, data, tmp_path).losses)
+            assert torch.equal(batch_losses[:stage_two, index], losses[:stage_two])
+            assert torch.equal(batch.c25_refined[index], single.c25_refined[0])
+            assert torch.equal(batch.camera_angles[index], single.camera_angles[0])
+            assert batch_data.views is not None and data.views is not None
+            assert torch.equal(batch_data.views.c25[2 * index : 2 * index + 2], data.views.c25)
+            assert torch.equal(batch_data.c25[index], data.c25[0])  # as loaded
+    assert bool(batch.camera_refined) and float(batch.camera_angles.abs().max()) > 0
+    assert not torch.equal(batch.c25_refined, batch_data.c25)
+
+
 def test_a_batch_resumes_from_its_last_checkpoint_with_every_photos_state(
     fits: Fits, photos: Path, tmp_path: Path
 ) -> None:
