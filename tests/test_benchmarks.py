@@ -13,7 +13,7 @@ import pytest
 
 from hfgi3d.benchmarks.__main__ import main as benchmarks_main
 from hfgi3d.benchmarks.aggregate import markdown_table, summarize
-from hfgi3d.benchmarks.runner import Job, shard
+from hfgi3d.benchmarks.runner import Job, Worker, run_shard, shard
 from hfgi3d.benchmarks.store import MERGED_FILE, append_row, finished, merge, read_rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,6 +57,34 @@ def test_shard_keeps_an_image_in_one_process() -> None:
     shards = [shard(jobs, rank, 2) for rank in range(2)]
     assert sorted(job.key for part in shards for job in part) == sorted(job.key for job in jobs)
     assert {job.image_id for job in shards[0]} == {"a", "c", "e"} and {job.image_id for job in shards[1]} == {"b", "d"}
+
+
+def test_batches_of_one_method_and_a_rerun_does_only_the_unfinished_photos(tmp_path: Path) -> None:
+    """``--batch-size 2``: photos are grouped per method; after a kill only the photos without a row run
+    again, re-batched, and a failed batch gives every photo of it an error row."""
+    jobs = [Job(f"img{i}", method) for method in ("pti", "hfgi3d") for i in range(3)]
+    calls: list[list[tuple[str, str]]] = []
+
+    def job_fn(batch: list[Job], worker: Worker) -> list[dict[str, float]]:
+        calls.append([job.key for job in batch])
+        if batch[0].key == ("img2", "hfgi3d"):
+            raise RuntimeError("the fit broke")
+        return [{"psnr": float(len(calls))} for _ in batch]
+
+    worker = Worker(0, 1, "cpu", 0)
+    append_row(tmp_path / "results.rank0.jsonl", {"image_id": "img0", "method": "pti", "psnr": 1.0})  # before a kill
+    assert run_shard(jobs, tmp_path, worker, job_fn, batch_size=2) == 5
+    assert calls == [
+        [("img1", "pti"), ("img2", "pti")],
+        [("img0", "hfgi3d"), ("img1", "hfgi3d")],
+        [("img2", "hfgi3d")],
+    ]
+    rows = {(r["image_id"], r["method"]): r for r in read_rows(tmp_path / "results.rank0.jsonl")}
+    assert len(rows) == 6 and rows[("img2", "hfgi3d")]["error"] == "RuntimeError: the fit broke"
+    assert rows[("img1", "pti")]["batch_size"] == 2 and rows[("img2", "hfgi3d")]["batch_size"] == 1
+    calls.clear()
+    assert run_shard(jobs, tmp_path, worker, job_fn, batch_size=2, retry_errors=True) == 1  # only the failure
+    assert calls == [[("img2", "hfgi3d")]]
 
 
 def test_summary_is_mean_and_std_next_to_the_paper() -> None:
