@@ -512,7 +512,7 @@ class InversionModule(L.LightningModule):
             fade = max(0.0, 1.0 - step / (hp.estimate_noise_ramp * hp.estimate_steps))
             # One draw for every photo: the noise a single-photo run from the same seed adds.
             ws = ws + torch.randn_like(ws[:1]) * self.w_std * hp.estimate_noise * fade**2
-        refining = hp.refine_camera and not bool(self.camera_refined)
+        refining = self.refines_camera  # (the camera is frozen at the end of stage 1's last step)
         c25 = self.stage_one_camera(batch["c25"]) if refining else batch["c25"]
         render = self._render(ws, c25[:, None])[:, 0]  # N×3×H×W
         losses = self._terms(render, batch["image"], None, self._target("input", batch["image"]))
@@ -538,12 +538,23 @@ class InversionModule(L.LightningModule):
             moved.append(offset_c25(c25[photo : photo + 1], self.camera_angles[photo], translation))
         return torch.cat(moved)
 
+    @property
+    def refines_camera(self) -> bool:
+        """Whether stage 1 refines the input cameras (``model.refine_camera`` with stage-1 steps; a
+        texture edit, which starts after stage 1, keeps the cameras it is given)."""
+        return bool(self.hp.refine_camera) and self.hp.estimate_steps > 0
+
+    def _frozen_camera(self, c25: Tensor) -> Tensor:
+        """The input cameras after stage 1 (``c25``: the batch's): the refined ones when stage 1
+        refined them (known from the settings: no device synchronisation)."""
+        return self.c25_refined if self.refines_camera else c25
+
     def input_camera(self, c25: Tensor) -> Tensor:
         """The input cameras (``N×25``) as the fit uses them, from those the photos came with
         (``c25``, the batch's): as given without refinement; moved by the offsets while stage 1
         refines them; the refined cameras, frozen, after stage 1."""
         c25 = c25.to(self.device)
-        if not self.hp.refine_camera:
+        if not self.refines_camera:
             return c25
         if bool(self.camera_refined):
             return self.c25_refined
@@ -566,7 +577,7 @@ class InversionModule(L.LightningModule):
 
     def _occluded_step(self, batch: dict[str, Tensor], step: int) -> Tensor:
         """``w_o``: fit ``G(w, p0)·D`` to ``x·D`` with G frozen (docs/method.md §5)."""
-        c25 = self.input_camera(batch["c25"])
+        c25 = self._frozen_camera(batch["c25"])
         if self.occluded_mask.numel() == 0:  # the stage's first step (or the first after resuming)
             with torch.no_grad():
                 rendered = self.G.synthesis(
@@ -585,7 +596,7 @@ class InversionModule(L.LightningModule):
 
     def _pseudo_multiview_step(self, batch: dict[str, Tensor], step: int) -> Tensor:
         ws = self.ws()
-        cameras = self.input_camera(batch["c25"])[:, None]  # N×1×25
+        cameras = self._frozen_camera(batch["c25"])[:, None]  # N×1×25
         if self.hp.use_pseudo_views:  # each photo's input view, then its auxiliary views
             cameras = torch.cat([cameras, batch["aux_c25"].reshape(self.photo_count, -1, 25)], dim=1)
         renders = self._render(ws, cameras)  # N×(1+A)×3×H×W: one generator call for every camera of the step
@@ -751,7 +762,7 @@ class InversionModule(L.LightningModule):
             self.occluded_latent.data.copy_(self.ws_estimate)
         self._targets = {}
         if self.hp.use_pseudo_views:
-            refined = self.c25_refined if self.hp.refine_camera and bool(self.camera_refined) else None
+            refined = self.c25_refined if self.refines_camera else None
             stage_one = StageOne(
                 lambda: self._stage_one_generator(resumed), self.ws_estimate, self.ws_occluded, refined
             )
