@@ -33,25 +33,14 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from PIL import Image
 
-    from hfgi3d.cameras import orbit_c25
     from hfgi3d.data.datamodule import PseudoViewDataModule
     from hfgi3d.generator import open_generator
     from hfgi3d.inversion import InversionModule
-    from tests.presets import FAST_MODEL, FAST_VIEWS, cpu_trainer, data_args
+    from tests.presets import FAST_MODEL, FAST_VIEWS, cpu_trainer, data_args, write_tiny_photos
 
     names = ("a", "b", "c")
-    folder = Path(tempfile.mkdtemp())
-    generator = open_generator("tiny")
-    for index, name in enumerate(names):
-        c25 = orbit_c25(0.15 * (index - 1), -0.05 + 0.05 * index)
-        with torch.no_grad():
-            z = torch.randn(1, 512, generator=torch.Generator().manual_seed(11 + index))
-            image = generator(z, c25, deterministic=True)["image"].clamp(-1, 1)
-        pixels = ((image[0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()
-        Image.fromarray(pixels).save(folder / f"{name}.png")
-        (folder / f"{name}.json").write_text(json.dumps(c25[0].tolist()))
+    folder = write_tiny_photos(Path(tempfile.mkdtemp()), names)
 
     def fit(model: dict[str, Any], threads: int, **data: Any) -> tuple[InversionModule, torch.Tensor]:
         torch.set_num_threads(threads)

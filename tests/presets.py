@@ -4,12 +4,17 @@ exercises what users run; each test overrides only what it shrinks."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
+from PIL import Image
 
+from hfgi3d.cameras import orbit_c25
 from hfgi3d.data.pseudo_views import PseudoViewConfig
+from hfgi3d.generator import open_generator
 from hfgi3d.metrics.evaluation import EvaluationConfig
 from hfgi3d.presets import load_preset
 
@@ -57,3 +62,18 @@ FAST_MODEL = model_args(
 )  # fmt: skip
 """The paper's model arguments shrunk for the tiny generator: 3 + 2 + 3 steps."""
 FAST_VIEWS = pseudo_view_config(poisson_iterations=50)
+
+
+def write_tiny_photos(folder: Path, names: tuple[str, ...] = ("a", "b", "c")) -> Path:
+    """Photos the tiny generator can represent (its renders at a latent and camera per name), each
+    with its camera beside it (``<name>.png`` and ``<name>.json`` in ``folder``)."""
+    generator = open_generator("tiny")
+    for index, name in enumerate(names):
+        c25 = orbit_c25(0.15 * (index - 1), -0.05 + 0.05 * index)
+        with torch.no_grad():
+            z = torch.randn(1, 512, generator=torch.Generator().manual_seed(11 + index))
+            image = generator(z, c25, deterministic=True)["image"].clamp(-1, 1)
+        pixels = ((image[0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()
+        Image.fromarray(pixels).save(folder / f"{name}.png")
+        (folder / f"{name}.json").write_text(json.dumps(c25[0].tolist()))
+    return folder

@@ -16,9 +16,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from PIL import Image
 
-from hfgi3d.cameras import orbit_c25
 from hfgi3d.cli import main
 from hfgi3d.data.datamodule import PseudoViewDataModule
 from hfgi3d.data.inputs import list_photos
@@ -26,7 +24,7 @@ from hfgi3d.edit import open_run
 from hfgi3d.errors import InputError
 from hfgi3d.generator import open_generator
 from hfgi3d.inversion import InversionModule
-from tests.presets import FAST_MODEL, FAST_VIEWS, cpu_trainer, data_args
+from tests.presets import FAST_MODEL, FAST_VIEWS, cpu_trainer, data_args, write_tiny_photos
 
 NAMES = ("a", "b", "c")
 
@@ -35,17 +33,7 @@ NAMES = ("a", "b", "c")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three photos the tiny generator can represent (its renders at three latents and cameras), each
     with its camera beside it."""
-    folder = tmp_path_factory.mktemp("photos")
-    generator = open_generator("tiny")
-    for index, name in enumerate(NAMES):
-        c25 = orbit_c25(0.15 * (index - 1), -0.05 + 0.05 * index)
-        with torch.no_grad():
-            z = torch.randn(1, 512, generator=torch.Generator().manual_seed(11 + index))
-            image = generator(z, c25, deterministic=True)["image"].clamp(-1, 1)
-        pixels = ((image[0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()
-        Image.fromarray(pixels).save(folder / f"{name}.png")
-        (folder / f"{name}.json").write_text(json.dumps(c25[0].tolist()))
-    return folder
+    return write_tiny_photos(tmp_path_factory.mktemp("photos"), NAMES)
 
 
 def _data(**kwargs: Any) -> PseudoViewDataModule:
