@@ -149,9 +149,8 @@ class PseudoViewDataModule(L.LightningDataModule):
         self.image: Tensor | None = None
         self.c25: Tensor | None = None
         self.views: PseudoViews | None = None
-        self._builder: tuple[TriPlaneGenerator, Tensor, Tensor, Tensor] | None = (
-            None  # on_the_fly: G, w_e, w_o, cameras
-        )
+        # on_the_fly: the stage-1 generator, w_e, w_o and the cameras the views are built around.
+        self._builder: tuple[TriPlaneGenerator, Tensor, Tensor, Tensor] | None = None
         self._pose_rng = torch.Generator().manual_seed(seed)
 
     @property
