@@ -370,10 +370,12 @@ class InversionModule(L.LightningModule):
                 "(estimate + occluded + pseudo_multiview); `python -m hfgi3d fit` sets it for you"
             )
         self.lpips.to(self.device)
-        # G runs in train mode in every stage: its modulated convolutions then scale activations
-        # around the shared kernel instead of building per-sample kernels from ws
-        # (layers.modulated_conv2d, fused=False), so while G is frozen (estimate, occluded) the
-        # backward pass computes no kernel gradients: a third fewer FLOPs per stage-1 step.
+        # G's mode picks how its modulated convolutions apply the styles (layers.modulated_conv2d).
+        # In train mode they scale the activations around the shared kernel (fused=False): while G
+        # is frozen (estimate, occluded) the backward pass then computes no kernel gradient, a
+        # third fewer FLOPs per stage-1 step. Stage 2 tunes G, so it needs the kernel gradients
+        # anyway, and there eval mode (the styles scale the kernel) saves the activation-sized
+        # products: 1.18x per stage-2 step on the 2-core CPU (benchmarks/README.md).
         self.G.train()
         self._targets = {}
         self.occluded_mask = self.occluded_mask.new_zeros(0)  # D: computed at the occluded stage's first step
@@ -770,7 +772,8 @@ class InversionModule(L.LightningModule):
             if views is not None:
                 self._prepare_view_targets(views)
         self.stage_entered.fill_(STAGES.index(PSEUDO_MULTIVIEW))
-        self.G.requires_grad_(True)  # already in train mode since on_fit_start
+        self.G.requires_grad_(True)
+        self.G.eval()  # modulated kernels, not activations: see on_fit_start
         if self.hp.freeze_latent:
             self.latent.requires_grad_(False)
 

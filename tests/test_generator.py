@@ -205,3 +205,29 @@ def test_render_cameras_equals_one_render_per_camera(reference_generator: TriPla
     assert set(batched) == set(single[0])
     for key in batched:
         torch.testing.assert_close(batched[key], torch.cat([s[key] for s in single]), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_one_latent_for_several_cameras_equals_its_copies(reference_generator: TriPlaneGenerator, mode: str) -> None:
+    """``ws`` 1×… for three cameras (the kernels modulated once) renders and back-propagates as
+    three copies of it (per-sample kernels, or per-sample activation scales in train mode)."""
+    generator = reference_generator.train(mode == "train")
+    z, _ = _inputs()
+    cameras = orbit_c25(torch.tensor([-0.3, 0.0, 0.3]), torch.tensor([0.1, 0.0, -0.1]))
+    results = []
+    try:
+        for copies in (1, 3):
+            generator.zero_grad()
+            ws = generator.mapping(z, frontal_c25()).detach().requires_grad_(True)
+            planes = generator.planes(ws).expand(3, -1, -1, -1, -1)
+            image = generator.render(planes, ws.expand(copies, -1, -1), cameras, deterministic=True)["image"]
+            image.square().mean().backward()
+            weight = generator.superresolution.block1.conv1.weight.grad
+            results.append((image.detach(), ws.grad, weight.clone()))
+    finally:
+        generator.eval().zero_grad()
+    (shared, ws_shared, w_shared), (copied, ws_copied, w_copied) = results
+    # empirical tolerances, set on the development machine (x86-64 CPU): summation order only
+    torch.testing.assert_close(shared, copied, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ws_shared, ws_copied, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(w_shared, w_copied, atol=1e-6, rtol=1e-4)

@@ -95,34 +95,43 @@ def modulated_conv2d(
     Args:
         x: ``N×I×H×W`` input.
         weight: ``O×I×k×k`` unit-scale kernel.
-        styles: ``N×I`` per-sample input-channel scales.
+        styles: ``N×I`` per-sample input-channel scales, or ``1×I`` shared by the whole batch
+            (one latent seen from several cameras): the kernel is then modulated once.
         noise: broadcastable to ``N×O×H'×W'``, added after (de)modulation.
         up: 1, or 2 for a transposed convolution followed by FIR low-pass filtering.
         padding: spatial padding of the plain convolution.
         resample_filter: FIR kernel used when ``up == 2``.
         demodulate: normalize each output channel's kernel to unit norm (eps 1e-8).
-        fused: one grouped convolution with per-sample kernels (EG3D's inference path);
-            otherwise the input is scaled, convolved with the shared kernel and rescaled,
-            which is cheaper for large batches in training. Both give the same result.
+        fused: the styles scale the kernel (EG3D's inference path: one grouped convolution with
+            per-sample kernels, or one plain convolution when the styles are shared); otherwise
+            they scale the input, which is convolved with the shared kernel and rescaled. Both
+            give the same result. Unfused, the backward pass needs no kernel gradient (cheaper
+            while the weights are frozen); fused, it touches no activation-sized products
+            (cheaper when the kernel gradient is needed anyway).
 
     Returns:
         ``N×O×H'×W'`` with ``H' = up·H``.
     """
-    batch = x.shape[0]
+    batch, styled = x.shape[0], styles.shape[0]
+    if styled not in (1, batch):
+        raise ValueError(f"styles for {styled} samples cannot modulate a batch of {batch}")
     _, in_channels, kh, kw = weight.shape
-    w = weight.unsqueeze(0) * styles.reshape(batch, 1, -1, 1, 1)  # N×O×I×k×k
-    dcoefs = (w.square().sum(dim=[2, 3, 4]) + DEMODULATION_EPS).rsqrt() if demodulate else None  # N×O
+    w = weight.unsqueeze(0) * styles.reshape(styled, 1, -1, 1, 1)  # S×O×I×k×k
+    dcoefs = (w.square().sum(dim=[2, 3, 4]) + DEMODULATION_EPS).rsqrt() if demodulate else None  # S×O
     if fused:
         if dcoefs is not None:
-            w = w * dcoefs.reshape(batch, -1, 1, 1, 1)
-        x = x.reshape(1, -1, *x.shape[2:])
-        x = _conv(x, w.reshape(-1, in_channels, kh, kw), up, padding, resample_filter, groups=batch)
-        x = x.reshape(batch, -1, *x.shape[2:])
+            w = w * dcoefs.reshape(styled, -1, 1, 1, 1)
+        if styled == 1:
+            x = _conv(x, w[0].to(x.dtype), up, padding, resample_filter, groups=1)
+        else:
+            x = x.reshape(1, -1, *x.shape[2:])
+            x = _conv(x, w.reshape(-1, in_channels, kh, kw), up, padding, resample_filter, groups=batch)
+            x = x.reshape(batch, -1, *x.shape[2:])
     else:
-        x = x * styles.to(x.dtype).reshape(batch, -1, 1, 1)
+        x = x * styles.to(x.dtype).reshape(styled, -1, 1, 1)
         x = _conv(x, weight.to(x.dtype), up, padding, resample_filter, groups=1)
         if dcoefs is not None:
-            x = x * dcoefs.to(x.dtype).reshape(batch, -1, 1, 1)
+            x = x * dcoefs.to(x.dtype).reshape(styled, -1, 1, 1)
     if noise is not None:
         x = x + noise.to(x.dtype)
     return x

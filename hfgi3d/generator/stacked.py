@@ -190,7 +190,7 @@ class StackedGenerator(nn.Module):
         return self._map(
             "render",
             planes.unsqueeze(1).expand(-1, k, -1, -1, -1, -1),
-            ws.unsqueeze(1).expand(-1, k, -1, -1),
+            ws.unsqueeze(1),  # one latent per photo for its k cameras (TriPlaneGenerator.render)
             c,
             neural_rendering_resolution=neural_rendering_resolution,
             deterministic=deterministic,

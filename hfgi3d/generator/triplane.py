@@ -71,7 +71,8 @@ class TriPlaneGenerator(nn.Module):
         neural_rendering_resolution: int | None = None,
         deterministic: bool = False,
     ) -> dict[str, Tensor]:
-        """Render given tri-planes from cameras ``c`` (N×25); ``ws`` drives the super-resolution.
+        """Render given tri-planes from cameras ``c`` (N×25); ``ws`` (N×num_ws×w_dim, or 1×… for
+        one latent seen from all N cameras) drives the super-resolution.
 
         Returns a dict with ``image`` (N×3×img_res²), ``image_raw`` (N×3×r², the neural
         rendering), ``image_depth`` (N×1×r²), ``image_feature`` (N×32×r², input of the
@@ -113,7 +114,7 @@ class TriPlaneGenerator(nn.Module):
             outputs.append(
                 self.render(
                     planes.expand(k, -1, -1, -1, -1),
-                    ws.expand(k, -1, -1),
+                    ws,  # one latent: the super-resolution modulates its kernels once for all k
                     chunk,
                     neural_rendering_resolution,
                     deterministic,
