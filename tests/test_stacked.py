@@ -139,3 +139,29 @@ def test_a_copy_comes_out_as_a_generator_and_modes_follow(copies: list[TriPlaneG
     assert not stacked._template[0].training and not stacked.generator(0).training
     with pytest.raises(ValueError, match="at least one"):
         StackedGenerator(copies[0], 0)
+
+
+@pytest.mark.parametrize("photos_per_call", [1, COUNT])
+def test_mixed_precision_reaches_the_convolutions(copies: list[TriPlaneGenerator], photos_per_call: int) -> None:
+    """``torch.func.vmap`` ignores autocast, so under bf16 autocast the photos run one by one and
+    their convolutions compute in bf16 (before, a bf16-mixed fit ran the whole generator in fp32)."""
+    stacked = _stack(copies, photos_per_call)
+    ws, cameras = _inputs()
+    dtypes: list[torch.dtype] = []
+    hook = stacked.template.superresolution.block0.conv1.register_forward_hook(
+        lambda module, inputs, output: dtypes.append(output.dtype)
+    )
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            stacked.synthesis_cameras(ws, cameras, 2)
+        assert dtypes and set(dtypes) == {torch.bfloat16}
+        dtypes.clear()
+        single = _stack(copies[:1], 1)
+        single.template.superresolution.block0.conv1.register_forward_hook(
+            lambda module, inputs, output: dtypes.append(output.dtype)
+        )
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            single.synthesis_cameras(ws[:1], cameras[:1], 2)
+        assert set(dtypes) == {torch.bfloat16}
+    finally:
+        hook.remove()

@@ -82,6 +82,7 @@ class StackedGenerator(nn.Module):
             calls, each drawing the same random numbers as the first (so results do not depend on
             it). ``0``: all at once on a GPU, one at a time on a CPU, where the grouped
             convolutions are slower than separate ones (benchmarks/README.md, batched inversion).
+            One copy, or any copies under autocast (which ``vmap`` ignores), run without ``vmap``.
     """
 
     def __init__(self, generator: TriPlaneGenerator, count: int, photos_per_call: int = 0) -> None:
@@ -136,6 +137,11 @@ class StackedGenerator(nn.Module):
         return weights, buffers
 
     def _chunk(self, device: torch.device) -> int:
+        if torch.is_autocast_enabled(device.type):
+            # torch.func.vmap ignores autocast (torch 2.14: a convolution under vmap stays float32
+            # inside a bf16 autocast region, even one entered inside the vmapped function), so
+            # under mixed precision (trainer.precision bf16-mixed) the photos run one by one.
+            return 1
         if self.photos_per_call > 0:
             return self.photos_per_call
         return 1 if device.type == "cpu" else self.count
@@ -151,7 +157,7 @@ class StackedGenerator(nn.Module):
             return functional_call(template, {**photo_weights, **buffers}, (method, *photo_args), options)
 
         chunk = self._chunk(batched[0].device)
-        if chunk >= self.count:
+        if chunk >= self.count > 1:
             return vmap(one, randomness="same")(weights, *batched)
         # unbind, not indexing: its backward gathers every photo's gradient in one tensor.
         slices = {name: value.unbind(0) for name, value in weights.items()}
