@@ -6,8 +6,9 @@ For every photo of ``--data`` (EG3D crops with their official ``dataset.json`` l
 its ``PROVENANCE.md``) prints the official yaw and pitch, how far re-cropping moves MTCNN's landmarks
 (pixels at 512²), and each estimator's error (estimate − official, radians): ``pnp5`` (five MTCNN
 points, :class:`hfgi3d.pose.PnPPoseEstimator`) and ``mediapipe``
-(:class:`hfgi3d.pose_mediapipe.MediaPipePoseEstimator`, when installed); then mean and max of the
-absolute errors per estimator. Everything runs offline on the CPU in a few seconds.
+(:class:`hfgi3d.pose_mediapipe.MediaPipePoseEstimator`, when installed) and, given its checkpoint,
+``deep3d`` (:class:`hfgi3d.pose_deep3d.Deep3DPoseEstimator`); then mean and max of the absolute
+errors per estimator. Everything runs offline on the CPU in a few seconds.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="EG3D crops and their dataset.json")
     parser.add_argument("--json", type=Path, help="also write the rows and summaries here")
+    parser.add_argument(
+        "--deep3d-checkpoint", type=Path, help="also measure deep3d with Deep3DFaceRecon's epoch_20.pth"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)  # MTCNN's and the fits' many tiny ops gain nothing from threads
     estimators: dict[str, PoseEstimator] = {"pnp5": PnPPoseEstimator()}
@@ -37,6 +41,10 @@ def main() -> None:
         estimators["mediapipe"] = make_mediapipe_estimator()
     else:
         print("mediapipe is not installed: only pnp5 is measured")
+    if args.deep3d_checkpoint is not None:
+        from hfgi3d.pose_deep3d import Deep3DPoseEstimator
+
+        estimators["deep3d"] = Deep3DPoseEstimator(args.deep3d_checkpoint)
     rows = measure_folder(args.data, estimators, make_detector())
     print(markdown_tables(rows))
     if args.json:

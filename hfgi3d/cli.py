@@ -129,9 +129,14 @@ def _run(argv: list[str]) -> int:
         "--min-face-px", type=int, default=64, help="ignore faces smaller than this in the photo (default 64)"
     )
     preprocess.add_argument(
-        "--pose-estimator", choices=("auto", "mediapipe", "pnp5"), default="auto",
-        help="auto (default): MediaPipe's Face Landmarker where installed (hfgi3d[editing]), else pnp5; "
-        "mediapipe: insist on it; pnp5: five MTCNN points on a mean face (README: accuracy table)",
+        "--pose-estimator", choices=("auto", "mediapipe", "pnp5", "deep3d"), default=None,
+        help="auto (default; deep3d when --deep3d-checkpoint is given): MediaPipe's Face Landmarker where "
+        "installed (hfgi3d[editing]), else pnp5; mediapipe: insist on it; pnp5: five MTCNN points on a mean "
+        "face; deep3d: Deep3DFaceRecon, the network EG3D's own labels come from (README: accuracy table)",
+    )  # fmt: skip
+    preprocess.add_argument(
+        "--deep3d-checkpoint", type=Path, default=None, metavar="PATH",
+        help="Deep3DFaceRecon_pytorch's epoch_20.pth (its README links it); needed by --pose-estimator deep3d",
     )  # fmt: skip
     preprocess.add_argument("--overwrite", action="store_true", help="replace crops that already exist in OUTPUT")
     preprocess.add_argument(
@@ -339,9 +344,18 @@ def _preprocess(args: argparse.Namespace) -> int:
         min_face_px=args.min_face_px,
     )
     estimator: PoseEstimator | None = None  # auto: preprocess picks, and notes a missing MediaPipe in its report
-    if args.pose_estimator == "pnp5":
+    choice = args.pose_estimator or ("deep3d" if args.deep3d_checkpoint is not None else "auto")
+    if choice == "deep3d":
+        from hfgi3d.pose_deep3d import Deep3DPoseEstimator
+
+        if args.deep3d_checkpoint is None:
+            raise InputError("--pose-estimator deep3d needs --deep3d-checkpoint PATH (Deep3DFaceRecon's epoch_20.pth)")
+        estimator = Deep3DPoseEstimator(args.deep3d_checkpoint, args.device)
+    elif args.deep3d_checkpoint is not None:
+        raise InputError(f"--deep3d-checkpoint is only read by --pose-estimator deep3d, not {choice}")
+    elif choice == "pnp5":
         estimator = PnPPoseEstimator()
-    elif args.pose_estimator == "mediapipe":
+    elif choice == "mediapipe":
         if not mediapipe_available():
             raise InputError(f"--pose-estimator mediapipe needs MediaPipe: {EDITING_INSTALL}")
         estimator = make_mediapipe_estimator()

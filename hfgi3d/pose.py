@@ -36,7 +36,7 @@ Accuracy (measured; ``tests/test_pose.py`` checks the synthetic figures):
       smiling face; the spread (±0.03) is MTCNN's jitter. The cameraman (``skimage.data.camera``,
       looking to the viewer's right) reads as yaw −0.75, his mirror +0.67.
     * Against EG3D's own cameras (Deep3DFaceRecon fits) on five real EG3D crops
-      (``tests/data/eg3d_cameras``, ``benchmarks/pose_accuracy.py``): mean |Δyaw| 0.059, max 0.166;
+      (``tests/data/eg3d_cameras``, ``benchmarks/pose_accuracy.py``): mean |Δyaw| 0.059, max 0.165;
       mean |Δpitch| 0.109, max 0.369 rad (a small child, whose proportions are far from the mean
       face's). MediaPipe's landmarks do better (:mod:`hfgi3d.pose_mediapipe`).
     * Beyond ``|yaw| ≈ 0.8`` rad the far eye is partly hidden, MTCNN's landmarks degrade, and five
@@ -78,7 +78,8 @@ the face) by 0.27 to put it at radius 2.7."""
 EG3D_LABEL_CAMERA_SHIFT = (0.0, 0.006, 0.161)
 """World offset EG3D's ``3dface2idr_mat.py`` adds to every camera centre ("additional offset used in
 submission") before ``preprocess_face_cameras.py`` rescales the centre back to radius 2.7."""
-_DEEP3D_CAMERA_DISTANCE_DM = 10.0  # Deep3DFaceRecon's camera sits 10 dm in front of the face model
+DEEP3D_CAMERA_DISTANCE_DM = 10.0
+"""Deep3DFaceRecon's camera sits this far (decimetres) in front of the face model."""
 
 EXPRESSION_STD = 0.1
 """How far expressions move the mouth corners (a smile raises and widens them), as a fraction of the
@@ -122,7 +123,7 @@ def canonical_landmarks_world(dtype: torch.dtype = torch.float32) -> Tensor:
 def bfm_dm_to_world(points_dm: Tensor) -> Tensor:
     """``K×3`` points of the Basel Face Model's frame (decimetres) in EG3D's world, where the generator's face
     sits (:func:`canonical_landmarks_world` derives the map); float64."""
-    label_camera = torch.tensor((0.0, 0.0, _DEEP3D_CAMERA_DISTANCE_DM * BFM_DM_TO_EG3D), dtype=torch.float64)
+    label_camera = torch.tensor((0.0, 0.0, DEEP3D_CAMERA_DISTANCE_DM * BFM_DM_TO_EG3D), dtype=torch.float64)
     shift = torch.tensor(EG3D_LABEL_CAMERA_SHIFT, dtype=torch.float64)
     rescale = FFHQ_RADIUS / torch.linalg.vector_norm(label_camera + shift)
     return rescale * (BFM_DM_TO_EG3D * points_dm.to(torch.float64) + shift)
@@ -161,9 +162,10 @@ class PoseEstimate(NamedTuple):
     """What a :class:`PoseEstimator` says about one aligned crop."""
 
     c25: Tensor
-    """``1×25`` float32 camera label (an orbit camera, :func:`hfgi3d.cameras.orbit_c25`)."""
+    """``1×25`` float32 camera label: an orbit camera (:func:`hfgi3d.cameras.orbit_c25`), or EG3D's own label
+    formula (``deep3d``, :mod:`hfgi3d.pose_deep3d`)."""
     estimator: str
-    """Which estimator answered (``"mediapipe"``, ``"pnp5"``): a fallback names itself."""
+    """Which estimator answered (``"mediapipe"``, ``"pnp5"``, ``"deep3d"``): a fallback names itself."""
     confidence: float
     """Share of the fitted landmarks that the posed 3D face explains within :data:`INLIER_FRACTION` of the
     crop side, in ``[0, 1]``."""

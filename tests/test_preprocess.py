@@ -30,6 +30,7 @@ from hfgi3d.preprocess import (
     PreprocessOptions,
     PreprocessReport,
     ProcessedImage,
+    align_face,
     crop_transform,
     eg3d_crop_matrix,
     ffhq_roll_rad,
@@ -538,3 +539,17 @@ def test_the_pose_estimator_is_chosen_on_the_command_line(
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --pose-estimator mediapipe needs MediaPipe: pip install") and "\n" not in err
     assert not (tmp_path / "never").exists()
+
+
+def test_the_crop_is_cut_from_landmarks_truncated_as_eg3d_s() -> None:
+    """EG3D's detections are the ``mtcnn`` package's points truncated to whole pixels: the crop is cut
+    from them so truncated, and the crop's landmarks are where the detected points land."""
+    landmarks = torch.tensor([[250.7, 280.9], [390.2, 279.6], [322.5, 350.8], [262.3, 421.4], [380.9, 420.1]])
+    face = align_face(np.zeros((700, 640, 3), dtype=np.uint8), landmarks, SIZE)
+    truncated = crop_transform(torch.trunc(landmarks)[None].double(), SIZE).matrix[0]
+    torch.testing.assert_close(face.matrix, truncated.float())
+    torch.testing.assert_close(
+        face.landmarks_px, transform_points(truncated[None], landmarks[None].double())[0].float()
+    )
+    untruncated = crop_transform(landmarks[None].double(), SIZE).matrix[0]
+    assert float((truncated - untruncated).abs().max()) > 0.1  # the half pixel moves the crop

@@ -27,7 +27,7 @@ from facenet_pytorch import MTCNN
 from hfgi3d.cameras import split_c25, yaw_pitch_of
 from hfgi3d.pose import PoseEstimator
 from hfgi3d.preprocess.choice import detect_in_photo, select_face
-from hfgi3d.preprocess.crop import DEFAULT_SIZE, align_face, crop_transform
+from hfgi3d.preprocess.crop import DEFAULT_SIZE, align_face, crop_transform, eg3d_landmarks, transform_points
 from hfgi3d.preprocess.photos import load_photo
 from hfgi3d.preprocess.report import DATASET_JSON
 
@@ -75,7 +75,8 @@ def measure_folder(
         detections = detect_in_photo(detector, photo.pixels)
         landmarks = detections.landmarks[select_face(detections, name).detection].double()  # 5×2, photo px
         to_crop = size / photo.pixels.shape[1]  # the photo is an EG3D crop: its own pixels, rescaled to size
-        moved = crop_transform(landmarks[None], size).landmarks_px[0] - (landmarks + 0.5) * to_crop + 0.5
+        matrix = crop_transform(eg3d_landmarks(landmarks)[None], size).matrix  # as preprocess cuts it
+        moved = transform_points(matrix, landmarks[None])[0] - (landmarks + 0.5) * to_crop + 0.5
         yaw_true, pitch_true = (float(angle[0]) for angle in yaw_pitch_of(split_c25(label)[0]))
         errors = {}
         for key, estimator in estimators.items():

@@ -22,6 +22,8 @@ Convention (the crop):
       training crops have (and its in-the-wild script lacks). The axis averages the eye line and
       the normal of the eye–mouth line, so on a turned face, whose mouth shifts sideways against
       the eyes, the eye line stays level to ~1° (yaw 0.3 rad);
+    * landmarks: MTCNN's five points truncated to whole photo pixels, as EG3D's ``batch_mtcnn.py``
+      receives them from the ``mtcnn`` package (:func:`eg3d_landmarks`);
     * scale and shift: ``align_img`` itself (:func:`pos_fit`, :func:`eg3d_crop_matrix`): the
       levelled landmarks are fitted by an orthographic projection of the Basel mean face's five
       points (:data:`hfgi3d.pose.LANDMARKS_BFM_DM`; Deep3DFaceRecon's ``POS``: an affine 3D → 2D
@@ -120,27 +122,37 @@ def pos_fit(landmarks_px: Tensor) -> tuple[Tensor, Tensor]:
     return coefficients[:, 3], scale
 
 
-def eg3d_crop_matrix(landmarks_px: Tensor, size: int, roll_rad: Tensor) -> Tensor:
+def eg3d_crop_matrix(
+    landmarks_px: Tensor,
+    size: int,
+    roll_rad: Tensor,
+    target_size: int = TARGET_SIZE,
+    rescale_factor: float = RESCALE_FACTOR,
+    centre_crop_size: int = CENTRE_CROP_SIZE,
+) -> Tensor:
     """``N×2×3`` maps ``photo px → crop px`` of ``align_img`` (module docstring) after levelling by ``−roll``.
 
     Args:
         landmarks_px: ``N×5×2`` points in the photo.
         size: side of the square crop, pixels.
         roll_rad: ``N`` roll of each face (:func:`ffhq_roll_rad`); the crop turns by its negative.
+        target_size, rescale_factor, centre_crop_size: ``align_img``'s square and scale, and the
+            centre that is resized to ``size``; EG3D's crop by default (Deep3DFaceRecon's own input:
+            224, 102, 224).
     """
     cos, sin = torch.cos(roll_rad), torch.sin(roll_rad)  # N each
     rotation = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)  # N×2×2, by −roll
     levelled = landmarks_px.to(torch.float64) @ rotation.transpose(1, 2)  # N×5×2
     origin, scale_px_per_dm = pos_fit(levelled)
-    resize = RESCALE_FACTOR / scale_px_per_dm  # N: photo px → TARGET_SIZE-image px
-    # In the TARGET_SIZE image the origin sits at the centre, shifted by align_img's pixel conventions:
+    resize = rescale_factor / scale_px_per_dm  # N: photo px → target-image px
+    # In the target image the origin sits at the centre, shifted by align_img's pixel conventions:
     # +½ photo px in x and −½ in y (y is measured from H − 1), +½ px of the floored crop box.
     flip = torch.tensor([_HALF_PIXEL, -_HALF_PIXEL], dtype=torch.float64)
-    centre = TARGET_SIZE / 2 + _HALF_PIXEL + resize[:, None] * flip  # N×2, target px, pixel-edge coordinates
-    to_output = size / CENTRE_CROP_SIZE  # target px → crop px, about the centre crop
+    centre = target_size / 2 + _HALF_PIXEL + resize[:, None] * flip  # N×2, target px, pixel-edge coordinates
+    to_output = size / centre_crop_size  # target px → crop px, about the centre crop
     linear = (to_output * resize)[:, None, None] * rotation  # N×2×2
-    # crop_px = to_output · (resize · (levelled − origin) + centre − (TARGET − CENTRE_CROP) / 2) − ½
-    margin = (TARGET_SIZE - CENTRE_CROP_SIZE) / 2
+    # crop_px = to_output · (resize · (levelled − origin) + centre − (target − centre crop) / 2) − ½
+    margin = (target_size - centre_crop_size) / 2
     shift = to_output * (centre - margin - resize[:, None] * origin) - _HALF_PIXEL  # N×2
     return torch.cat([linear, shift[..., None]], dim=-1)
 
@@ -157,6 +169,15 @@ class CropTransform(NamedTuple):
     """``N×2×3`` photo px → crop px."""
     landmarks_px: Tensor
     """``N×5×2`` landmarks in the crop."""
+
+
+def eg3d_landmarks(landmarks_px: Tensor) -> Tensor:
+    """MTCNN's points as EG3D's ``batch_mtcnn.py`` hands them to ``align_img``: the ``mtcnn`` package
+    it uses truncates every keypoint to whole pixels (``int()``), which moves EG3D's crop by half a
+    photo pixel on average. Measured on 9 video frames with EG3D's own detections
+    (``benchmarks/README.md``): truncating ours brings our crop 1.8 instead of 2.2 px (mean, at
+    512²) from the crop EG3D's detections give."""
+    return torch.trunc(landmarks_px)
 
 
 def crop_transform(landmarks_px: Tensor, size: int = DEFAULT_SIZE) -> CropTransform:
@@ -290,19 +311,20 @@ def align_face(
 
     Args:
         pixels: the photo.
-        landmarks_px: MTCNN's five points, order of :data:`hfgi3d.faces.LANDMARK_NAMES`.
+        landmarks_px: MTCNN's five points, order of :data:`hfgi3d.faces.LANDMARK_NAMES`; the crop is
+            cut from them truncated to whole pixels, as EG3D's (:func:`eg3d_landmarks`).
         size: crop side, pixels.
         estimator: pose from the crop (default :class:`hfgi3d.pose.PnPPoseEstimator`;
             :func:`hfgi3d.pose_mediapipe.default_pose_estimator` picks the most accurate installed one).
     """
     estimator = PnPPoseEstimator() if estimator is None else estimator
-    transform = crop_transform(landmarks_px[None], size)
-    crop = warp_photo(pixels, transform.matrix[0], size)
-    aligned = transform.landmarks_px[0].float()
+    matrix = crop_transform(eg3d_landmarks(landmarks_px)[None], size).matrix
+    crop = warp_photo(pixels, matrix[0], size)
+    aligned = transform_points(matrix, landmarks_px[None].to(matrix.dtype))[0].float()  # where they are in the crop
     return AlignedFace(
         pixels=crop.pixels,
         landmarks_px=aligned,
-        matrix=transform.matrix[0].float(),
+        matrix=matrix[0].float(),
         pose=estimator.estimate(crop.pixels, aligned),
         magnification=crop.magnification,
         padded_fraction=crop.padded_fraction,
