@@ -179,8 +179,9 @@ def test_pose_error_is_the_distance_to_the_estimated_camera(tmp_path: Path) -> N
     c25 = load_camera(tmp_path / "aligned" / "dataset.json", "astronaut.png")
     detector = make_detector()
     same = float(pose_errors(detector, image, c25, PnPPoseEstimator())[0])
-    # 0.05 rad here and abs=0.03 below: measured on the development machine (x86-64 CPU) from MTCNN + PnP, not derived
-    assert same < 0.05  # re-detecting landmarks on the crop moves them by a pixel or two
+    # 0.08 rad here and abs=0.03 below: measured on the development machine (x86-64 CPU) from MTCNN + PnP, not
+    # derived (0.069 since the crop is cut from truncated points, 506f73a; five-point pitch noise is ~0.04-0.1 rad)
+    assert same < 0.08  # re-detecting landmarks on the crop moves them by a pixel or two
     from hfgi3d.cameras import split_c25, yaw_pitch_of
 
     yaw, pitch = yaw_pitch_of(split_c25(c25)[0])
