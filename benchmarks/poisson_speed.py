@@ -7,8 +7,9 @@ wavy vertical boundary and a hole, ~55 % visible) with each solver at the paper 
 (2000 iterations, relative residual 1e-5), once to warm up and then timed, and reports the
 seconds of each and how far apart their blends are (max |difference|, in [-1, 1] units). The
 older solver is read from ``git show GITREF:hfgi3d/geometry.py`` and run here, each with its own
-default chunking of the images. ``--multigrid`` also times the multigrid-preconditioned
-alternative: pyamg's smoothed-aggregation AMG as the preconditioner of CG, on the CPU, per view.
+default chunking of the images. ``--multigrid`` also times an algebraic alternative to the
+shipped geometric multigrid: pyamg's smoothed-aggregation AMG as the preconditioner of CG, on the
+CPU, per view.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import scipy.sparse.linalg
 import torch
 import torch.nn.functional as F
 
+from hfgi3d import geometry
 from hfgi3d.cameras import FFHQ_FOCAL, orbit_c25, pixel_rays, split_c25
 from hfgi3d.geometry import (
     alpha_blend,
@@ -351,6 +352,42 @@ def test_poisson_blend_matches_a_sparse_direct_solve(batch: int) -> None:
                 visible[b, c].double().numpy(), occluded[b, c].double().numpy(), mask[b, 0].bool().numpy()
             )
     np.testing.assert_allclose(blended.numpy(), expected, atol=1e-4, rtol=0)
+
+
+def _ring_mask(height: int, width: int) -> torch.Tensor:
+    """``1×1×H×W``: a thick ring with a wavy outer edge (Ω with a hole, touching the border)."""
+    rows, cols = torch.meshgrid(torch.arange(height) / height, torch.arange(width) / width, indexing="ij")
+    radius_sq = (rows - 0.5).square() + (cols - 0.4).square()
+    return ((radius_sq < (0.45 + 0.05 * torch.sin(9 * cols)) ** 2) & (radius_sq > 0.02)).float()[None, None]
+
+
+def test_poisson_blend_matches_a_sparse_direct_solve_through_several_multigrid_levels() -> None:
+    # odd sides, so every coarsening pads: 37×53 → 19×27 → 10×14 → 5×7
+    torch.manual_seed(0)
+    visible, occluded = torch.rand(1, 2, 37, 53, dtype=torch.float64), torch.rand(1, 2, 37, 53, dtype=torch.float64)
+    mask = _ring_mask(37, 53).double()
+    assert len(geometry._multigrid_levels(geometry._Stencil.of(mask, mask, mask))) == 4
+    blended = poisson_blend(visible, occluded, mask, tol=1e-10)
+    for c in range(2):
+        expected = _poisson_reference(visible[0, c].numpy(), occluded[0, c].numpy(), mask[0, 0].bool().numpy())
+        np.testing.assert_allclose(blended[0, c].numpy(), expected, atol=1e-8, rtol=0)
+
+
+def test_the_multigrid_preconditioner_is_symmetric_positive_definite() -> None:
+    # what conjugate gradients needs of it: <B u, v> = <u, B v> and <B u, u> > 0 on Ω
+    torch.manual_seed(0)
+    inside = _ring_mask(37, 53).double()
+    right = torch.zeros_like(inside)
+    right[..., :, :-1] = inside[..., :, :-1] * inside[..., :, 1:]
+    down = torch.zeros_like(inside)
+    down[..., :-1, :] = inside[..., :-1, :] * inside[..., 1:, :]
+    degree = geometry._neighbour_sum(torch.ones_like(inside))
+    levels = geometry._multigrid_levels(geometry._Stencil.of(inside * degree, right, down))
+    u, v = (inside * torch.randn(1, 8, 37, 53, dtype=torch.float64) for _ in range(2))
+    bu, bv = geometry._v_cycle(levels, u), geometry._v_cycle(levels, v)
+    torch.testing.assert_close((bu * v).sum((-2, -1)), (u * bv).sum((-2, -1)), atol=1e-10, rtol=1e-10)
+    assert ((bu * u).sum((-2, -1)) > 0).all()
+    assert torch.equal(bu * (1 - inside), torch.zeros_like(bu))  # nothing leaks outside Ω
 
 
 def test_difference_mask_thresholds_the_channel_norm() -> None:
