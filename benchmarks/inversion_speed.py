@@ -14,7 +14,10 @@ steps so that one is timed. ``hand_over_s`` is what stage 2 costs before its
 first step (the ``w_o`` fit and the pseudo-view construction, whether a commit builds the views
 inside the first stage-2 step or between steps, as this one does: the time between the last
 earlier step and the first stage-2 step counts), ``peak_gpu_memory_mb`` /
-``peak_rss_mb`` the peak memory of the fit.
+``peak_rss_mb`` the peak memory of the fit, ``pseudo_view_build_s`` the hand-over less its
+``occluded`` steps (the pseudo-view construction and stage 2's set-up), and
+``paper_schedule_s`` the whole paper schedule (1000 + 200 + 3000 steps) projected from the
+medians and that construction (pass ``--num-views 16 --poisson-iterations 2000`` for the preset's).
 
 ``--against GITREF`` measures that commit too, in the same run and with the same options (in a
 temporary git worktree, with this script), and prints the ratios old / new. Commits from before
@@ -209,6 +212,8 @@ def measure(args: argparse.Namespace, precision: str) -> dict[str, Any]:
         "estimate_step_s": stages.get("estimate", {}).get("median_step_s"),
         "pseudo_multiview_step_s": stages.get("pseudo_multiview", {}).get("median_step_s"),
         "hand_over_s": hand_over,
+        "occluded_step_s": stages.get("occluded", {}).get("median_step_s"),
+        "pseudo_view_build_s": hand_over - sum(occluded) if hand_over is not None and occluded else None,
         "eval_s": metrics.get("eval_seconds"),
         "total_s": total,
         "peak_gpu_memory_mb": max((s["memory_mb"] for s in probe.steps if s["memory_mb"] is not None), default=None),
@@ -253,6 +258,24 @@ def _ratios(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     if old.get("hand_over_s") and new.get("hand_over_s"):
         ratios["hand_over_speedup"] = old["hand_over_s"] / new["hand_over_s"]
     return ratios
+
+
+def _paper_schedule_s(run: dict[str, Any]) -> float | None:
+    """Seconds of the paper preset's whole schedule (its step counts, from ``configs/hfgi3d.yaml``)
+    projected from ``run``'s median step times and its pseudo-view construction (at the run's
+    ``--num-views`` and ``--poisson-iterations``: 16 and 2000 are the preset's); ``None`` for
+    commits without the ``occluded`` stage, whose first stage-2 step holds the ``w_o`` fit."""
+    from hfgi3d.presets import load_preset  # this checkout's preset
+
+    if run.get("occluded_step_s") is None or run.get("pseudo_view_build_s") is None:
+        return None
+    model = load_preset("hfgi3d.yaml")["model"]
+    return (
+        model["estimate_steps"] * run["estimate_step_s"]
+        + model["occluded_steps"] * run["occluded_step_s"]
+        + run["pseudo_view_build_s"]
+        + model["pseudo_multiview_steps"] * run["pseudo_multiview_step_s"]
+    )
 
 
 def _without(argv: list[str], options: tuple[str, ...]) -> list[str]:
@@ -305,6 +328,8 @@ def main() -> None:
         for result in results:
             print(json.dumps(result))
         return
+    for result in results:
+        result["paper_schedule_s"] = _paper_schedule_s(result)
     report: dict[str, Any] = {"command": "python benchmarks/inversion_speed.py " + " ".join(argv), "runs": results}
     if args.against:
         child_argv = [*_without(argv, ("--against", "--out", "--generator")), "--generator", args.generator]

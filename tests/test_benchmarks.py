@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -203,3 +204,21 @@ def test_celeba_aligns_inverts_and_records_failures_per_image(tmp_path: Path, pr
     assert "no_face" in rows["00002"]["error"] or "no face" in rows["00002"]["error"].lower()
     summary = (out / "summary.md").read_text()
     assert "| pti | 1 |" in summary and "| paper: pti | 1500 | 26.64" in summary and "1 job(s) failed" in summary
+
+
+def test_inversion_speed_reports_every_stage_and_projects_the_paper_schedule(tmp_path: Path) -> None:
+    # the speed script end to end on the tiny generator (its figures are in benchmarks/README.md)
+    out = tmp_path / "speed.json"
+    command = [
+        sys.executable, str(REPO / "benchmarks" / "inversion_speed.py"), "--generator", "tiny",
+        "--estimate-steps", "3", "--occluded-steps", "3", "--pseudo-multiview-steps", "3", "--num-views", "2",
+        "--poisson-iterations", "10", "--w-avg-samples", "16", "--device", "cpu", "--no-flops", "--out", str(out),
+    ]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, cwd=tmp_path)
+    (run,) = json.loads(out.read_text())["runs"]
+    assert set(run["stages"]) == {"estimate", "occluded", "pseudo_multiview"}
+    assert run["stages"]["pseudo_multiview"]["vgg_images_per_step"] == 3  # the photo's features are cached
+    assert run["occluded_step_s"] > 0 and run["pseudo_view_build_s"] is not None
+    expected = 1000 * run["estimate_step_s"] + 200 * run["occluded_step_s"] + run["pseudo_view_build_s"]
+    expected += 3000 * run["pseudo_multiview_step_s"]
+    assert run["paper_schedule_s"] == pytest.approx(expected)
