@@ -400,16 +400,22 @@ class _Stencil(NamedTuple):
 
     ``right``/``down`` hold the weight of the edge from a cell to its right/lower neighbour
     (zero in the last column/row); ``inverse_diag`` is ``1 / diag`` on cells with ``diag > 0``
-    and zero elsewhere (cells outside the domain, whose unknowns stay zero)."""
+    and zero elsewhere (cells outside the domain, whose unknowns stay zero); ``red`` is the
+    ``H×W`` checkerboard of red-black Gauss-Seidel."""
 
     diag: Tensor
     right: Tensor
     down: Tensor
     inverse_diag: Tensor
+    red: Tensor
 
     @classmethod
     def of(cls, diag: Tensor, right: Tensor, down: Tensor) -> _Stencil:
-        return cls(diag, right, down, torch.where(diag > 0, 1 / diag.clamp_min(torch.finfo(diag.dtype).tiny), 0))
+        inverse_diag = torch.where(diag > 0, 1 / diag.clamp_min(torch.finfo(diag.dtype).tiny), 0)
+        height, width = diag.shape[-2:]
+        rows = torch.arange(height, device=diag.device)[:, None]
+        cols = torch.arange(width, device=diag.device)[None]
+        return cls(diag, right, down, inverse_diag, (rows + cols) % 2 == 0)
 
     def neighbour_sum(self, x: Tensor) -> Tensor:
         """``Σ_q w_pq x_q`` over the 4-neighbours, by shifted adds."""
@@ -445,10 +451,7 @@ def _coarsen(fine: _Stencil) -> _Stencil:
 
 def _gauss_seidel(stencil: _Stencil, x: Tensor, rhs: Tensor, red_first: bool) -> Tensor:
     """One red-black Gauss-Seidel sweep of ``A x = rhs`` (black-red if not ``red_first``)."""
-    height, width = x.shape[-2:]
-    rows = torch.arange(height, device=x.device)[:, None]
-    cols = torch.arange(width, device=x.device)[None]
-    red = (rows + cols) % 2 == 0  # H×W checkerboard
+    red = stencil.red
     for colour in (red, ~red) if red_first else (~red, red):
         x = torch.where(colour, (rhs + stencil.neighbour_sum(x)) * stencil.inverse_diag, x)
     return x
