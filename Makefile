@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-slow lint format demo benchmark benchmark-synthetic clean
+.PHONY: help venv test test-slow lint format demo benchmark benchmark-synthetic benchmark-groundtruth clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -48,6 +48,13 @@ benchmark: $(STAMP)  ## the paper's protocol: HFGI3D_CELEBAHQ=DIR HFGI3D_EG3D=ff
 
 benchmark-synthetic: $(STAMP)  ## ground-truth benchmark, CI size (tiny generator, 3 images × 5 methods, CPU) into benchmarks/results/synthetic-ci
 	$(BIN)/python -m hfgi3d.benchmarks synthetic --out benchmarks/results/synthetic-ci --images 3
+
+GROUNDTRUTH_IMAGES ?= 8
+benchmark-groundtruth: $(STAMP)  ## does the detail survive a new view? 64² random generator, bold paint, curves (CPU, ~10 min/fit) [GROUNDTRUTH_IMAGES=8]
+	$(BIN)/python -m hfgi3d.benchmarks synthetic --generator configs/generator/groundtruth.yaml \
+		--profile configs/benchmark/synthetic_groundtruth.yaml --paint bold --curves 25 \
+		--images $(GROUNDTRUTH_IMAGES) --out benchmarks/results/synthetic-groundtruth
+	$(BIN)/python benchmarks/groundtruth_figures.py benchmarks/results/synthetic-groundtruth
 
 clean:  ## remove caches and outputs (keeps .venv)
 	rm -rf outputs .pytest_cache .mypy_cache .ruff_cache

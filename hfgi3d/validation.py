@@ -200,8 +200,11 @@ def fit_inputs_from_argv(args: Sequence[str]) -> FitInputs:
         node = config
         for group in groups:
             child = node.get(group)
-            node = node.setdefault(group, {}) if not isinstance(child, dict) else child
-        node[name] = _yaml_value(value)
+            if child is not None and not isinstance(child, dict):
+                break  # inside a list (an appended callback's `--trainer.callbacks.<arg>`): nothing checked here
+            node = node.setdefault(group, {}) if child is None else child
+        else:
+            node[name] = _yaml_value(value)
     if "no_overwrite" in overrides:
         config["overwrite"] = False
     elif "overwrite" in overrides and overrides["overwrite"] == "":

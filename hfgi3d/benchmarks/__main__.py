@@ -113,20 +113,20 @@ def celeba(args: argparse.Namespace) -> int:
 
 
 def synthetic(args: argparse.Namespace) -> int:
-    from hfgi3d.benchmarks.synthetic import SYNTHETIC_COLUMNS, make_job_fn, prepare
+    from hfgi3d.benchmarks.synthetic import PAINTS, SYNTHETIC_COLUMNS, make_job_fn, prepare
     from hfgi3d.losses import LPIPS
 
     started = time.perf_counter()
     folder: Path = args.out
     data = folder / "data"
-    ids = prepare(args.generator, args.seed, args.images, data)
+    ids = prepare(args.generator, args.seed, args.images, data, PAINTS[args.paint])
     jobs = [
         Job(image_id, method, {"presets": _presets(method), "args": _fit_args(args)})
         for image_id in ids
         for method in args.methods
     ]
     lpips = LPIPS(net="alex", weights=args.lpips_weights_alex)
-    job_fn = make_job_fn(args.generator, args.profile, data, folder / "runs", lpips, args.wandb)
+    job_fn = make_job_fn(args.generator, args.profile, data, folder / "runs", lpips, args.wandb, args.curves)
     rows = run(jobs, folder, job_fn, args.accelerator, args.devices, args.num_nodes, args.retry_errors, args.batch_size)
     if not rows:  # ranks other than 0
         return 0
@@ -187,6 +187,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="config applied after each preset (CI size); 'none' runs the presets as they are",
     )
     synth.add_argument("--images", type=int, default=3)
+    synth.add_argument(
+        "--paint", choices=("fine", "bold"), default="fine",
+        help="paint sizes: fine (thin strokes, the CI size) or bold (about 4 texels of a 64² tri-plane wide)",
+    )  # fmt: skip
+    synth.add_argument(
+        "--curves", type=int, default=0, metavar="N",
+        help="log input-view, novel-view and paint PSNR against the ground truth every N steps (0: off)",
+    )  # fmt: skip
     synth.add_argument(
         "--lpips-weights-alex", default=None, help="LPIPS-AlexNet weights file for the novel-view scores"
     )

@@ -20,6 +20,7 @@ Convention:
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +42,10 @@ INPUT_PITCH_RAD = 0.15
 NOVEL_YAW_RAD = 0.35
 NOVEL_PITCH_RAD = 0.25
 TRUNCATION_PSI = 0.7
-STROKES = 3
-DOTS = 6
-STROKE_WIDTH = 0.012  # of the image size
-DOT_RADIUS = 0.01
 PAINT_REGION = (0.25, 0.75)  # strokes stay in the central square, where the face is
 PAINT_SATURATION = 0.9  # colours far from skin tones: pure-ish hues at ±0.9
+NOVEL_VS_TRUTH = "novel_vs_truth.png"
+"""A scored run's novel views under the ground truth (5 columns; rows: truth, the method)."""
 
 
 def _segment_distance(points: Tensor, start: Tensor, end: Tensor) -> Tensor:
@@ -56,7 +55,27 @@ def _segment_distance(points: Tensor, start: Tensor, end: Tensor) -> Tensor:
     return (points - (start + t[:, None] * direction)).norm(dim=1)
 
 
-def paint_edits(image: Tensor, seed: int) -> tuple[Tensor, Tensor]:
+@dataclass(frozen=True)
+class Paint:
+    """What :func:`paint_edits` paints: strokes (each two segments) and dots, sizes as fractions of
+    the image's side (a stroke's half-width, a dot's radius)."""
+
+    strokes: int = 3
+    dots: int = 6
+    stroke_half_width: float = 0.012
+    dot_radius: float = 0.01
+
+
+PAINTS = {
+    "fine": Paint(),
+    "bold": Paint(strokes=3, dots=4, stroke_half_width=0.03, dot_radius=0.035),
+}
+"""The benchmark's paint sizes (``--paint``). ``fine``: thin strokes and dots (1.5 and 1.3 px at
+128², the CI size); ``bold``: strokes 7.7 px and dots 9 px wide at 128², about 4 texels of a 64²
+tri-plane, which a generator at that plane size can hold in 3D (the ground-truth profile)."""
+
+
+def paint_edits(image: Tensor, seed: int, paint: Paint = PAINTS["fine"]) -> tuple[Tensor, Tensor]:
     """Paint random strokes and dots on a ``1×3×R×R`` image; returns ``(painted, mask 1×1×R×R)``."""
     resolution = image.shape[-1]
     generator = torch.Generator().manual_seed(seed)
@@ -71,15 +90,15 @@ def paint_edits(image: Tensor, seed: int) -> tuple[Tensor, Tensor]:
         return ((hue > 0.5).float() * 2 - 1) * PAINT_SATURATION  # corners of the RGB cube
 
     shapes: list[tuple[Tensor, Tensor]] = []
-    for _ in range(STROKES):
+    for _ in range(paint.strokes):
         knots = low + (high - low) * torch.rand(3, 2, generator=generator)
         distance = torch.minimum(
             _segment_distance(grid, knots[0], knots[1]), _segment_distance(grid, knots[1], knots[2])
         )
-        shapes.append((distance <= STROKE_WIDTH, colour()))
-    for _ in range(DOTS):
+        shapes.append((distance <= paint.stroke_half_width, colour()))
+    for _ in range(paint.dots):
         centre = low + (high - low) * torch.rand(2, generator=generator)
-        shapes.append(((grid - centre).norm(dim=1) <= DOT_RADIUS, colour()))
+        shapes.append(((grid - centre).norm(dim=1) <= paint.dot_radius, colour()))
     for inside, rgb in shapes:
         where = inside.reshape(1, 1, resolution, resolution)
         painted = torch.where(where, rgb.view(1, 3, 1, 1), painted)
@@ -88,7 +107,7 @@ def paint_edits(image: Tensor, seed: int) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def make_case(generator: TriPlaneGenerator, seed: int) -> dict[str, Tensor]:
+def make_case(generator: TriPlaneGenerator, seed: int, paint: Paint = PAINTS["fine"]) -> dict[str, Tensor]:
     """One image: the painted input view, its camera, the 5 novel cameras and their ground truth."""
     draws = torch.Generator().manual_seed(seed)
     z = torch.randn(1, generator.config.z_dim, generator=draws)
@@ -101,7 +120,7 @@ def make_case(generator: TriPlaneGenerator, seed: int) -> dict[str, Tensor]:
     image = out["image"].clamp(-1, 1)
     resolution = image.shape[-1]
     depth_input = upsample_depth(out["image_depth"], resolution)
-    painted, paint_mask = paint_edits(image, seed)
+    painted, paint_mask = paint_edits(image, seed, paint)
     c_novel = consistency_cameras(c_input, NOVEL_YAW_RAD, NOVEL_PITCH_RAD)
     novel = generator.render_cameras(planes, ws, c_novel, deterministic=True)
     depth_novel = upsample_depth(novel["image_depth"], resolution)  # N×1×R×R
@@ -124,7 +143,7 @@ def save_image(image: Tensor, path: Path) -> None:
     Image.fromarray(np.ascontiguousarray(pixels)).save(path)
 
 
-def prepare(generator_spec: str, seed: int, num_images: int, folder: Path) -> list[str]:
+def prepare(generator_spec: str, seed: int, num_images: int, folder: Path, paint: Paint = PAINTS["fine"]) -> list[str]:
     """Write ``<id>.png``, ``<id>.json`` (camera) and ``<id>.pt`` (ground truth) per image; returns the ids."""
     folder.mkdir(parents=True, exist_ok=True)
     generator = open_generator(generator_spec, seed).eval()
@@ -134,7 +153,7 @@ def prepare(generator_spec: str, seed: int, num_images: int, folder: Path) -> li
         ids.append(image_id)
         if (folder / f"{image_id}.pt").is_file():
             continue
-        case = make_case(generator, seed=1000 + index)
+        case = make_case(generator, seed=1000 + index, paint=paint)
         save_image(case["input"], folder / f"{image_id}.png")
         (folder / f"{image_id}.json").write_text(json.dumps(case["c_input"][0].tolist()))
         torch.save(
@@ -144,24 +163,38 @@ def prepare(generator_spec: str, seed: int, num_images: int, folder: Path) -> li
     return ids
 
 
+def score_novel_views(rendered: Tensor, case: dict[str, Tensor], lpips: LPIPS | None = None) -> dict[str, float | None]:
+    """Scores of a method's renders ``5×3×R×R`` at ``case["c_novel"]`` against the ground truth of
+    :func:`make_case`: ``novel_psnr``, ``novel_ssim``, ``novel_lpips`` (with ``lpips``), ``paint_psnr``
+    (over the carried-over paint only; ``None`` where no view shows paint) and ``paint_coverage``."""
+    rendered = rendered.clamp(-1, 1)
+    truth, paint = case["truth"].to(rendered.device), case["paint_mask"].to(rendered.device)
+    has_paint = paint.flatten(1).sum(1) > 0
+    paint_values = masked_psnr(rendered[has_paint], truth[has_paint], paint[has_paint]) if has_paint.any() else None
+    scores: dict[str, float | None] = {
+        "novel_psnr": float(psnr(rendered, truth).mean()),
+        "novel_ssim": float(ssim(rendered, truth).mean()),
+    }
+    if lpips is not None:
+        scores["novel_lpips"] = float(lpips.to(rendered.device)(rendered, truth).mean())
+    scores["paint_psnr"] = None if paint_values is None else finite_mean(paint_values)
+    scores["paint_coverage"] = float(paint.mean())
+    return scores
+
+
 @torch.no_grad()
 def score(run_dir: Path, truth_path: Path, lpips: LPIPS) -> dict[str, float | None]:
-    """Novel-view scores of a finished fit (its ``generator.pt`` and ``latent.pt``) against the ground truth."""
+    """Novel-view scores of a finished fit (its ``generator.pt`` and ``latent.pt``) against the ground
+    truth (:func:`score_novel_views`); the renders and the truth, side by side, go to ``NOVEL_VS_TRUTH``
+    in ``run_dir`` (rows: truth, this method; columns: the 5 views)."""
     case = torch.load(truth_path, map_location="cpu", weights_only=True)
     generator = load_generator(run_dir / "generator.pt").eval()
     ws = torch.load(run_dir / "latent.pt", map_location="cpu", weights_only=True)["ws"]
     rendered = generator.render_cameras(generator.planes(ws), ws, case["c_novel"], deterministic=True)["image"]
     rendered = rendered.clamp(-1, 1)
-    truth, paint = case["truth"], case["paint_mask"]
-    has_paint = paint.flatten(1).sum(1) > 0
-    paint_values = masked_psnr(rendered[has_paint], truth[has_paint], paint[has_paint]) if has_paint.any() else None
-    return {
-        "novel_psnr": float(psnr(rendered, truth).mean()),
-        "novel_ssim": float(ssim(rendered, truth).mean()),
-        "novel_lpips": float(lpips.to(rendered.device)(rendered, truth).mean()),
-        "paint_psnr": None if paint_values is None else finite_mean(paint_values),
-        "paint_coverage": float(paint.mean()),
-    }
+    grid = torch.cat([torch.cat(list(case["truth"]), dim=-1), torch.cat(list(rendered), dim=-1)], dim=-2)
+    save_image(grid[None], run_dir / NOVEL_VS_TRUTH)
+    return score_novel_views(rendered, case, lpips)
 
 
 SYNTHETIC_COLUMNS = (
@@ -180,18 +213,36 @@ SYNTHETIC_COLUMNS = (
 """Columns of the synthetic benchmark's table."""
 
 
+def curves_args(data: Path, every_n_steps: int) -> list[str]:
+    """``fit`` options that add :class:`hfgi3d.callbacks.groundtruth.GroundTruthCurves` (``truth/*``
+    every ``every_n_steps`` steps; none for 0)."""
+    if every_n_steps <= 0:
+        return []
+    return [
+        "--trainer.callbacks+=hfgi3d.callbacks.groundtruth.GroundTruthCurves",
+        f"--trainer.callbacks.truth_dir={data}",
+        f"--trainer.callbacks.every_n_steps={every_n_steps}",
+    ]
+
+
 def make_job_fn(
-    generator_spec: str, profile: str | None, data: Path, runs: Path, lpips: LPIPS, wandb_group: str | None = None
+    generator_spec: str,
+    profile: str | None,
+    data: Path,
+    runs: Path,
+    lpips: LPIPS,
+    wandb_group: str | None = None,
+    curves: int = 0,
 ) -> Any:
-    """The job function: fit the method's preset on the batch's painted input views, then score each
-    photo's novel views."""
+    """The job function: fit the method's preset on the batch's painted input views (logging the
+    ground-truth curves every ``curves`` steps, if not 0), then score each photo's novel views."""
 
     def run_job(jobs: list[Job], worker: Worker) -> list[dict[str, Any]]:
         root = runs / jobs[0].method if len(jobs) == 1 else runs / jobs[0].method / f"batch_{jobs[0].image_id}"
         photos = [
             Photo(data / f"{job.image_id}.png", data / f"{job.image_id}.json", root / job.image_id) for job in jobs
         ]
-        extra = ("--outputs.save_generator", "fp32")  # scored below, then deleted
+        extra = ("--outputs.save_generator", "fp32", *curves_args(data, curves))  # G: scored below, then deleted
         rows = []
         for job, photo, metrics in zip(
             jobs, photos, run_fit(jobs, worker, generator_spec, profile, photos, wandb_group, extra), strict=True
