@@ -63,7 +63,8 @@ from hfgi3d.validation import (
 CALLBACK_GROUPS = ("outputs", "evaluation", "media")
 """Config groups of the callbacks that write into the output folder, in the order they run."""
 CSV_LOGGER = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "."}}
-"""The default logger: metrics.csv in the output folder ("." is replaced; configs/logger/wandb.yaml swaps it)."""
+"""The default logger: ``lightning_logs/version_<n>/metrics.csv`` under the output folder ("." is replaced by
+it; configs/logger/wandb.yaml swaps the logger)."""
 
 
 def _total_steps(estimate_steps: int, occluded_steps: int, pseudo_multiview_steps: int, use_pseudo_views: bool) -> int:
