@@ -24,6 +24,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
 
 from hfgi3d.io import write_json_atomic
 from hfgi3d.metrics.evaluation import (
@@ -48,6 +49,26 @@ METRIC_FAMILIES = {
 }
 """A metric of each family, and the family's name in the console's status line."""
 _MIB = 2**20
+
+
+def curve_step(module: Any, step: int, every_n_steps: int) -> bool:
+    """Whether curves are logged after ``step`` steps of an :class:`~hfgi3d.inversion.InversionModule`
+    fit: every ``every_n_steps`` steps (0: never) and at the last step of each stage."""
+    if every_n_steps > 0 and step % every_n_steps == 0:
+        return True
+    return step in {end for _, _, end in module.stage_spans()}
+
+
+@torch.no_grad()
+def current_renders(module: Any, cameras: Tensor) -> Tensor:
+    """Each photo's current latent and generator from its cameras (``N×K×25``), without ray jitter and
+    with G in eval mode (its mode is restored): images ``N×K×3×H×W`` in ``[-1, 1]``."""
+    was_training = module.G.training
+    module.G.eval()
+    try:
+        return module.G.synthesis(module.ws(), cameras, deterministic=True)["image"].clamp(-1, 1)
+    finally:
+        module.G.train(was_training)
 
 
 class Evaluation(L.Callback):
@@ -94,16 +115,12 @@ class Evaluation(L.Callback):
     ) -> None:
         module: Any = pl_module
         step = trainer.global_step  # steps done, this one included
-        stage = module.stage_at(step - 1)
-        stage_ends = step in {end for _, _, end in module.stage_spans()}
-        if not stage_ends and not (self.every_n_steps > 0 and step % self.every_n_steps == 0):
+        if not curve_step(module, step, self.every_n_steps):
             return
+        stage = module.stage_at(step - 1)
         assert self._networks is not None
         image, c25 = batch["image"], module.input_camera(batch["c25"])  # as being refined, in stage 1
-        was_training = module.G.training
-        module.G.eval()
-        pred = module.G.synthesis(module.ws(), c25[:, None], deterministic=True)["image"][:, 0].clamp(-1, 1)
-        module.G.train(was_training)
+        pred = current_renders(module, c25[:, None])[:, 0]
         lpips = self._networks.lpips_alex.to(module.device)
         alive = module.alive
         values = {

@@ -15,7 +15,6 @@ A batch of photos logs the mean over its live photos.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import lightning as L
 import torch
 
 from hfgi3d.benchmarks.synthetic import score_novel_views
+from hfgi3d.callbacks.evaluation import current_renders, curve_step
 from hfgi3d.metrics.fidelity import psnr
 
 CURVE_KEYS = ("truth/input_psnr", "truth/novel_psnr", "truth/paint_psnr")
@@ -61,23 +61,18 @@ class GroundTruthCurves(L.Callback):
     ) -> None:
         module: Any = pl_module
         step = trainer.global_step  # steps done, this one included
-        stage_ends = step in {end for _, _, end in module.stage_spans()}
-        if not stage_ends and step % self.every_n_steps:
+        if not curve_step(module, step, self.every_n_steps):
             return
-        device = module.device
-        novel = torch.stack([case["c_novel"] for case in self._cases]).to(device)  # N×5×25
+        novel = torch.stack([case["c_novel"] for case in self._cases]).to(module.device)  # N×5×25
         cameras = torch.cat([module.input_camera(batch["c25"])[:, None], novel], dim=1)  # N×6×25
-        was_training = module.G.training
-        module.G.eval()
-        rendered = module.G.synthesis(module.ws(), cameras, deterministic=True)["image"].clamp(-1, 1)  # N×6×3×R×R
-        module.G.train(was_training)
+        rendered = current_renders(module, cameras)  # N×6×3×R×R
         found: dict[str, list[float]] = {key: [] for key in CURVE_KEYS}
         for photo, case in enumerate(self._cases):
             if not bool(module.alive[photo]):
                 continue
             scores = score_novel_views(rendered[photo, 1:], case)
             found["truth/input_psnr"].append(float(psnr(rendered[photo, :1], batch["image"][photo : photo + 1])[0]))
-            found["truth/novel_psnr"].append(float(scores["novel_psnr"] or math.nan))
+            found["truth/novel_psnr"].append(float(scores["novel_psnr"]))  # type: ignore[arg-type]
             if scores["paint_psnr"] is not None:
                 found["truth/paint_psnr"].append(float(scores["paint_psnr"]))
         values = {key: sum(v) / len(v) for key, v in found.items() if v}

@@ -191,7 +191,6 @@ def score(run_dir: Path, truth_path: Path, lpips: LPIPS) -> dict[str, float | No
     generator = load_generator(run_dir / "generator.pt").eval()
     ws = torch.load(run_dir / "latent.pt", map_location="cpu", weights_only=True)["ws"]
     rendered = generator.render_cameras(generator.planes(ws), ws, case["c_novel"], deterministic=True)["image"]
-    rendered = rendered.clamp(-1, 1)
     grid = torch.cat([torch.cat(list(case["truth"]), dim=-1), torch.cat(list(rendered), dim=-1)], dim=-2)
     save_image(grid[None], run_dir / NOVEL_VS_TRUTH)
     return score_novel_views(rendered, case, lpips)
