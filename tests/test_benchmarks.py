@@ -15,7 +15,7 @@ import pytest
 
 from hfgi3d.benchmarks.__main__ import main as benchmarks_main
 from hfgi3d.benchmarks.aggregate import markdown_table, summarize
-from hfgi3d.benchmarks.runner import Job, Worker, run_shard, shard
+from hfgi3d.benchmarks.runner import Job, Worker, batches, run_shard, shard
 from hfgi3d.benchmarks.store import MERGED_FILE, append_row, finished, merge, read_rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,6 +87,17 @@ def test_batches_of_one_method_and_a_rerun_does_only_the_unfinished_photos(tmp_p
     calls.clear()
     assert run_shard(jobs, tmp_path, worker, job_fn, batch_size=2, retry_errors=True) == 1  # only the failure
     assert calls == [[("img2", "hfgi3d")]]
+
+
+def test_one_job_per_batch_runs_image_by_image() -> None:
+    """A benchmark stopped part-way has every method of the images it finished (paired rows)."""
+    jobs = [Job(image, method) for image in ("a", "b") for method in ("pti", "hfgi3d", "no_occluded")]
+    assert [job.key for batch in batches(jobs, 1) for job in batch] == [job.key for job in jobs]
+    assert [[job.key for job in batch] for batch in batches(jobs, 2)] == [
+        [("a", "pti"), ("b", "pti")],
+        [("a", "hfgi3d"), ("b", "hfgi3d")],
+        [("a", "no_occluded"), ("b", "no_occluded")],
+    ]
 
 
 def test_summary_is_mean_and_std_next_to_the_paper() -> None:

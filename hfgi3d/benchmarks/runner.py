@@ -151,11 +151,14 @@ def shard(jobs: Sequence[Job], rank: int, world_size: int) -> list[Job]:
 
 
 def batches(jobs: Sequence[Job], batch_size: int) -> list[list[Job]]:
-    """``jobs`` in batches of at most ``batch_size`` jobs of one method, in first-appearance order."""
-    by_method: dict[str, list[Job]] = {}
-    for job in jobs:
-        by_method.setdefault(job.method, []).append(job)
-    return [group[i : i + batch_size] for group in by_method.values() for i in range(0, len(group), batch_size)]
+    """``jobs`` in batches of at most ``batch_size`` jobs of one method, each batch where its first job
+    stands in ``jobs`` (one job per batch keeps the order: image by image, so that a benchmark run in
+    parts has every method of the images it finished)."""
+    by_method: dict[str, list[int]] = {}
+    for index, job in enumerate(jobs):
+        by_method.setdefault(job.method, []).append(index)
+    groups = [group[i : i + batch_size] for group in by_method.values() for i in range(0, len(group), batch_size)]
+    return [[jobs[index] for index in group] for group in sorted(groups, key=lambda group: group[0])]
 
 
 def run_shard(
