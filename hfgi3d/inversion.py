@@ -131,6 +131,8 @@ class InversionModule(L.LightningModule):
             from ``w_e``); 0 skips it (the ``no_occluded`` ablation needs no ``w_o``).
         difference_threshold: θ of the in-distribution mask, per-pixel RGB L2 in [-1, 1] units.
         pseudo_multiview_steps, pseudo_multiview_lr: stage-2 length and Adam learning rate.
+        pseudo_multiview_lr_rampdown: fraction of stage 2 over which its lr ramps down (cosine; 0: constant).
+        pseudo_multiview_latent_lr: the latent's own stage-2 lr when it is tuned (None: ``pseudo_multiview_lr``).
         freeze_latent: keep the latent fixed in stage 2 (the authors' release).
         use_pseudo_views: False gives the PTI baseline (input view only).
         aux_target: ``masked`` (Eq. 5: ``O_i`` on ``M_o`` and ``V_i`` on ``M_v``) or
@@ -209,6 +211,8 @@ class InversionModule(L.LightningModule):
         camera_warmup_steps: int = 0,
         refine_translation: bool = False,
         stage_one_from: str | None = None,
+        pseudo_multiview_lr_rampdown: float = 0.0,
+        pseudo_multiview_latent_lr: float | None = None,
         photos: int = 1,
         photos_per_call: int = 0,
     ) -> None:
@@ -342,11 +346,21 @@ class InversionModule(L.LightningModule):
         """Per-image values (photo-major, the same count for every photo) → each photo's mean, ``N``."""
         return values.reshape(self.photo_count, -1).mean(1)
 
-    def _terms(self, pred: Tensor, image: Tensor, mask: Tensor | None, target: LpipsTarget) -> dict[str, Tensor]:
-        """``L_rec`` of renders against a prepared target: ``{loss, loss_l2, loss_lpips}``, each ``N``:
-        a photo's mean over its images (``pred`` photo-major)."""
+    @property
+    def uses_lpips(self) -> bool:
+        """Whether ``L_rec`` has an LPIPS term: with ``lambda_lpips`` 0 no VGG pass is made at all."""
+        return self.hp.lambda_lpips != 0
+
+    def _terms(
+        self, pred: Tensor, image: Tensor, mask: Tensor | None, target: Callable[[], LpipsTarget]
+    ) -> dict[str, Tensor]:
+        """``L_rec`` of renders against a target whose LPIPS features ``target()`` gives (asked only when
+        LPIPS counts): ``{loss, loss_l2[, loss_lpips]}``, each ``N``: a photo's mean over its images
+        (``pred`` photo-major)."""
         loss_l2 = self._per_photo(mse_per_sample(pred, image, mask))
-        loss_lpips = self._per_photo(self._lpips_distance(pred, target))
+        if not self.uses_lpips:
+            return {"loss": self.hp.lambda_l2 * loss_l2, "loss_l2": loss_l2}
+        loss_lpips = self._per_photo(self._lpips_distance(pred, target()))
         loss = self.hp.lambda_l2 * loss_l2 + self.hp.lambda_lpips * loss_lpips
         return {"loss": loss, "loss_l2": loss_l2, "loss_lpips": loss_lpips}
 
@@ -420,14 +434,20 @@ class InversionModule(L.LightningModule):
         hp = self.hp
         latent_opt = _adam([self.latent], hp.estimate_lr)
         occluded_opt = _adam([self.occluded_latent], hp.occluded_lr)
-        params = list(self.G.parameters()) + ([] if hp.freeze_latent else [self.latent])
+        own_latent_lr = not hp.freeze_latent and hp.pseudo_multiview_latent_lr is not None
+        params = list(self.G.parameters()) + ([] if hp.freeze_latent or own_latent_lr else [self.latent])
         tune_opt = _adam(params, hp.pseudo_multiview_lr)
+        if own_latent_lr:
+            tune_opt.add_param_group({"params": [self.latent], "lr": hp.pseudo_multiview_latent_lr})
 
         def estimate_factor(step: int) -> float:
             return lr_factor(step, hp.estimate_steps, hp.estimate_lr_rampup, hp.estimate_lr_rampdown)
 
+        def tune_factor(step: int) -> float:
+            return lr_factor(step, hp.pseudo_multiview_steps, 0.0, hp.pseudo_multiview_lr_rampdown)
+
         optimizers = [latent_opt, occluded_opt, tune_opt]
-        factors: list[Any] = [estimate_factor, lambda step: 1.0, lambda step: 1.0]
+        factors: list[Any] = [estimate_factor, lambda step: 1.0, tune_factor]
         if hp.refine_camera:
             # The camera joins stage 1's Adam as a second parameter group (its own lr and ramp): a second
             # optimizer would count twice in Lightning's global_step, which the stages are scheduled on.
@@ -518,7 +538,7 @@ class InversionModule(L.LightningModule):
         refining = self.refines_camera  # (the camera is frozen at the end of stage 1's last step)
         c25 = self.stage_one_camera(batch["c25"]) if refining else batch["c25"]
         render = self._render(ws, c25[:, None])[:, 0]  # N×3×H×W
-        losses = self._terms(render, batch["image"], None, self._target("input", batch["image"]))
+        losses = self._terms(render, batch["image"], None, lambda: self._target("input", batch["image"]))
         camera_only = refining and step < hp.camera_warmup_steps  # the latent waits (Adam skips it: no grad)
         self._optimize(
             STAGES.index(ESTIMATE), losses["loss"], ESTIMATE, step, frozen=(self.latent,) if camera_only else ()
@@ -592,7 +612,7 @@ class InversionModule(L.LightningModule):
         mask = self.occluded_mask
         render = self._render(self.occluded_latent, c25[:, None])[:, 0]
         image = batch["image"] * mask
-        losses = self._terms(render * mask, image, None, self._target("occluded_input", image))
+        losses = self._terms(render * mask, image, None, lambda: self._target("occluded_input", image))
         self._optimize(STAGES.index(OCCLUDED), losses["loss"], OCCLUDED, step)
         self._log(OCCLUDED, losses)
         return losses["loss"]
@@ -603,7 +623,7 @@ class InversionModule(L.LightningModule):
         if self.hp.use_pseudo_views:  # each photo's input view, then its auxiliary views
             cameras = torch.cat([cameras, batch["aux_c25"].reshape(self.photo_count, -1, 25)], dim=1)
         renders = self._render(ws, cameras)  # N×(1+A)×3×H×W: one generator call for every camera of the step
-        input_losses = self._terms(renders[:, 0], batch["image"], None, self._target("input", batch["image"]))
+        input_losses = self._terms(renders[:, 0], batch["image"], None, lambda: self._target("input", batch["image"]))
         losses = {name.replace("loss", "loss_input", 1): value for name, value in input_losses.items()}
         loss = losses["loss_input"]
         if self.hp.use_pseudo_views:
@@ -626,19 +646,24 @@ class InversionModule(L.LightningModule):
         hp = self.hp
         count = len(render)
         if hp.aux_target == "masked":
-            occluded_target, visible_target = self._aux_targets(batch, ("occluded", "visible"))
-            # One VGG pass for both terms: the render under M_o, then under M_v.
-            distances = self._lpips_distance(
-                torch.cat([render, render]), LpipsTarget.cat([occluded_target, visible_target])
-            )
             occluded_l2 = self._per_photo(mse_per_sample(render, batch["aux_occluded"], batch["aux_mask_occluded"]))
             visible_l2 = self._per_photo(mse_per_sample(render, batch["aux_visible"], batch["aux_mask_visible"]))
-            occluded = hp.lambda_l2 * occluded_l2 + hp.lambda_lpips * self._per_photo(distances[:count])
-            visible = hp.lambda_l2 * visible_l2 + hp.lambda_lpips * self._per_photo(distances[count:])
+            occluded, visible = hp.lambda_l2 * occluded_l2, hp.lambda_l2 * visible_l2
+            if self.uses_lpips:
+                occluded_target, visible_target = self._aux_targets(batch, ("occluded", "visible"))
+                # One VGG pass for both terms: the render under M_o, then under M_v.
+                distances = self._lpips_distance(
+                    torch.cat([render, render]), LpipsTarget.cat([occluded_target, visible_target])
+                )
+                occluded = occluded + hp.lambda_lpips * self._per_photo(distances[:count])
+                visible = visible + hp.lambda_lpips * self._per_photo(distances[count:])
             total = hp.lambda_occluded * occluded + hp.lambda_visible * visible
             return total, {"loss_occluded": occluded, "loss_visible": visible}
         if hp.aux_target == "blended":
-            (pseudo_target,) = self._aux_targets(batch, ("pseudo",))
+
+            def pseudo_target() -> LpipsTarget:
+                return self._aux_targets(batch, ("pseudo",))[0]
+
             pseudo = self._terms(render, batch["aux_pseudo"], None, pseudo_target)["loss"]
             return hp.lambda_pseudo * pseudo, {"loss_pseudo": pseudo}
         raise ValueError(f"aux_target must be 'masked' or 'blended', got {hp.aux_target!r}")
@@ -770,7 +795,7 @@ class InversionModule(L.LightningModule):
                 lambda: self._stage_one_generator(resumed), self.ws_estimate, self.ws_occluded, refined
             )
             views = self._data.prepare_pseudo_views(stage_one, report=self._status)
-            if views is not None:
+            if views is not None and self.uses_lpips:
                 self._prepare_view_targets(views)
         self.stage_entered.fill_(STAGES.index(PSEUDO_MULTIVIEW))
         self.G.requires_grad_(True)

@@ -22,6 +22,7 @@ from hfgi3d.fit import InversionCLI
 from hfgi3d.inversion import InversionModule, lr_factor
 from hfgi3d.presets import preset_path
 from hfgi3d.validation import FitInputs, check_fit_inputs
+from tests.presets import FAST_MODEL
 
 
 @pytest.fixture
@@ -164,3 +165,23 @@ def test_learning_rate_schedule() -> None:
     assert lr_factor(50, 100, 0.05, 0.25) == pytest.approx(1.0)
     assert lr_factor(100, 100, 0.05, 0.25) == pytest.approx(0.0, abs=1e-12)
     assert 0 < lr_factor(90, 100, 0.05, 0.25) < 1.0
+
+
+def test_stage_two_can_give_the_latent_its_own_lr_and_ramp_the_lr_down() -> None:
+    module = InversionModule(**{**FAST_MODEL, "pseudo_multiview_steps": 4, "pseudo_multiview_latent_lr": 1e-5,
+                                "pseudo_multiview_lr_rampdown": 0.5})  # fmt: skip
+    optimizers, schedulers = module.configure_optimizers()
+    tune, scheduler = optimizers[-1], schedulers[-1]["scheduler"]
+    (generator_group, latent_group) = tune.param_groups
+    assert latent_group["params"] == [module.latent] and latent_group["lr"] == 1e-5
+    assert all(parameter is not module.latent for parameter in generator_group["params"])
+    assert len(generator_group["params"]) == len(list(module.G.parameters())) and generator_group["lr"] == 1e-3
+    lrs = []
+    for _ in range(4):
+        lrs.append([group["lr"] for group in tune.param_groups])
+        scheduler.step()
+    assert lrs[0] == lrs[1] == lrs[2] == [1e-3, 1e-5]  # constant until the last half's cosine ramp-down
+    assert lrs[3] == pytest.approx([5e-4, 5e-6])  # half-way down it
+    frozen = InversionModule(**{**FAST_MODEL, "freeze_latent": True, "pseudo_multiview_latent_lr": 1e-5})
+    (only_group,) = frozen.configure_optimizers()[0][-1].param_groups  # a frozen latent has no lr
+    assert all(parameter is not frozen.latent for parameter in only_group["params"])

@@ -135,6 +135,25 @@ def test_on_the_fly_mode_builds_a_view_per_step(
     assert not all(torch.equal(module.photo_generator(0).state_dict()[k], pretrained[k]) for k in pretrained)
 
 
+@pytest.mark.parametrize("aux_target", ["masked", "blended"])
+def test_a_zero_lpips_weight_makes_no_vgg_pass(
+    target: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, aux_target: str
+) -> None:
+    """``lambda_lpips: 0``: L_rec is the MSE alone, and LPIPS is neither computed nor logged."""
+    module = InversionModule(**{**FAST_MODEL, "lambda_lpips": 0.0, "aux_target": aux_target})
+
+    def no_vgg(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a VGG pass with lambda_lpips 0")
+
+    monkeypatch.setattr(module.lpips, "distance_to", no_vgg)
+    monkeypatch.setattr(module.lpips, "prepare", no_vgg)
+    trainer = cpu_trainer(tmp_path, module.total_steps, [])
+    trainer.fit(module, datamodule=_datamodule(target))
+    logged = trainer.logged_metrics
+    assert torch.equal(logged["pseudo_multiview/loss_input"], logged["pseudo_multiview/loss_input_l2"])
+    assert not any("lpips" in key for key in logged) and int(module.stage_entered) == STAGES.index(PSEUDO_MULTIVIEW)
+
+
 def test_pti_baseline_uses_no_pseudo_views(target: tuple[Path, Path], tmp_path: Path) -> None:
     module = InversionModule(**{**FAST_MODEL, "use_pseudo_views": False})
     datamodule = _datamodule(target)
