@@ -59,7 +59,9 @@ def _run(argv: list[str]) -> int:
         from hfgi3d.validation import check_fit_inputs, fit_inputs_from_argv
 
         # Checked before Lightning is even imported: a bad input is refused in well under a second.
-        check_fit_inputs(fit_inputs_from_argv(argv[1:]))
+        # Help and --print_config need no photo.
+        if not any(arg in ("-h", "--help") or arg.split("=")[0] == "--print_config" for arg in argv[1:]):
+            check_fit_inputs(fit_inputs_from_argv(argv[1:]))
         from hfgi3d.fit import main as fit_main
 
         return fit_main(argv)

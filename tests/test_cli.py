@@ -157,6 +157,15 @@ def test_a_bad_photo_is_refused_before_lightning_is_imported(good: tuple[Path, P
     assert not (tmp_path / "out").exists()
 
 
+def test_fit_help_and_print_config_need_no_photo(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["fit", "--help"])
+    assert exited.value.code == 0 and "--data.image" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exited:
+        main(["fit", "--config", str(preset_path("hfgi3d.yaml")), "--print_config"])
+    assert exited.value.code == 0 and "pseudo_multiview_steps: 3000" in capsys.readouterr().out
+
+
 def test_debug_shows_the_traceback(good: tuple[Path, Path], tmp_path: Path) -> None:
     from hfgi3d.errors import InputError
 
