@@ -56,12 +56,14 @@ def one_line(error: BaseException) -> str:
 
 def _run(argv: list[str]) -> int:
     if argv and argv[0] == "fit":
-        from hfgi3d.validation import check_fit_inputs, fit_inputs_from_argv
+        from hfgi3d.validation import check_fit_inputs, check_stage_lengths, fit_inputs_from_argv
 
         # Checked before Lightning is even imported: a bad input is refused in well under a second.
         # Help and --print_config need no photo.
         if not any(arg in ("-h", "--help") or arg.split("=")[0] == "--print_config" for arg in argv[1:]):
-            check_fit_inputs(fit_inputs_from_argv(argv[1:]))
+            inputs = fit_inputs_from_argv(argv[1:])
+            check_stage_lengths(inputs)
+            check_fit_inputs(inputs)
         from hfgi3d.fit import main as fit_main
 
         return fit_main(argv)

@@ -137,6 +137,20 @@ def check_fit_inputs(inputs: FitInputs) -> list[str]:
     return notes
 
 
+STAGE_LENGTHS = ("model.estimate_steps", "model.occluded_steps", "model.pseudo_multiview_steps")
+
+
+def check_stage_lengths(inputs: FitInputs) -> None:
+    """Refuse a command line whose configs leave a stage's length unset: overlays such as
+    ``configs/photo.yaml`` or ``configs/demo.yaml`` change a preset and come after it."""
+    missing = [key for key in STAGE_LENGTHS if key not in inputs.counts]
+    if missing:
+        raise InputError(
+            f"{', '.join(missing)} not set: start with a full preset, e.g. --config configs/hfgi3d.yaml, "
+            "then the overlays that change it (--config configs/photo.yaml, configs/demo.yaml, …)"
+        )
+
+
 def _check_batch_folders(folder: Path, inputs: FitInputs) -> None:
     """A ``data.images`` fit: no batch left interrupted unless resumed (``--ckpt_path``) or started over."""
     if folder.exists() and not folder.is_dir():

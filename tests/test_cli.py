@@ -157,6 +157,17 @@ def test_a_bad_photo_is_refused_before_lightning_is_imported(good: tuple[Path, P
     assert not (tmp_path / "out").exists()
 
 
+def test_an_overlay_without_its_preset_says_to_give_the_preset_first(
+    good: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["fit", "--config", str(preset_path("photo.yaml")), "--model.generator", "tiny", "--data.image",
+            str(good[0]), "--data.camera", str(good[1]), "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: model.estimate_steps, model.occluded_steps, model.pseudo_multiview_steps not set")
+    assert "--config configs/hfgi3d.yaml" in err and "\n" not in err and not (tmp_path / "out").exists()
+
+
 def test_fit_help_and_print_config_need_no_photo(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["fit", "--help"])
