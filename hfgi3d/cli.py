@@ -116,7 +116,7 @@ def _run(argv: list[str]) -> int:
         allow_abbrev=False,
         help="align face photos to EG3D's FFHQ crop and estimate their cameras",
         description="Detect the face of each photo (MTCNN), cut EG3D's 512² FFHQ-aligned crop (roll removed) and "
-        "estimate its camera from five landmarks. Writes OUT/<stem>.png, an EG3D dataset.json with the cameras "
+        "estimate its camera (MediaPipe's landmarks where installed, else five MTCNN points). Writes OUT/<stem>.png, an EG3D dataset.json with the cameras "
         "and preprocess_report.json; bad photos are skipped and reported. Exit code 0 if at least one photo "
         "was aligned, 2 otherwise. See hfgi3d/preprocess/ for the conventions.",
     )
