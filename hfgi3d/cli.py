@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
@@ -33,6 +34,14 @@ DEBUG_ENV = "HFGI3D_DEBUG"
 USER_ERRORS = (InputError, argparse.ArgumentError, FileNotFoundError, FileExistsError, ValueError)
 """What a command reports in one line: bad input, files in the way, unusable files (ValueError
 covers the generator and checkpoint loaders' messages)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser (every subcommand's too) whose errors are one line through :func:`main`
+    (``error: …``, exit code 2), not argparse's usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise InputError(f"{message} (see `{self.prog} --help`)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -67,7 +76,7 @@ def _run(argv: list[str]) -> int:
         from hfgi3d.fit import main as fit_main
 
         return fit_main(argv)
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m hfgi3d", description=__doc__.split("\n\n")[0], allow_abbrev=False, exit_on_error=False
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -116,9 +125,10 @@ def _run(argv: list[str]) -> int:
         allow_abbrev=False,
         help="align face photos to EG3D's FFHQ crop and estimate their cameras",
         description="Detect the face of each photo (MTCNN), cut EG3D's 512² FFHQ-aligned crop (roll removed) and "
-        "estimate its camera (MediaPipe's landmarks where installed, else five MTCNN points). Writes OUT/<stem>.png, an EG3D dataset.json with the cameras "
-        "and preprocess_report.json; bad photos are skipped and reported. Exit code 0 if at least one photo "
-        "was aligned, 2 otherwise. See hfgi3d/preprocess/ for the conventions.",
+        "estimate its camera (MediaPipe's landmarks where installed, else five MTCNN points). Writes "
+        "OUT/<stem>.png, an EG3D dataset.json with the cameras and preprocess_report.json; bad photos are skipped "
+        "and reported. Exit code 0 if at least one photo was aligned, 2 otherwise. See hfgi3d/preprocess/ for the "
+        "conventions.",
     )
     preprocess.add_argument("input", type=Path, help="a photo, or a folder of photos (not recursive)")
     preprocess.add_argument("output", type=Path, help="output folder (created if missing)")
@@ -159,7 +169,7 @@ def _run(argv: list[str]) -> int:
         allow_abbrev=False,
         help="sample, render at the frontal camera, score, and fit a linear SVM",
         description="Sample latents, render each at the canonical (frontal) camera, score it, keep the --top "
-        "highest and lowest, train a linear SVM on 70 %% of them and test it on 30 %%; the SVM's unit normal is "
+        "highest and lowest, train a linear SVM on 70 % of them and test it on 30 %; the SVM's unit normal is "
         "the direction. Scores are kept in chunks beside --out, so a killed run resumes.",
     )
     fit_dir.add_argument("--generator", required=True, help="EG3D .pkl, hfgi3d .pt, a GeneratorConfig .yaml or 'tiny'")

@@ -190,12 +190,32 @@ def test_a_grayscale_photo_is_converted_and_said(good: tuple[Path, Path], tmp_pa
     assert notes == ["gray.png is grayscale (L): converted to RGB"]
 
 
-def test_overwrite_is_a_bare_flag_and_options_are_not_abbreviated(tmp_path: Path) -> None:
+def test_overwrite_is_a_bare_flag_and_options_are_not_abbreviated(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert fit_inputs_from_argv(["--overwrite"]).overwrite
     assert not fit_inputs_from_argv(["--overwrite", "--no_overwrite"]).overwrite
-    with pytest.raises(SystemExit) as exit_info:  # argparse: --seed is not --seeds
-        main(["render", "--seed", "3", "--out", str(tmp_path)])
-    assert exit_info.value.code == 2
+    assert main(["render", "--seed", "3", "--out", str(tmp_path)]) == 2  # --seed is not --seeds
+    assert capsys.readouterr().err.startswith("error: unrecognized arguments: --seed 3")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["edit", "run", "--direction", "d.pt", "--strength", "abc"], "argument --strength: invalid float value"),
+        (["edit", "run"], "the following arguments are required: --direction"),
+        (["render", "--views", "3"], "argument --views: expected 2 arguments"),
+        (["nonsense"], "argument COMMAND: invalid choice: 'nonsense'"),
+    ],
+)
+def test_a_bad_option_of_any_command_is_one_line(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1 and "usage:" not in err
+    assert not any(tmp_path.iterdir())  # nothing written
 
 
 class SignalAt(L.Callback):
