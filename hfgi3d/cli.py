@@ -254,7 +254,10 @@ def _run(argv: list[str]) -> int:
 
 def _convert_eg3d(args: argparse.Namespace) -> int:
     from hfgi3d.generator import load_generator, save_generator
+    from hfgi3d.generator.eg3d_pickle import DOWNLOAD_HINT
 
+    if not args.input.is_file():
+        raise InputError(f"EG3D network pickle not found: {args.input}; {DOWNLOAD_HINT}")
     if args.output.exists() and not args.overwrite:
         raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
     generator = load_generator(args.input)

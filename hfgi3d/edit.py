@@ -112,10 +112,11 @@ def open_run(folder: str | Path) -> Run:
     if not folder.is_dir():
         raise InputError(f"no run folder {folder}")
     missing = [name for name in (LATENT, CONFIG) if not (folder / name).is_file()]
-    if missing:
+    if missing and not (folder / "metrics.json").is_file():
+        raise InputError(f"{folder} is not the output folder of a finished fit (no {' or '.join(missing)})")
+    if missing:  # a finished fit, from before latent.pt and config.yaml were written
         raise InputError(
-            f"{folder} is not a finished fit: {', '.join(missing)} missing "
-            "(runs made before editing existed lack them: fit again)"
+            f"{folder} holds a fit made before editing existed ({', '.join(missing)} missing): fit again"
         )
     latent = torch.load(folder / LATENT, map_location="cpu", weights_only=True)
     for key in ("ws", "ws_estimate", "ws_occluded", "c25"):

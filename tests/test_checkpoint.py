@@ -97,7 +97,9 @@ def test_render_command_writes_grids_and_refuses_to_overwrite(tmp_path: Path, ca
 
 def test_convert_command_reports_missing_input(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["convert-eg3d", str(tmp_path / "missing.pkl"), str(tmp_path / "out.pt")]) == 2
-    assert "missing.pkl" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: EG3D network pickle not found: {tmp_path / 'missing.pkl'}; download")
+    assert "convert-eg3d" not in err  # not the command that just failed
 
 
 def test_convert_command_turns_an_official_pickle_into_a_checkpoint(tmp_path: Path) -> None:

@@ -136,6 +136,7 @@ def test_layers_and_conditions_reach_the_edit(run: Path, tmp_path: Path, monkeyp
         ("bad_shape", r"a direction of shape \(3, 100\) does not fit"),
         ("bad_layers", "layer range 4..99 is not inside"),
         ("no_run", "no run folder"),
+        ("not_a_run", r"is not the output folder of a finished fit \(no latent.pt or config.yaml\)"),
     ],
 )
 def test_bad_edits_get_one_line_and_write_nothing(
@@ -146,7 +147,9 @@ def test_bad_edits_get_one_line_and_write_nothing(
     direction = _direction(tmp_path / "d.pt", (3, 100) if change == "bad_shape" else (512,))
     if change == "no_generator":
         (folder / "generator.pt").unlink()
-    args = ["edit", str(folder if change != "no_run" else tmp_path / "missing"), "--direction", str(direction)]
+    target = {"no_run": tmp_path / "missing", "not_a_run": tmp_path / "empty"}.get(change, folder)
+    (tmp_path / "empty").mkdir()
+    args = ["edit", str(target), "--direction", str(direction)]
     if change == "bad_layers":
         args += ["--layers", "4", "99"]
     capsys.readouterr()
