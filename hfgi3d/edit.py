@@ -115,9 +115,7 @@ def open_run(folder: str | Path) -> Run:
     if missing and not (folder / "metrics.json").is_file():
         raise InputError(f"{folder} is not the output folder of a finished fit (no {' or '.join(missing)})")
     if missing:  # a finished fit, from before latent.pt and config.yaml were written
-        raise InputError(
-            f"{folder} holds a fit made before editing existed ({', '.join(missing)} missing): fit again"
-        )
+        raise InputError(f"{folder} holds a fit made before editing existed ({', '.join(missing)} missing): fit again")
     latent = torch.load(folder / LATENT, map_location="cpu", weights_only=True)
     for key in ("ws", "ws_estimate", "ws_occluded", "c25"):
         if key not in latent:
