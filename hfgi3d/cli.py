@@ -27,6 +27,7 @@ from typing import NoReturn
 
 import torch
 
+from hfgi3d import __version__
 from hfgi3d.errors import InputError
 
 DEBUG_FLAG = "--debug"
@@ -77,7 +78,15 @@ def _run(argv: list[str]) -> int:
 
         return fit_main(argv)
     parser = _Parser(
-        prog="python -m hfgi3d", description=__doc__.split("\n\n")[0], allow_abbrev=False, exit_on_error=False
+        prog="python -m hfgi3d",
+        description="hfgi3d: invert a face photo into EG3D with pseudo-multi-view optimization, re-render it from "
+        "new viewpoints and edit it. `python -m hfgi3d COMMAND --help` describes each command.",
+        allow_abbrev=False,
+        exit_on_error=False,
+    )
+    parser.add_argument("--version", action="version", version=f"hfgi3d {__version__}")
+    parser.add_argument(
+        DEBUG_FLAG, action="store_true", help=f"show the full traceback of an error (or set {DEBUG_ENV}=1); any command"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("fit", help="invert one photo (`python -m hfgi3d fit --help` lists every option)")

@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+import hfgi3d
 from hfgi3d.cli import main
 from hfgi3d.data.inputs import SAMPLE_CAMERA, SAMPLE_IMAGE
 from hfgi3d.presets import preset_path
@@ -166,6 +167,16 @@ def test_an_overlay_without_its_preset_says_to_give_the_preset_first(
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: model.estimate_steps, model.occluded_steps, model.pseudo_multiview_steps not set")
     assert "--config configs/hfgi3d.yaml" in err and "\n" not in err and not (tmp_path / "out").exists()
+
+
+def test_version_and_debug_are_in_the_top_level_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out.strip() == f"hfgi3d {hfgi3d.__version__}"
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert exited.value.code == 0 and "--debug" in text and "HFGI3D_DEBUG=1" in text and "``" not in text
 
 
 def test_fit_help_and_print_config_need_no_photo(capsys: pytest.CaptureFixture[str]) -> None:
