@@ -389,4 +389,7 @@ def _preprocess(args: argparse.Namespace) -> int:
         args.input, args.output, options, detector=make_detector(args.device), progress=True, estimator=estimator
     )
     print(format_summary(report))
-    return 0 if report.processed else 2
+    if not report.processed:
+        print(f"error: no photo could be aligned (the reasons are above and in {args.output}/)", file=sys.stderr)
+        return 2
+    return 0

@@ -553,3 +553,13 @@ def test_the_crop_is_cut_from_landmarks_truncated_as_eg3d_s() -> None:
     )
     untruncated = crop_transform(landmarks[None].double(), SIZE).matrix[0]
     assert float((truncated - untruncated).abs().max()) > 0.1  # the half pixel moves the crop
+
+
+def test_an_empty_folder_is_refused_in_one_line_and_nothing_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "empty").mkdir()
+    assert main(["preprocess", str(tmp_path / "empty"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'empty'} holds no files") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()

@@ -40,6 +40,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from hfgi3d.cameras import yaw_pitch_of
+from hfgi3d.errors import InputError
 from hfgi3d.faces import make_detector
 from hfgi3d.io import write_bytes_atomic
 from hfgi3d.pose import PoseEstimator
@@ -134,11 +135,16 @@ def preprocess(
 
     Raises:
         FileNotFoundError: ``input_path`` does not exist.
+        InputError: ``input_path`` is a folder without files.
         ValueError: ``output_dir`` is a file or the input folder itself, or holds an invalid ``dataset.json``.
     """
     options = PreprocessOptions() if options is None else options
     input_path, output_dir = Path(input_path), Path(output_dir)
     inputs = list_inputs(input_path)
+    if not inputs:
+        raise InputError(
+            f"{input_path} holds no files: pass a photo or a folder of photos ({', '.join(IMAGE_SUFFIXES)})"
+        )
     _check_output_dir(input_path, output_dir)
     labels = read_labels(output_dir / DATASET_JSON)
     read_report(output_dir / REPORT_JSON)  # a stale file is refused now, not after the run
