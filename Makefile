@@ -52,9 +52,10 @@ benchmark-synthetic: $(STAMP)  ## ground-truth benchmark, CI size (tiny generato
 GROUNDTRUTH_IMAGES ?= 8
 benchmark-groundtruth: $(STAMP)  ## does the detail survive a new view? 64² random generator, bold paint, curves (CPU, 7-14 min per fit) [GROUNDTRUTH_IMAGES=8]
 	$(BIN)/python -m hfgi3d.benchmarks synthetic --generator configs/generator/groundtruth.yaml \
-		--profile configs/benchmark/synthetic_groundtruth.yaml --paint bold --curves 25 \
+		--profile configs/benchmark/synthetic_groundtruth.yaml --paint bold --curves 25 --keep-generators \
 		--images $(GROUNDTRUTH_IMAGES) --out benchmarks/results/synthetic-groundtruth
 	$(BIN)/python benchmarks/groundtruth_figures.py benchmarks/results/synthetic-groundtruth
+	$(BIN)/python benchmarks/groundtruth_editability.py benchmarks/results/synthetic-groundtruth
 
 clean:  ## remove caches and outputs (keeps .venv)
 	rm -rf outputs .pytest_cache .mypy_cache .ruff_cache

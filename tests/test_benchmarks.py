@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from hfgi3d.benchmarks.__main__ import main as benchmarks_main
 from hfgi3d.benchmarks.aggregate import markdown_table, summarize
@@ -240,7 +241,8 @@ def test_ground_truth_curves_follow_the_fit_and_the_figures_are_drawn(tmp_path: 
     """``--curves 2``: every run's metrics.csv holds truth/* every 2 steps and at each stage's end; at the
     last step they are the numbers the run is scored with (the same weights, rendered deterministically
     by another path: float32 rounding moves a PSNR by far less than 0.01 dB). The figure script then
-    draws the curves, the side-by-side picture and the paired table."""
+    draws the curves, the side-by-side picture and the paired table, and the editability script edits
+    the kept generators."""
     out = tmp_path / "bench"
     args = [
         "synthetic",
@@ -259,6 +261,9 @@ def test_ground_truth_curves_follow_the_fit_and_the_figures_are_drawn(tmp_path: 
         "bold",
         "--precision",
         "32-true",
+        "--seed",
+        "1",
+        "--keep-generators",
     ]  # fmt: skip (hfgi3d's bf16 is slow on a CPU)
     assert benchmarks_main(args) == 0
     rows = read_rows(out / MERGED_FILE)
@@ -275,10 +280,20 @@ def test_ground_truth_curves_follow_the_fit_and_the_figures_are_drawn(tmp_path: 
         assert float(last["truth/novel_psnr"]) == pytest.approx(row["novel_psnr"], abs=0.01)
         assert float(last["truth/paint_psnr"]) == pytest.approx(row["paint_psnr"], abs=0.01)
         assert float(last["truth/input_psnr"]) == pytest.approx(row["psnr"], abs=0.01)
-        assert (run / "novel_vs_truth.png").is_file()
+        assert (run / "novel_vs_truth.png").is_file() and (run / "generator.pt").is_file()
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        assert config["model"]["seed"] == 1  # the generator the images were made with (--seed 1)
     command = [sys.executable, "benchmarks/groundtruth_figures.py", str(out), "--images", "2"]
     subprocess.run(command, check=True, cwd=REPO, capture_output=True, timeout=300)
     for name in ("curves.png", "side_by_side.png"):
         assert (out / name).stat().st_size > 0, name
     paired = (out / "paired.md").read_text()
     assert "### Against pti" in paired and "| hfgi3d | 2 |" in paired
+    command = [sys.executable, "benchmarks/groundtruth_editability.py", str(out), "--samples", "40", "--top", "10"]
+    subprocess.run(command, check=True, cwd=REPO, capture_output=True, timeout=300)
+    table = (out / "editability.md").read_text()
+    for row in ("| truth (true latent, original generator) | 2 |", "| pti | 2 |", "| hfgi3d stage 1 | 2 |"):
+        assert row in table, table
+    record = json.loads((out / "editability.json").read_text())
+    assert set(record["changes"]) == {"pti", "hfgi3d", "pti stage 1", "hfgi3d stage 1"}
+    assert all(abs(change) > 0 for change in record["truth"].values())

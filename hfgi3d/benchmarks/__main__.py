@@ -120,13 +120,17 @@ def synthetic(args: argparse.Namespace) -> int:
     folder: Path = args.out
     data = folder / "data"
     ids = prepare(args.generator, args.seed, args.images, data, PAINTS[args.paint])
+    # Every fit opens the generator the images were made with: the same spec and seed.
+    fit_args = [*_fit_args(args), "--model.seed", str(args.seed)]
     jobs = [
-        Job(image_id, method, {"presets": _presets(method), "args": _fit_args(args)})
+        Job(image_id, method, {"presets": _presets(method), "args": fit_args})
         for image_id in ids
         for method in args.methods
     ]
     lpips = LPIPS(net="alex", weights=args.lpips_weights_alex)
-    job_fn = make_job_fn(args.generator, args.profile, data, folder / "runs", lpips, args.wandb, args.curves)
+    job_fn = make_job_fn(
+        args.generator, args.profile, data, folder / "runs", lpips, args.wandb, args.curves, args.keep_generators
+    )
     rows = run(jobs, folder, job_fn, args.accelerator, args.devices, args.num_nodes, args.retry_errors, args.batch_size)
     if not rows:  # ranks other than 0
         return 0
@@ -194,6 +198,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     synth.add_argument(
         "--curves", type=int, default=0, metavar="N",
         help="log input-view, novel-view and paint PSNR against the ground truth every N steps (0: off)",
+    )  # fmt: skip
+    synth.add_argument(
+        "--keep-generators", action="store_true",
+        help="keep each run's tuned generator.pt (fp32) for editing it afterwards "
+        "(benchmarks/groundtruth_editability.py); by default it is deleted once scored",
     )  # fmt: skip
     synth.add_argument(
         "--lpips-weights-alex", default=None, help="LPIPS-AlexNet weights file for the novel-view scores"

@@ -232,16 +232,18 @@ def make_job_fn(
     lpips: LPIPS,
     wandb_group: str | None = None,
     curves: int = 0,
+    keep_generators: bool = False,
 ) -> Any:
     """The job function: fit the method's preset on the batch's painted input views (logging the
-    ground-truth curves every ``curves`` steps, if not 0), then score each photo's novel views."""
+    ground-truth curves every ``curves`` steps, if not 0), then score each photo's novel views (and
+    delete its tuned generator, unless ``keep_generators``)."""
 
     def run_job(jobs: list[Job], worker: Worker) -> list[dict[str, Any]]:
         root = runs / jobs[0].method if len(jobs) == 1 else runs / jobs[0].method / f"batch_{jobs[0].image_id}"
         photos = [
             Photo(data / f"{job.image_id}.png", data / f"{job.image_id}.json", root / job.image_id) for job in jobs
         ]
-        extra = ("--outputs.save_generator", "fp32", *curves_args(data, curves))  # G: scored below, then deleted
+        extra = ("--outputs.save_generator", "fp32", *curves_args(data, curves))  # G: scored below
         rows = []
         for job, photo, metrics in zip(
             jobs, photos, run_fit(jobs, worker, generator_spec, profile, photos, wandb_group, extra), strict=True
@@ -251,7 +253,8 @@ def make_job_fn(
                 continue
             row = {key: value for key, value in metrics.items() if key not in ("image_id", "skipped")}
             row.update(score(photo.out, data / f"{job.image_id}.pt", lpips))
-            (photo.out / "generator.pt").unlink()  # ~1 MB tiny, ~120 MB FFHQ-512: scored, no longer needed
+            if not keep_generators:  # ~1 MB tiny, ~120 MB FFHQ-512: scored, no longer needed
+                (photo.out / "generator.pt").unlink()
             rows.append(row)
         return rows
 
