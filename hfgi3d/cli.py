@@ -155,7 +155,7 @@ def _run(argv: list[str]) -> int:
         "--pose-estimator", choices=("auto", "mediapipe", "pnp5", "deep3d"), default=None,
         help="auto (default; deep3d when --deep3d-checkpoint is given): MediaPipe's Face Landmarker where "
         "installed (hfgi3d[editing]), else pnp5; mediapipe: insist on it; pnp5: five MTCNN points on a mean "
-        "face; deep3d: Deep3DFaceRecon, the network EG3D's own labels come from (README: accuracy table)",
+        "face; deep3d: Deep3DFaceRecon, the network EG3D's own labels come from (docs/reference.md: accuracy table)",
     )  # fmt: skip
     preprocess.add_argument(
         "--deep3d-checkpoint", type=Path, default=None, metavar="PATH",
@@ -186,7 +186,8 @@ def _run(argv: list[str]) -> int:
         "--scorer",
         required=True,
         help="what scores each render: mean_luma (model-free), smile (MediaPipe blendshapes), age (expected years), "
-        "gender (probability of male), the three with the editing extra (README), or classifier (see --classifier)",
+        "gender (probability of male), the three with the editing extra (docs/reference.md), or classifier "
+        "(see --classifier)",
     )
     fit_dir.add_argument(
         "--classifier",
@@ -221,7 +222,9 @@ def _run(argv: list[str]) -> int:
         "reproduces the run's reconstruction. A run that logged to W&B gets the edit as media.",
     )
     edit.add_argument("run_dir", type=Path, help="the output folder of a finished fit")
-    edit.add_argument("--direction", type=Path, required=True, help="direction file: .pt or .npy, W or W+ (see README)")
+    edit.add_argument(
+        "--direction", type=Path, required=True, help="direction file: .pt or .npy, W or W+ (see docs/reference.md)"
+    )
     edit.add_argument(
         "--strength", type=float, nargs="+", default=[-2.0, 0.0, 2.0], help="strengths α (default -2 0 2)"
     )
