@@ -519,9 +519,7 @@ def poisson_blend(
     (again 5-point stencils, so every level sees ``Ω``'s boundary), red-black Gauss-Seidel
     smoothing. Written here because no library fits: pyamg's multigrid runs on the CPU only,
     one sparse system at a time, while the pseudo views are built on the generator's device.
-    On the development machine's CPU, 16 views at 512² to ``tol = 1e-5`` in 8 iterations
-    instead of 64 with the whole-image DCT preconditioner this replaced, 4.1× less time
-    (``benchmarks/README.md``).
+    Iteration counts and times: ``benchmarks/README.md``.
 
     Args:
         visible: ``B×C×H×W`` source (guidance field).

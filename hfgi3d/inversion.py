@@ -389,8 +389,7 @@ class InversionModule(L.LightningModule):
         # is frozen (estimate, occluded) the backward pass then computes no kernel gradient, a
         # third fewer FLOPs per stage-1 step. Stage 2 tunes G, so it needs the kernel gradients
         # anyway, and there eval mode (the styles scale the kernel) saves the activation-sized
-        # products: a stage-2 step 28.0 -> 23.7 s on the 2-core CPU (FFHQ-512, fp32, profiled;
-        # 1.41x against dde7151 in benchmarks/README.md).
+        # products (times in benchmarks/README.md, "Inversion and evaluation speed").
         self.G.train()
         self._targets = {}
         self.occluded_mask = self.occluded_mask.new_zeros(0)  # D: computed at the occluded stage's first step
