@@ -264,6 +264,7 @@ BATCH_FIT = [
 ]  # fmt: skip
 
 
+@pytest.mark.usefixtures("interruptible")
 def test_fit_runs_every_batch_drops_a_bad_photo_and_resumes_an_interrupted_job(
     photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -241,6 +241,7 @@ class SignalAt(L.Callback):
             os.kill(os.getpid(), self.signum)
 
 
+@pytest.mark.usefixtures("interruptible")
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupted_fit_resumes_to_the_result_of_an_uninterrupted_one(
     signum: int, good: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
