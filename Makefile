@@ -50,7 +50,7 @@ benchmark-synthetic: $(STAMP)  ## ground-truth benchmark, CI size (tiny generato
 	$(BIN)/python -m hfgi3d.benchmarks synthetic --out benchmarks/results/synthetic-ci --images 3
 
 GROUNDTRUTH_IMAGES ?= 8
-benchmark-groundtruth: $(STAMP)  ## does the detail survive a new view? 64² random generator, bold paint, curves (CPU, 7-14 min per fit) [GROUNDTRUTH_IMAGES=8]
+benchmark-groundtruth: $(STAMP)  ## does the detail survive a new view? 64² random generator, bold paint, curves, editability (CPU, 5-9 min per fit) [GROUNDTRUTH_IMAGES=8]
 	$(BIN)/python -m hfgi3d.benchmarks synthetic --generator configs/generator/groundtruth.yaml \
 		--profile configs/benchmark/synthetic_groundtruth.yaml --paint bold --curves 25 --keep-generators \
 		--images $(GROUNDTRUTH_IMAGES) --out benchmarks/results/synthetic-groundtruth
