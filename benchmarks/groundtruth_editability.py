@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 from pathlib import Path
 
 import numpy as np
 import torch
+from groundtruth_figures import mean_and_half_width  # beside this script (benchmarks/)
 from PIL import Image
-from scipy import stats
 
 from hfgi3d.direction_fit import fit_direction
 from hfgi3d.directions import load_direction
@@ -46,10 +45,9 @@ EDIT_NAME = "editability_mean_luma"
 
 def interval(values: list[float]) -> str:
     """``mean [low, high]`` (Student-t 95 %), or the mean alone for fewer than 2 values."""
-    mean = statistics.mean(values)
     if len(values) < 2:
-        return f"{mean:.3f}"
-    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+        return f"{statistics.mean(values):.3f}"
+    mean, half = mean_and_half_width(values)
     return f"{mean:.3f} [{mean - half:.3f}, {mean + half:.3f}]"
 
 

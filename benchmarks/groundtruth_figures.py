@@ -45,6 +45,12 @@ def read_rows(folder: Path) -> dict[str, dict[str, dict]]:
     return rows
 
 
+def mean_and_half_width(values: list[float]) -> tuple[float, float]:
+    """The mean of ``values`` (at least 2) and the half-width of its Student-t 95 % interval."""
+    mean = statistics.mean(values)
+    return mean, stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+
+
 def paired(rows: dict[str, dict[str, dict]], methods: list[str]) -> str:
     """Markdown: mean difference and 95 % interval of each method against each reference, per metric."""
     lines = []
@@ -67,8 +73,7 @@ def paired(rows: dict[str, dict[str, dict]], methods: list[str]) -> str:
                 if len(d) < 2:
                     cells.append("—")
                     continue
-                mean = statistics.mean(d)
-                half = stats.t.ppf(0.975, len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d))
+                mean, half = mean_and_half_width(d)
                 cells.append(f"{mean:+.3g} [{mean - half:+.3g}, {mean + half:+.3g}]")
             lines.append(f"| {method} | {len(common)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
