@@ -12,7 +12,8 @@ FOLDER:
   ground-truth novel views, then a row of each method's novel views, labelled (from each run's
   ``novel_vs_truth.png``).
 * ``paired.md``: for every method, the per-image differences against ``pti`` and against ``hfgi3d``
-  (mean and Student-t 95 % interval over the images both have), per metric.
+  (mean and Student-t 95 % interval over the images both have), per metric; times only between
+  rows run on as many CPU threads.
 """
 
 from __future__ import annotations
@@ -51,6 +52,12 @@ def mean_and_half_width(values: list[float]) -> tuple[float, float]:
     return mean, stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
 
 
+def _same_threads(a: dict, b: dict) -> bool:
+    """Whether two rows' times can be compared: both ran on the same number of CPU threads, or both
+    come from before the runner recorded it."""
+    return a.get("cpu_threads") == b.get("cpu_threads")
+
+
 def paired(rows: dict[str, dict[str, dict]], methods: list[str]) -> str:
     """Markdown: mean difference and 95 % interval of each method against each reference, per metric."""
     lines = []
@@ -69,7 +76,8 @@ def paired(rows: dict[str, dict[str, dict]], methods: list[str]) -> str:
             cells = []
             for key in PAIRED_KEYS:
                 d = [rows[method][i][key] - rows[reference][i][key] for i in common
-                     if rows[method][i].get(key) is not None and rows[reference][i].get(key) is not None]  # fmt: skip
+                     if rows[method][i].get(key) is not None and rows[reference][i].get(key) is not None
+                     and (key != "seconds" or _same_threads(rows[method][i], rows[reference][i]))]  # fmt: skip
                 if len(d) < 2:
                     cells.append("—")
                     continue

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from hfgi3d.benchmarks.store import RANK_FILE, append_row, finished, merge
@@ -190,6 +191,7 @@ def run_shard(
                     "job_seconds": seconds,
                     "batch_size": len(batch),
                     "rank": worker.rank,
+                    "cpu_threads": torch.get_num_threads(),  # the seconds depend on it on a CPU
                 },
             )
         progress.update(len(batch))
