@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import signal
 from collections.abc import Iterator
@@ -10,6 +11,18 @@ import numpy
 import pytest
 import torch
 import torchvision
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under ``pytest -n N`` (``make test``), each worker process gets its share of the CPUs for torch
+    (and for the processes a test starts): N workers with all the CPUs' threads each would fight for
+    them, and OpenMP's waiting threads slow such a run many times over."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = max(1, cpus // int(workers))
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
 
 
 def pytest_report_header() -> list[str]:
@@ -38,3 +51,10 @@ def interruptible() -> Iterator[None]:
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture(autouse=True)
+def seeded() -> None:
+    """Every test starts from the same global torch random state, so a test's draws (``torch.rand``
+    without a generator) are the same whatever ran before it and whichever tests were selected."""
+    torch.manual_seed(0)

