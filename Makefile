@@ -25,11 +25,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)  ## create .venv and install hfgi3d with its dev tools and the editing extra
 
-test: $(STAMP)  ## run the fast test suite (CPU, no downloads)
-	$(BIN)/pytest -m "not slow"
+# One worker process per CPU core (pytest-xdist), each test file in one worker (its module fixtures are built once);
+# tests/conftest.py gives each worker its share of the CPU threads.
+test: $(STAMP)  ## run the fast test suite (CPU, no downloads; one worker per core)
+	$(BIN)/pytest -m "not slow" -n auto --dist loadfile
 
-test-slow: $(STAMP)  ## run only the slow tests (real-size FFHQ-512 generator on the CPU)
-	$(BIN)/pytest -m slow -q
+test-slow: $(STAMP)  ## run only the slow tests (real-size generator, several processes, long multi-fit runs)
+	$(BIN)/pytest -m slow -q -n auto --dist loadfile
 
 lint: $(STAMP)  ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check .

@@ -162,6 +162,7 @@ def test_one_batched_generator_call_follows_the_single_photo_fits(fits: Fits, ph
         assert _tuning_gap(batch, single, index) < 0.2
 
 
+@pytest.mark.slow  # four fits; single-photo refinement is tested in tests/test_edit.py
 def test_camera_refinement_in_a_batch_equals_single_photo_refinement(photos: Path, tmp_path: Path) -> None:
     """Each photo of a batch refines its own camera offsets, exactly as alone: stage 1's losses, the
     refined cameras and the pseudo views' cameras (built around them) are bit for bit those of single
@@ -186,6 +187,7 @@ def test_camera_refinement_in_a_batch_equals_single_photo_refinement(photos: Pat
     assert not torch.equal(batch.c25_refined, batch_data.c25)
 
 
+@pytest.mark.slow  # two batched fits; single-photo resume is tested in tests/test_inversion.py
 def test_a_batch_resumes_from_its_last_checkpoint_with_every_photos_state(
     fits: Fits, photos: Path, tmp_path: Path
 ) -> None:

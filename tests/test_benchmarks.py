@@ -22,7 +22,7 @@ from hfgi3d.benchmarks.store import MERGED_FILE, append_row, finished, merge, re
 REPO = Path(__file__).resolve().parents[1]
 MICRO_PROFILE = """
 model: {generator: tiny, w_avg_samples: 16, estimate_steps: 4, estimate_lr: 0.01, occluded_steps: 2,
-        pseudo_multiview_steps: 4, pseudo_multiview_lr: 0.01, lpips_resize: null}
+        pseudo_multiview_steps: 4, pseudo_multiview_lr: 0.01, lpips_resize: null, lambda_lpips: 0.0}
 data: {num_views: 2, pseudo_views: {poisson_iterations: 20}}
 outputs: {orbit_frames: 0, mesh_resolution: 0}
 evaluation: {every_n_steps: 0}
@@ -120,6 +120,7 @@ def _synthetic_args(out: Path, profile: Path, *extra: str) -> list[str]:
     return ["synthetic", "--out", str(out), "--images", "2", "--methods", "pti", "--profile", str(profile), *extra]
 
 
+@pytest.mark.slow  # two processes of two fits each; sharding itself is tested above without fits
 def test_two_cpu_processes_produce_the_rows_of_one(tmp_path: Path, profile: Path) -> None:
     """Sharded over 2 gloo processes, every (image, method) row is the one a single process makes.
 
@@ -165,6 +166,7 @@ def test_a_killed_run_resumes_without_redoing_finished_jobs(tmp_path: Path, prof
     assert all("error" not in row for row in rows)
 
 
+@pytest.mark.slow  # batched fits; tests/test_batch.py covers the batch itself
 def test_a_batched_run_gives_every_photo_its_row(tmp_path: Path, profile: Path) -> None:
     """``--batch-size 2``: both photos in one fit (``fit --data.images``), a row each, with the numbers
     one photo per fit gives (to rounding: the batched stage 2 rounds differently, tests/test_batch.py)."""
@@ -219,6 +221,7 @@ def test_celeba_aligns_inverts_and_records_failures_per_image(tmp_path: Path, pr
     assert "| pti | 1 |" in summary and "| paper: pti | 1500 | 26.64" in summary and "1 job(s) failed" in summary
 
 
+@pytest.mark.slow  # a benchmark script, timed fits
 def test_inversion_speed_reports_every_stage_and_projects_the_paper_schedule(tmp_path: Path) -> None:
     # the speed script end to end on the tiny generator (its figures are in benchmarks/README.md)
     out = tmp_path / "speed.json"

@@ -33,7 +33,7 @@ RUN_ARGS = [
 logged to an offline W&B run."""
 PAINT = (255, 0, 255)  # magenta: far from the tiny generator's greens
 PATCH = (slice(40, 80), slice(45, 85))  # rows, columns of the 128² input
-REFINE_STEPS = 200
+REFINE_STEPS = 150
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +168,7 @@ def texture_run(run: Path) -> Path:
     Image.fromarray(painted).save(run.parent / "tattoo.png")
     args = [
         "edit-texture", str(run), "--image", str(run.parent / "tattoo.png"),
-        "--model.pseudo_multiview_steps", "250", "--model.pseudo_multiview_lr", "0.02",
+        "--model.pseudo_multiview_steps", "100", "--model.pseudo_multiview_lr", "0.02", "--model.lambda_lpips", "0",
     ]  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("WANDB_MODE", "disabled")
@@ -184,11 +184,11 @@ def test_a_painted_patch_lands_where_the_geometry_carries_it(run: Path, texture_
     original, edited = (torch.load(folder / "latent.pt", weights_only=True) for folder in (run, out))
     assert torch.equal(original["ws_estimate"], edited["ws_estimate"])
     assert torch.equal(original["ws_occluded"], edited["ws_occluded"])
-    assert json.loads((out / "metrics.json").read_text())["steps"] == 250
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 100
     report = json.loads((out / "paint_check.json").read_text())
     assert report["painted_pixels"] == 40 * 40
     assert len(report["views"]) >= 10  # the patch faces most of the 5×3 grid
-    # Measured: mean IoU 0.655 (lowest 0.229, at yaw −0.35 rad: 0.5 rad from the input camera).
+    # Measured (100 steps of MSE at lr 0.02): mean IoU 0.705 over 15 views, lowest 0.500.
     assert report["mean_iou"] >= 0.5, report
 
 
@@ -206,7 +206,7 @@ def test_camera_refinement_recovers_a_known_camera(texture_run: Path, tmp_path: 
     (tmp_path / "start.json").write_text(json.dumps(start[0].tolist()))
     module = InversionModule(**model_args(
         generator=generator_path, w_avg_samples=64, estimate_steps=REFINE_STEPS, occluded_steps=0,
-        pseudo_multiview_steps=0, estimate_lr=0.01, lpips_resize=None, use_pseudo_views=False,
+        pseudo_multiview_steps=0, estimate_lr=0.01, lpips_resize=None, lambda_lpips=0.0, use_pseudo_views=False,
         refine_camera=True, camera_lr=0.01, camera_warmup_steps=30,
     ))  # fmt: skip
     datamodule = PseudoViewDataModule(
@@ -222,8 +222,8 @@ def test_camera_refinement_recovers_a_known_camera(texture_run: Path, tmp_path: 
     assert torch.equal(module.input_camera(datamodule.c25), module.c25_refined)
     assert datamodule.c25[0].tolist() == pytest.approx(start[0].tolist(), abs=1e-6)
     yaw, pitch = yaw_pitch_of(split_c25(torch.tensor([record["c25"]]))[0])
-    # Measured from three starts 0.1 rad off (±yaw, ±pitch): errors ≤ 0.0032 rad; novel-view PSNR
-    # 41.4–41.8 dB against 21.8 dB without refinement (README, "Camera refinement").
+    # Measured from the four starts 0.1 rad off (±yaw, ±pitch), MSE only, 150 steps: errors ≤ 0.0087 rad
+    # (100 steps: ≤ 0.012 rad). The README's "Camera refinement" gives the novel-view PSNR it buys.
     assert abs(float(yaw) - 0.15) < 0.02 and abs(float(pitch) + 0.05) < 0.02, (float(yaw), float(pitch))
 
 
