@@ -66,17 +66,23 @@ def one_line(error: BaseException) -> str:
 
 def _run(argv: list[str]) -> int:
     if argv and argv[0] == "fit":
-        from hfgi3d.validation import check_fit_inputs, check_stage_lengths, fit_inputs_from_argv
+        from hfgi3d.validation import check_fit_inputs, check_stage_lengths, fit_inputs_from_argv, only_describes
 
         # Checked before Lightning is even imported: a bad input is refused in well under a second.
-        # Help and --print_config need no photo.
-        if not any(arg in ("-h", "--help") or arg.split("=")[0] == "--print_config" for arg in argv[1:]):
+        if not only_describes(argv[1:]):
             inputs = fit_inputs_from_argv(argv[1:])
             check_stage_lengths(inputs)
             check_fit_inputs(inputs)
         from hfgi3d.fit import main as fit_main
 
         return fit_main(argv)
+    args = parse_command(argv)
+    return int(args.run(args))
+
+
+def parse_command(argv: list[str]) -> argparse.Namespace:
+    """Parse the command line of a command other than ``fit`` (whose options LightningCLI parses),
+    without running it: ``args.run(args)`` does. Raises :class:`InputError` for a bad command line."""
     parser = _Parser(
         prog="python -m hfgi3d",
         description="hfgi3d: invert a face photo into EG3D with pseudo-multi-view optimization, re-render it from "
@@ -259,9 +265,8 @@ def _run(argv: list[str]) -> int:
     if argv and argv[0] == "edit-texture":  # what follows its own options is passed on to fit
         args, fit_args = parser.parse_known_args(argv)
         args.fit_args = fit_args
-    else:
-        args = parser.parse_args(argv)
-    return int(args.run(args))
+        return args
+    return parser.parse_args(argv)
 
 
 def _convert_eg3d(args: argparse.Namespace) -> int:

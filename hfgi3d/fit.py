@@ -57,6 +57,7 @@ from hfgi3d.validation import (
     batch_ids,
     check_fit_inputs,
     fit_inputs_from_argv,
+    only_describes,
     output_dir_for,
 )
 
@@ -251,6 +252,8 @@ def main(args: Sequence[str]) -> int:
     anything is built.
     """
     args = list(args)
+    if only_describes(args[1:]):
+        return _fit(args, args)
     inputs = fit_inputs_from_argv(args[1:])
     if inputs.images is not None:
         return fit_batches(args, inputs)

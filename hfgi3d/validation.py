@@ -182,6 +182,12 @@ def _check_output_dir(folder: Path, overwrite: bool, ckpt_path: str | None) -> N
         )
 
 
+def only_describes(args: Sequence[str]) -> bool:
+    """Whether ``fit``'s arguments ask only for a description (``--help``, ``--print_config``): then
+    no input is checked, no photo is needed and nothing runs."""
+    return any(arg in ("-h", "--help") or arg.split("=")[0] == "--print_config" for arg in args)
+
+
 def fit_inputs_from_argv(args: Sequence[str]) -> FitInputs:
     """:class:`FitInputs` from ``fit``'s arguments (after the word ``fit``): the ``--config`` files
     merged in order, then ``--key value`` / ``--key=value`` overrides of the keys checked here.
