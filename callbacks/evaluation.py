@@ -35,6 +35,7 @@ from hfgi3d.metrics.evaluation import (
     load_networks,
 )
 from hfgi3d.metrics.fidelity import psnr, ssim
+from hfgi3d.run_folder import METRICS
 
 RUN_KEYS = ("seconds", "eval_seconds", "steps", "peak_gpu_memory_mb")
 """Run statistics stored and logged next to the metrics."""
@@ -172,7 +173,7 @@ class Evaluation(L.Callback):
             }
             row = {"image_id": image_id, **metrics, **run, "skipped": skipped}
             folder.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(folder / "metrics.json", row)
+            write_json_atomic(folder / METRICS, row)
             rows.append(row)
             shown = ", ".join(f"{key} {value:.4g}" for key, value in metrics.items() if value is not None)
             rank_zero_info(f"evaluation of {image_id}: {shown} (metrics.json in {folder})")

@@ -46,14 +46,13 @@ from hfgi3d.data.pseudo_views import PseudoViews
 from hfgi3d.generator import save_generator
 from hfgi3d.io import write_json_atomic
 from hfgi3d.mesh import VoxelGrid, generator_field, mesh_from_grid, sample_grid, write_glb, write_ply
-from hfgi3d.validation import RESULT_FILES
+from hfgi3d.run_folder import CAMERA, FAILED, GENERATOR, INPUT, LATENT, RECONSTRUCTION, RESULT_FILES
 from hfgi3d.video import save_image_grid, write_video
 
 MASK_TINT_VISIBLE = (-1.0, 1.0, -1.0)  # green, in [-1, 1]
 MASK_TINT_OCCLUDED = (1.0, -1.0, -1.0)  # red
 MASK_TINT_ALPHA = 0.4
 
-FAILED_JSON = "failed.json"
 """In the folder of a photo the fit dropped: its id and why."""
 GeneratorFormat = Literal["fp16", "fp32", "none"]
 GENERATOR_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
@@ -110,7 +109,7 @@ class InversionOutputs(L.Callback):
             raise ValueError("InversionOutputs needs an output_dir")
         datamodule: Any = trainer.datamodule  # type: ignore[attr-defined]
         for folder in datamodule.photo_folders(self.output_dir):
-            existing = [name for name in (*RESULT_FILES, FAILED_JSON) if (folder / name).exists()]
+            existing = [name for name in (*RESULT_FILES, FAILED) if (folder / name).exists()]
             if existing and not self.overwrite:
                 raise FileExistsError(
                     f"{folder} already holds results ({', '.join(existing)}); "
@@ -130,8 +129,8 @@ class InversionOutputs(L.Callback):
             out.mkdir(parents=True, exist_ok=True)
             if not bool(module.alive[photo]):
                 reason = module.failures.get(photo, "dropped")
-                write_json_atomic(out / FAILED_JSON, {"image_id": datamodule.image_ids[photo], "error": reason})
-                rank_zero_warn(f"no results for {datamodule.image_ids[photo]}: {reason} ({out / FAILED_JSON})")
+                write_json_atomic(out / FAILED, {"image_id": datamodule.image_ids[photo], "error": reason})
+                rank_zero_warn(f"no results for {datamodule.image_ids[photo]}: {reason} ({out / FAILED})")
                 continue
             self._write_photo(module, datamodule, photo, out, dtype)
 
@@ -153,8 +152,8 @@ class InversionOutputs(L.Callback):
             return generator.render_cameras(planes, ws, cameras, deterministic=True)
 
         reconstruction = render(c25)["image"].clamp(-1, 1)
-        save_image_grid(image, out / "input.png", nrow=1)
-        save_image_grid(reconstruction, out / "reconstruction.png", nrow=1)
+        save_image_grid(image, out / INPUT, nrow=1)
+        save_image_grid(reconstruction, out / RECONSTRUCTION, nrow=1)
         num_yaw, num_pitch = self.grid_size
         yaw, pitch = yaw_pitch_grid(
             (-self.grid_yaw_rad, self.grid_yaw_rad), (-self.grid_pitch_rad, self.grid_pitch_rad), num_yaw, num_pitch
@@ -181,16 +180,16 @@ class InversionOutputs(L.Callback):
         ):
             image_id = datamodule.image_ids[photo]
             rank_zero_warn(f"no mesh written: the density field of {image_id} has no usable surface level")
-        write_json_atomic(out / "camera.json", module.camera_record(datamodule.c25, photo))
+        write_json_atomic(out / CAMERA, module.camera_record(datamodule.c25, photo))
         latent = {
             "ws": ws,
             "ws_estimate": module.ws_estimate[photo : photo + 1],
             "ws_occluded": module.ws_occluded[photo : photo + 1],
             "c25": c25,
         }
-        torch.save({key: value.detach().cpu() for key, value in latent.items()}, out / "latent.pt")
+        torch.save({key: value.detach().cpu() for key, value in latent.items()}, out / LATENT)
         if dtype is not None:
-            save_generator(generator, out / "generator.pt", dtype)
+            save_generator(generator, out / GENERATOR, dtype)
         rank_zero_info(f"results written in {time.perf_counter() - started:.1f} s")
 
 

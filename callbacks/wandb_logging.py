@@ -22,6 +22,8 @@ from typing import Any, Literal
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 
+from hfgi3d.run_folder import INPUT, RECONSTRUCTION
+
 WandbMode = Literal["offline", "online", "disabled"]
 DEFAULT_MODE: WandbMode = "offline"
 
@@ -118,11 +120,8 @@ class WandbMedia(L.Callback):
             return wandb.Image(str(folder / name), caption=caption)
 
         media: dict[str, Any] = {}
-        if (folder / "input.png").is_file() and (folder / "reconstruction.png").is_file():
-            media["media/input_vs_reconstruction"] = [
-                image("input.png", "input"),
-                image("reconstruction.png", "reconstruction"),
-            ]
+        if (folder / INPUT).is_file() and (folder / RECONSTRUCTION).is_file():
+            media["media/input_vs_reconstruction"] = [image(INPUT, "input"), image(RECONSTRUCTION, "reconstruction")]
         for key, name, caption in (
             ("media/novel_views", "novel_views.png", "novel views (rows: pitch, columns: yaw)"),
             ("media/depth", "depth.png", "depth of the novel views (near = white)"),

@@ -42,10 +42,8 @@ from torch import Tensor
 
 from hfgi3d.errors import InputError
 from hfgi3d.io import atomic_path, write_json_atomic
+from hfgi3d.run_folder import CAMERA, CONFIG, GENERATOR, INPUT, LATENT, METRICS
 
-LATENT = "latent.pt"
-GENERATOR = "generator.pt"
-CONFIG = "config.yaml"
 EDITS = "edits"
 TEXTURE_EDITS = "texture_edits"
 
@@ -112,7 +110,7 @@ def open_run(folder: str | Path) -> Run:
     if not folder.is_dir():
         raise InputError(f"no run folder {folder}")
     missing = [name for name in (LATENT, CONFIG) if not (folder / name).is_file()]
-    if missing and not (folder / "metrics.json").is_file():
+    if missing and not (folder / METRICS).is_file():
         raise InputError(f"{folder} is not the output folder of a finished fit (no {' or '.join(missing)})")
     if missing:  # a finished fit, from before latent.pt and config.yaml were written
         raise InputError(f"{folder} holds a fit made before editing existed ({', '.join(missing)} missing): fit again")
@@ -307,7 +305,7 @@ def edit_texture(
         raise InputError(f"no edited photo {image}")
     name = name or image.stem
     out = run.folder / TEXTURE_EDITS / name
-    input_png = run.folder / "input.png"
+    input_png = run.folder / INPUT
     if input_png.is_file():
         with Image.open(input_png) as original, Image.open(image) as edited:
             if original.size != edited.size:
@@ -318,7 +316,7 @@ def edit_texture(
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError(f"{out} exists; pass --overwrite or another --name")
     out.mkdir(parents=True, exist_ok=True)
-    camera = out / "camera.json"
+    camera = out / CAMERA
     with atomic_path(camera) as temporary:
         temporary.write_text(json.dumps(run.latent["c25"][0].tolist()))
     args = [
@@ -371,7 +369,7 @@ def paint_check(run: Run, edited_run: Path, image: str | Path, device: str = "cp
 
     stage_one = open_generator(str(run.required("model.generator")), int(run.required("model.seed"))).to(device)
     size = stage_one.config.img_resolution
-    original = load_image(run.folder / "input.png", size).to(device)
+    original = load_image(run.folder / INPUT, size).to(device)
     painted = load_image(image, size).to(device)
     mask = ((painted - original).abs().amax(1, keepdim=True) > PAINT_THRESHOLD).float()
     report: dict[str, Any] = {"painted_pixels": int(mask.sum()), "views": [], "mean_iou": None}

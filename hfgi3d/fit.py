@@ -39,8 +39,9 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from hfgi3d import run_folder
 from hfgi3d.callbacks.evaluation import Evaluation
-from hfgi3d.callbacks.outputs import FAILED_JSON, InversionOutputs
+from hfgi3d.callbacks.outputs import InversionOutputs
 from hfgi3d.callbacks.progress import InterruptCheckpoint, StageProgressBar
 from hfgi3d.callbacks.timing import StepTimer
 from hfgi3d.callbacks.wandb_logging import WandbMedia, wandb_loggers
@@ -51,7 +52,6 @@ from hfgi3d.inversion import InversionModule
 from hfgi3d.presets import LINKS
 from hfgi3d.validation import (
     INTERRUPTED_CHECKPOINT,
-    RESULT_FILES,
     FitInputs,
     batch_folder,
     batch_ids,
@@ -77,14 +77,13 @@ def _photo_count(datamodule: PseudoViewDataModule) -> int:
     return datamodule.photo_count
 
 
-RUN_CONFIG = "config.yaml"
 """The run's config in its output folder, as the user gave it (before ``fit`` filled in the output
 folder): ``edit-texture`` reruns stage 2 from it, and ``fit --config RUN/config.yaml`` repeats the run."""
 
 
 class LogConfig(SaveConfigCallback):
     """Save ``config.yaml`` in the log folder (Lightning's behaviour) and in the output folder (the
-    config as given, :data:`RUN_CONFIG`), and send the resolved config to W&B runs.
+    config as given, :data:`hfgi3d.run_folder.CONFIG`), and send the resolved config to W&B runs.
 
     A batch of ``data.images`` saves its config in its batch folder, and in each photo's folder the
     config of that photo alone (``data.image`` and ``data.camera`` in place of ``data.images``), so
@@ -120,7 +119,7 @@ class LogConfig(SaveConfigCallback):
 
     def _save(self, config: Any, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        self.parser.save(config, str(folder / RUN_CONFIG), skip_none=False, overwrite=True)
+        self.parser.save(config, str(folder / run_folder.CONFIG), skip_none=False, overwrite=True)
 
 
 def _logger_entries(trainer_config: Any) -> list[Any]:
@@ -301,7 +300,7 @@ def fit_batches(args: list[str], inputs: FitInputs) -> int:
 
 
 def _has_results(folder: Path) -> bool:
-    return all((folder / name).is_file() for name in RESULT_FILES) or (folder / FAILED_JSON).is_file()
+    return all((folder / name).is_file() for name in run_folder.RESULT_FILES) or (folder / run_folder.FAILED).is_file()
 
 
 def _batch_of_checkpoint(root: Path, ckpt_path: str | None, count: int) -> int | None:

@@ -19,8 +19,8 @@ import yaml
 from hfgi3d.data.inputs import SAMPLE, list_photos, load_camera, read_photo, resolve_input
 from hfgi3d.errors import InputError
 from hfgi3d.generator.checkpoint import generator_resolution
+from hfgi3d.run_folder import RESULT_FILES
 
-RESULT_FILES = ("metrics.json", "reconstruction.png")
 """Files whose presence means a folder already holds results (guarded by ``--overwrite``)."""
 INTERRUPTED_CHECKPOINT = Path("checkpoints") / "interrupted.ckpt"
 """Where, inside its output folder, an interrupted fit leaves its resumable checkpoint."""

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from hfgi3d import run_folder
 from hfgi3d.benchmarks.store import RANK_FILE, append_row, finished, merge
 from hfgi3d.presets import preset_path
 
@@ -90,7 +91,6 @@ def run_fit(
     ``wandb_group`` they log to that W&B group as ``<method>/<image id>`` (a batch: ``<method>/<first
     image id>+``).
     """
-    from hfgi3d.callbacks.outputs import FAILED_JSON
     from hfgi3d.fit import main as fit_main
 
     job = jobs[0]
@@ -121,10 +121,10 @@ def run_fit(
     fit_main(args)
     rows = []
     for photo in photos:
-        if (photo.out / FAILED_JSON).is_file():
-            rows.append({"error": json.loads((photo.out / FAILED_JSON).read_text())["error"]})
+        if (photo.out / run_folder.FAILED).is_file():
+            rows.append({"error": json.loads((photo.out / run_folder.FAILED).read_text())["error"]})
         else:
-            rows.append(json.loads((photo.out / "metrics.json").read_text()))
+            rows.append(json.loads((photo.out / run_folder.METRICS).read_text()))
     return rows
 
 

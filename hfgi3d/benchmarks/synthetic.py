@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from hfgi3d import run_folder
 from hfgi3d.benchmarks.runner import Job, Photo, Worker, run_fit
 from hfgi3d.cameras import orbit_c25
 from hfgi3d.generator import TriPlaneGenerator, load_generator, open_generator
@@ -188,8 +189,8 @@ def score(run_dir: Path, truth_path: Path, lpips: LPIPS) -> dict[str, float | No
     truth (:func:`score_novel_views`); the renders and the truth, side by side, go to ``NOVEL_VS_TRUTH``
     in ``run_dir`` (rows: truth, this method; columns: the 5 views)."""
     case = torch.load(truth_path, map_location="cpu", weights_only=True)
-    generator = load_generator(run_dir / "generator.pt").eval()
-    ws = torch.load(run_dir / "latent.pt", map_location="cpu", weights_only=True)["ws"]
+    generator = load_generator(run_dir / run_folder.GENERATOR).eval()
+    ws = torch.load(run_dir / run_folder.LATENT, map_location="cpu", weights_only=True)["ws"]
     rendered = generator.render_cameras(generator.planes(ws), ws, case["c_novel"], deterministic=True)["image"]
     grid = torch.cat([torch.cat(list(case["truth"]), dim=-1), torch.cat(list(rendered), dim=-1)], dim=-2)
     save_image(grid[None], run_dir / NOVEL_VS_TRUTH)
@@ -254,7 +255,7 @@ def make_job_fn(
             row = {key: value for key, value in metrics.items() if key not in ("image_id", "skipped")}
             row.update(score(photo.out, data / f"{job.image_id}.pt", lpips))
             if not keep_generators:  # ~1 MB tiny, ~120 MB FFHQ-512: scored, no longer needed
-                (photo.out / "generator.pt").unlink()
+                (photo.out / run_folder.GENERATOR).unlink()
             rows.append(row)
         return rows
 
