@@ -6,8 +6,8 @@ For every photo of ``--data`` (EG3D crops with their official ``dataset.json`` l
 its ``PROVENANCE.md``) prints the official yaw and pitch, how far re-cropping moves MTCNN's landmarks
 (pixels at 512²), and each estimator's error (estimate − official, radians): ``pnp5`` (five MTCNN
 points, :class:`hfgi3d.pose.PnPPoseEstimator`) and ``mediapipe``
-(:class:`hfgi3d.pose_mediapipe.MediaPipePoseEstimator`, when installed) and, given its checkpoint,
-``deep3d`` (:class:`hfgi3d.pose_deep3d.Deep3DPoseEstimator`); then mean and max of the absolute
+(:class:`hfgi3d.pose.mediapipe.MediaPipePoseEstimator`, when installed) and, given its checkpoint,
+``deep3d`` (:class:`hfgi3d.pose.deep3d.Deep3DPoseEstimator`); then mean and max of the absolute
 errors per estimator. Everything runs offline on the CPU in a few seconds.
 """
 
@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from hfgi3d.faces import make_detector
-from hfgi3d.pose import PnPPoseEstimator, PoseEstimator
-from hfgi3d.pose_mediapipe import make_mediapipe_estimator, mediapipe_available
+from hfgi3d.pose import PoseEstimator
+from hfgi3d.pose.registry import POSE_ESTIMATORS, EstimatorOptions, make_pose_estimator
 from hfgi3d.preprocess.accuracy import markdown_tables, measure_folder, summarize
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "eg3d_cameras"
@@ -36,15 +36,13 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(1)  # MTCNN's and the fits' many tiny ops gain nothing from threads
-    estimators: dict[str, PoseEstimator] = {"pnp5": PnPPoseEstimator()}
-    if mediapipe_available():
-        estimators["mediapipe"] = make_mediapipe_estimator()
-    else:
-        print("mediapipe is not installed: only pnp5 is measured")
-    if args.deep3d_checkpoint is not None:
-        from hfgi3d.pose_deep3d import Deep3DPoseEstimator
-
-        estimators["deep3d"] = Deep3DPoseEstimator(args.deep3d_checkpoint)
+    options = EstimatorOptions(checkpoint=args.deep3d_checkpoint)
+    estimators: dict[str, PoseEstimator] = {}
+    for name, entry in POSE_ESTIMATORS.items():  # every installed one; those with a model file where it is given
+        if not entry.installed():
+            print(f"{name} is not installed: not measured")
+        elif entry.needs_checkpoint is None or options.checkpoint is not None:
+            estimators[name] = make_pose_estimator(name, options)
     rows = measure_folder(args.data, estimators, make_detector())
     print(markdown_tables(rows))
     if args.json:

@@ -83,6 +83,8 @@ def _run(argv: list[str]) -> int:
 def parse_command(argv: list[str]) -> argparse.Namespace:
     """Parse the command line of a command other than ``fit`` (whose options LightningCLI parses),
     without running it: ``args.run(args)`` does. Raises :class:`InputError` for a bad command line."""
+    from hfgi3d.pose.registry import POSE_ESTIMATORS
+
     parser = _Parser(
         prog="python -m hfgi3d",
         description="hfgi3d: invert a face photo into EG3D with pseudo-multi-view optimization, re-render it from "
@@ -158,10 +160,11 @@ def parse_command(argv: list[str]) -> argparse.Namespace:
         "--min-face-px", type=int, default=64, help="ignore faces smaller than this in the photo (default 64)"
     )
     preprocess.add_argument(
-        "--pose-estimator", choices=("auto", "mediapipe", "pnp5", "deep3d"), default=None,
+        "--pose-estimator", choices=("auto", *POSE_ESTIMATORS), default=None,
         help="auto (default; deep3d when --deep3d-checkpoint is given): MediaPipe's Face Landmarker where "
-        "installed (hfgi3d[editing]), else pnp5; mediapipe: insist on it; pnp5: five MTCNN points on a mean "
-        "face; deep3d: Deep3DFaceRecon, the network EG3D's own labels come from (docs/reference.md: accuracy table)",
+        "installed, else pnp5. "
+        + "; ".join(f"{name}: {entry.summary}" for name, entry in POSE_ESTIMATORS.items())
+        + " (docs/reference.md: accuracy table)",
     )  # fmt: skip
     preprocess.add_argument(
         "--deep3d-checkpoint", type=Path, default=None, metavar="PATH",
@@ -365,10 +368,9 @@ def _edit_texture(args: argparse.Namespace) -> int:
 
 def _preprocess(args: argparse.Namespace) -> int:
     from hfgi3d.faces import make_detector
-    from hfgi3d.pose import PnPPoseEstimator, PoseEstimator
-    from hfgi3d.pose_mediapipe import make_mediapipe_estimator, mediapipe_available
+    from hfgi3d.pose import PoseEstimator
+    from hfgi3d.pose.registry import POSE_ESTIMATORS, EstimatorOptions, make_pose_estimator
     from hfgi3d.preprocess import PreprocessOptions, format_summary, preprocess
-    from hfgi3d.scorers import EDITING_INSTALL
 
     options = PreprocessOptions(
         size=args.size,
@@ -379,20 +381,10 @@ def _preprocess(args: argparse.Namespace) -> int:
     )
     estimator: PoseEstimator | None = None  # auto: preprocess picks, and notes a missing MediaPipe in its report
     choice = args.pose_estimator or ("deep3d" if args.deep3d_checkpoint is not None else "auto")
-    if choice == "deep3d":
-        from hfgi3d.pose_deep3d import Deep3DPoseEstimator
-
-        if args.deep3d_checkpoint is None:
-            raise InputError("--pose-estimator deep3d needs --deep3d-checkpoint PATH (Deep3DFaceRecon's epoch_20.pth)")
-        estimator = Deep3DPoseEstimator(args.deep3d_checkpoint, args.device)
-    elif args.deep3d_checkpoint is not None:
+    if args.deep3d_checkpoint is not None and (choice == "auto" or not POSE_ESTIMATORS[choice].needs_checkpoint):
         raise InputError(f"--deep3d-checkpoint is only read by --pose-estimator deep3d, not {choice}")
-    elif choice == "pnp5":
-        estimator = PnPPoseEstimator()
-    elif choice == "mediapipe":
-        if not mediapipe_available():
-            raise InputError(f"--pose-estimator mediapipe needs MediaPipe: {EDITING_INSTALL}")
-        estimator = make_mediapipe_estimator()
+    if choice != "auto":
+        estimator = make_pose_estimator(choice, EstimatorOptions(args.deep3d_checkpoint, args.device))
     report = preprocess(
         args.input, args.output, options, detector=make_detector(args.device), progress=True, estimator=estimator
     )

@@ -25,15 +25,16 @@ Convention:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple, TypeAlias
+from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
 import numpy as np
 import torch
-from facenet_pytorch import MTCNN
-from kornia.geometry.transform import warp_affine as kornia_warp_affine
 from PIL import Image
 from skimage.transform import SimilarityTransform
 from torch import Tensor
+
+if TYPE_CHECKING:  # facenet-pytorch and kornia are imported where used: the CLI's parsers import this module
+    from facenet_pytorch import MTCNN
 
 ImageLike: TypeAlias = Tensor | np.ndarray | Image.Image
 """What :func:`detect_faces` accepts: a ``3×H×W`` / ``1×3×H×W`` tensor in ``[-1, 1]``, an
@@ -98,6 +99,8 @@ def make_detector(
 
     Build it once and keep it: construction reads three weight files.
     """
+    from facenet_pytorch import MTCNN
+
     detector = MTCNN(
         min_face_size=min_face_size,
         thresholds=list(thresholds),
@@ -278,6 +281,8 @@ def warp_affine(
         raise ValueError(f"expected 2×3 or B×2×3 affine matrices for a batch of {batch}, got {tuple(matrix.shape)}")
     if bool((torch.linalg.det(matrices[:, :, :2]) == 0).any()):
         raise ValueError(f"singular affine matrix {matrix.tolist()}: it flattens the image onto a line or a point")
+    from kornia.geometry.transform import warp_affine as kornia_warp_affine
+
     return kornia_warp_affine(
         image,
         matrices,  # a 1×2×3 matrix broadcasts over the batch

@@ -11,7 +11,7 @@ import torch
 from hfgi3d.cameras import frontal_c25, orbit_c25, split_c25, yaw_pitch_of
 from hfgi3d.faces import make_detector
 from hfgi3d.pose import PnPPoseEstimator, PoseEstimator
-from hfgi3d.pose_mediapipe import (
+from hfgi3d.pose.mediapipe import (
     BFM_CORRESPONDENCES,
     NUM_MESH_VERTICES,
     MediaPipePoseEstimator,

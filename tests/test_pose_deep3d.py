@@ -1,4 +1,4 @@
-"""Deep3DFaceRecon's pose network and EG3D's label conversion (hfgi3d.pose_deep3d), on files built in the
+"""Deep3DFaceRecon's pose network and EG3D's label conversion (hfgi3d.pose.deep3d), on files built in the
 official format: the released checkpoint cannot be downloaded here, so no accuracy is claimed."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 
 from hfgi3d.cameras import split_c25
 from hfgi3d.cli import main
-from hfgi3d.pose_deep3d import (
+from hfgi3d.pose.deep3d import (
     ANGLE_SLICE,
     STATE_KEY,
     TRANSLATION_SLICE,

@@ -16,12 +16,12 @@ import torch
 from facenet_pytorch import MTCNN
 from PIL import Image
 
-from hfgi3d import pose_mediapipe
 from hfgi3d.cameras import frontal_c25, orbit_c25, yaw_pitch_of
 from hfgi3d.cli import main
 from hfgi3d.data.inputs import load_camera, load_image
 from hfgi3d.faces import LEFT_EYE, RIGHT_EYE, Detections, detect_faces, make_detector
 from hfgi3d.pose import LANDMARKS_BFM_DM, PnPPoseEstimator, PoseEstimate, canonical_landmarks_px
+from hfgi3d.pose import mediapipe as pose_mediapipe
 from hfgi3d.preprocess import (
     DATASET_JSON,
     REPORT_JSON,

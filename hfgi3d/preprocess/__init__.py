@@ -44,7 +44,7 @@ from hfgi3d.errors import InputError
 from hfgi3d.faces import make_detector
 from hfgi3d.io import write_bytes_atomic
 from hfgi3d.pose import PoseEstimator
-from hfgi3d.pose_mediapipe import default_pose_estimator
+from hfgi3d.pose.mediapipe import default_pose_estimator
 from hfgi3d.preprocess.choice import FaceChoice, detect_in_photo, select_face
 from hfgi3d.preprocess.crop import (
     DEFAULT_SIZE,
@@ -125,7 +125,7 @@ def preprocess(
         input_path: a photo, or a folder whose image files are all processed.
         output_dir: receives ``<stem>.png`` crops, ``dataset.json`` and ``preprocess_report.json``.
         options: crop size, face choice and overwrite policy (defaults: :class:`PreprocessOptions`).
-        estimator: pose from the crop (default: :func:`hfgi3d.pose_mediapipe.default_pose_estimator`, MediaPipe's
+        estimator: pose from the crop (default: :func:`hfgi3d.pose.mediapipe.default_pose_estimator`, MediaPipe's
             landmarks where mediapipe is installed, else MTCNN's five points and a note in the report).
         detector: from :func:`hfgi3d.faces.make_detector` (built on the CPU when needed and not given).
         progress: show a tqdm progress bar.

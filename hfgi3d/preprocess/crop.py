@@ -47,7 +47,7 @@ Convention (the crop):
       and, farther out, towards the median colour of the crop's in-photo pixels — FFHQ's padding
       recipe (ramp 30 % of the crop, blur also 10 % inside the border), not bit-exact.
 
-    The camera comes from the aligned crop (:mod:`hfgi3d.pose`, :mod:`hfgi3d.pose_mediapipe`): an
+    The camera comes from the aligned crop (:mod:`hfgi3d.pose`, :mod:`hfgi3d.pose.mediapipe`): an
     orbit camera ``orbit_c25(yaw, pitch)``, which has no roll. Seen from an orbit camera that is
     turned *and* raised or lowered, an upright head's eye line is not level (1.9° at yaw 0.3,
     pitch 0.1 rad; 6.8° at yaw 0.5, pitch 0.25), so a levelled crop of such a face disagrees with
@@ -315,7 +315,7 @@ def align_face(
             cut from them truncated to whole pixels, as EG3D's (:func:`eg3d_landmarks`).
         size: crop side, pixels.
         estimator: pose from the crop (default :class:`hfgi3d.pose.PnPPoseEstimator`;
-            :func:`hfgi3d.pose_mediapipe.default_pose_estimator` picks the most accurate installed one).
+            :func:`hfgi3d.pose.mediapipe.default_pose_estimator` picks the most accurate installed one).
     """
     estimator = PnPPoseEstimator() if estimator is None else estimator
     matrix = crop_transform(eg3d_landmarks(landmarks_px)[None], size).matrix

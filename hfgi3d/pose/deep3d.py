@@ -3,7 +3,7 @@
 EG3D labels every training photo (FFHQ, and in-the-wild photos through
 ``dataset_preprocessing/ffhq/preprocess_in_the_wild.py``) with the head pose Deep3DFaceRecon_pytorch
 regresses from it, converted by ``3dface2idr_mat.py`` and ``preprocess_face_cameras.py``. The
-estimators of :mod:`hfgi3d.pose` and :mod:`hfgi3d.pose_mediapipe` fit a mean face to landmarks,
+estimators of :mod:`hfgi3d.pose` and :mod:`hfgi3d.pose.mediapipe` fit a mean face to landmarks,
 so each face's own shape (a long nose, a child's proportions) shifts their pitch by ~0.07 rad
 against EG3D's labels (``benchmarks/README.md``). :class:`Deep3DPoseEstimator` runs the network
 EG3D ran, so its cameras are EG3D's labels, up to the crop's resampling. It needs

@@ -4,7 +4,7 @@ The pose is a camera on EG3D's orbit (radius 2.7 around the world origin, lookin
 ``[0, 0, 0.2]``, fixed FFHQ intrinsics; see :mod:`hfgi3d.cameras`), so only its yaw and pitch are
 unknown. :class:`PnPPoseEstimator` finds them by fitting the projections of five canonical 3D
 landmarks (:func:`canonical_landmarks_world`) to the five detected ones; :func:`fit_orbit_pose` is
-the fit itself, for any number of points (:mod:`hfgi3d.pose_mediapipe` fits MediaPipe's landmarks
+the fit itself, for any number of points (:mod:`hfgi3d.pose.mediapipe` fits MediaPipe's landmarks
 with it). Any estimator with the :class:`PoseEstimator` method ``estimate(crop, landmarks)`` →
 :class:`PoseEstimate` (camera, estimator name, confidence, reprojection error) can be passed to
 :mod:`hfgi3d.preprocess`.
@@ -38,7 +38,7 @@ Accuracy (measured; ``tests/test_pose.py`` checks the synthetic figures):
     * Against EG3D's own cameras (Deep3DFaceRecon fits) on five real EG3D crops
       (``tests/data/eg3d_cameras``, ``benchmarks/pose_accuracy.py``): mean |Δyaw| 0.059, max 0.165;
       mean |Δpitch| 0.109, max 0.369 rad (a small child, whose proportions are far from the mean
-      face's). MediaPipe's landmarks do better (:mod:`hfgi3d.pose_mediapipe`).
+      face's). MediaPipe's landmarks do better (:mod:`hfgi3d.pose.mediapipe`).
     * Beyond ``|yaw| ≈ 0.8`` rad the far eye is partly hidden, MTCNN's landmarks degrade, and five
       points say little. EG3D's own labels come from a 3DMM fit (Deep3DFaceRecon: dense
       photometric fit with identity and expression) and are more accurate; pass such a camera
@@ -163,7 +163,7 @@ class PoseEstimate(NamedTuple):
 
     c25: Tensor
     """``1×25`` float32 camera label: an orbit camera (:func:`hfgi3d.cameras.orbit_c25`), or EG3D's own label
-    formula (``deep3d``, :mod:`hfgi3d.pose_deep3d`)."""
+    formula (``deep3d``, :mod:`hfgi3d.pose.deep3d`)."""
     estimator: str
     """Which estimator answered (``"mediapipe"``, ``"pnp5"``, ``"deep3d"``): a fallback names itself."""
     confidence: float
