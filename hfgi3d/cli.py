@@ -328,7 +328,7 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _fit_direction(args: argparse.Namespace) -> int:
-    from hfgi3d.direction_fit import fit_direction
+    from hfgi3d.editing.direction_fit import fit_direction
 
     metadata = fit_direction(
         args.generator, args.scorer, args.attribute, args.samples, args.top, args.out, seed=args.seed,
@@ -348,7 +348,7 @@ def _fit_direction(args: argparse.Namespace) -> int:
 
 
 def _edit(args: argparse.Namespace) -> int:
-    from hfgi3d.edit import edit
+    from hfgi3d.editing.edit import edit
 
     out = edit(
         args.run_dir, args.direction, args.strength, args.condition, tuple(args.layers) if args.layers else None,
@@ -359,7 +359,7 @@ def _edit(args: argparse.Namespace) -> int:
 
 
 def _edit_texture(args: argparse.Namespace) -> int:
-    from hfgi3d.edit import edit_texture
+    from hfgi3d.editing.edit import edit_texture
 
     out = edit_texture(args.run_dir, args.image, args.name, args.overwrite, args.fit_args)
     print(f"wrote {out}")

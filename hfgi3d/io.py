@@ -8,6 +8,7 @@ the target is left as it was.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -46,3 +47,15 @@ def write_json_atomic(path: str | os.PathLike[str], content: Any, indent: int = 
     """Write ``content`` as JSON (no NaN or infinity: they are not JSON) atomically."""
     text = json.dumps(content, indent=indent, allow_nan=False) + "\n"
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def file_sha256(path: str | Path) -> str | None:
+    """The sha256 of a file, or ``None`` for a spec that is no file (``tiny``, a .yaml config)."""
+    path = Path(path)
+    if not path.is_file() or path.suffix in (".yaml", ".yml"):
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -20,7 +20,7 @@ import torch
 from hfgi3d.cli import main
 from hfgi3d.data.datamodule import PseudoViewDataModule
 from hfgi3d.data.inputs import list_photos
-from hfgi3d.edit import open_run
+from hfgi3d.editing.edit import open_run
 from hfgi3d.errors import InputError
 from hfgi3d.generator import open_generator
 from hfgi3d.inversion import InversionModule

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from hfgi3d import scorers
 from hfgi3d.cameras import frontal_c25
 from hfgi3d.cli import main
-from hfgi3d.directions import load_direction
+from hfgi3d.editing import scorers
+from hfgi3d.editing.directions import load_direction
 from hfgi3d.errors import InputError
 from hfgi3d.generator import open_generator
 

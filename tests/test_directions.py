@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from hfgi3d.directions import Direction, condition, load_direction, unit
+from hfgi3d.editing.directions import Direction, condition, load_direction, unit
 from hfgi3d.errors import InputError
 
 NUM_WS = 14

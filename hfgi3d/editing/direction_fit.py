@@ -9,7 +9,7 @@ Scores are written in chunks of ``chunk`` samples next to the output (``.<name>.
 are computed, so a killed run continues where it stopped; each chunk's ``z`` comes from its own
 seed, so only the scores are stored, and the kept samples' ``w`` are mapped again at the end.
 
-Renders without a face (a ``NaN`` score, :mod:`hfgi3d.scorers`) are left out of the ranking and
+Renders without a face (a ``NaN`` score, :mod:`hfgi3d.editing.scorers`) are left out of the ranking and
 counted (``samples_without_face`` in the metadata); the run stops with a one-line error as soon as
 fewer than ``2·top`` scored samples can remain. Any other non-finite score is the scorer's fault and
 an error.
@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hfgi3d.editing.scorers import make_scorer, scorer_details
 from hfgi3d.errors import InputError
-from hfgi3d.io import atomic_path, write_json_atomic
-from hfgi3d.scorers import file_sha256, make_scorer, scorer_details
+from hfgi3d.io import atomic_path, file_sha256, write_json_atomic
 
 
 def _chunk_z(seed: int, index: int, size: int, z_dim: int) -> Tensor:

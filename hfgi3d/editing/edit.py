@@ -150,8 +150,8 @@ def edit(
 
     from hfgi3d.callbacks.outputs import write_mesh
     from hfgi3d.cameras import orbit_c25, yaw_pitch_grid, yaw_pitch_orbit
-    from hfgi3d.direction_fit import file_sha256
-    from hfgi3d.directions import condition, load_direction
+    from hfgi3d.editing.directions import condition, load_direction
+    from hfgi3d.io import file_sha256
     from hfgi3d.video import save_image_grid, write_video
 
     if not strengths:
