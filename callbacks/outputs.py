@@ -11,7 +11,7 @@ Files: ``input.png``, ``reconstruction.png``, ``novel_views.png`` (yaw × pitch 
 ``generator.pt`` (the tuned generator, float16 by default). The evaluation callback
 (:mod:`hfgi3d.callbacks.evaluation`) adds ``metrics.json`` to the folder and ``fit`` the run's
 ``config.yaml``. ``python -m hfgi3d edit`` and ``edit-texture`` read ``latent.pt``,
-``generator.pt`` and ``config.yaml`` (:mod:`hfgi3d.edit`).
+``generator.pt`` and ``config.yaml`` (:mod:`hfgi3d.editing.edit`).
 
 ``camera.json`` holds the input camera the results were rendered with (``c25``), the one the fit
 started from (``initial_c25``) and, with ``model.refine_camera``, the refined offsets
