@@ -63,7 +63,7 @@ from hfgi3d.data.pseudo_views import PseudoViews
 from hfgi3d.generator import TriPlaneGenerator, open_generator
 from hfgi3d.generator.stacked import StackedGenerator
 from hfgi3d.geometry import difference_mask
-from hfgi3d.losses import LPIPS, LpipsTarget, mse_per_sample
+from hfgi3d.losses import LPIPS, LpipsTarget, mse_per_sample, weighted_reconstruction
 
 ESTIMATE = "estimate"
 OCCLUDED = "occluded"
@@ -357,11 +357,12 @@ class InversionModule(L.LightningModule):
         """``L_rec`` of renders against a target whose LPIPS features ``target()`` gives (asked only when
         LPIPS counts): ``{loss, loss_l2[, loss_lpips]}``, each ``N``: a photo's mean over its images
         (``pred`` photo-major)."""
+        hp = self.hp
         loss_l2 = self._per_photo(mse_per_sample(pred, image, mask))
         if not self.uses_lpips:
-            return {"loss": self.hp.lambda_l2 * loss_l2, "loss_l2": loss_l2}
+            return {"loss": weighted_reconstruction(loss_l2, None, hp.lambda_l2, hp.lambda_lpips), "loss_l2": loss_l2}
         loss_lpips = self._per_photo(self._lpips_distance(pred, target()))
-        loss = self.hp.lambda_l2 * loss_l2 + self.hp.lambda_lpips * loss_lpips
+        loss = weighted_reconstruction(loss_l2, loss_lpips, hp.lambda_l2, hp.lambda_lpips)
         return {"loss": loss, "loss_l2": loss_l2, "loss_lpips": loss_lpips}
 
     def _target(self, key: str, image: Tensor, mask: Tensor | None = None) -> LpipsTarget:
@@ -647,15 +648,16 @@ class InversionModule(L.LightningModule):
         if hp.aux_target == "masked":
             occluded_l2 = self._per_photo(mse_per_sample(render, batch["aux_occluded"], batch["aux_mask_occluded"]))
             visible_l2 = self._per_photo(mse_per_sample(render, batch["aux_visible"], batch["aux_mask_visible"]))
-            occluded, visible = hp.lambda_l2 * occluded_l2, hp.lambda_l2 * visible_l2
+            occluded_lpips = visible_lpips = None
             if self.uses_lpips:
                 occluded_target, visible_target = self._aux_targets(batch, ("occluded", "visible"))
                 # One VGG pass for both terms: the render under M_o, then under M_v.
                 distances = self._lpips_distance(
                     torch.cat([render, render]), LpipsTarget.cat([occluded_target, visible_target])
                 )
-                occluded = occluded + hp.lambda_lpips * self._per_photo(distances[:count])
-                visible = visible + hp.lambda_lpips * self._per_photo(distances[count:])
+                occluded_lpips, visible_lpips = self._per_photo(distances[:count]), self._per_photo(distances[count:])
+            occluded = weighted_reconstruction(occluded_l2, occluded_lpips, hp.lambda_l2, hp.lambda_lpips)
+            visible = weighted_reconstruction(visible_l2, visible_lpips, hp.lambda_l2, hp.lambda_lpips)
             total = hp.lambda_occluded * occluded + hp.lambda_visible * visible
             return total, {"loss_occluded": occluded, "loss_visible": visible}
         if hp.aux_target == "blended":

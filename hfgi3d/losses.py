@@ -466,6 +466,13 @@ class LpipsTarget:
         return LpipsTarget(features, None if masks[0] is None else torch.cat(masks))  # type: ignore[arg-type]
 
 
+def weighted_reconstruction(l2: Tensor, lpips: Tensor | None, lambda_l2: float, lambda_lpips: float) -> Tensor:
+    """``L_rec = λ_l2 · MSE + λ_lpips · LPIPS`` from its unweighted terms (``lpips`` ``None``: no LPIPS
+    term, as with ``λ_lpips = 0``). The one place the two terms are weighted: :func:`reconstruction_loss`
+    and the inversion's stages (which reduce and cache the terms their own way) both call it."""
+    return lambda_l2 * l2 if lpips is None else lambda_l2 * l2 + lambda_lpips * lpips
+
+
 def reconstruction_loss(
     pred: Tensor,
     target: Tensor,
@@ -491,4 +498,5 @@ def reconstruction_loss(
         raise ValueError(f"lambda_lpips={lambda_lpips} needs an LPIPS module: pass lpips=LPIPS(...) or lambda_lpips=0")
     loss_l2 = masked_mse(pred, target, mask)
     loss_lpips = lpips(pred, target, mask).mean() if lpips is not None else torch.zeros_like(loss_l2)
-    return {"loss": lambda_l2 * loss_l2 + lambda_lpips * loss_lpips, "loss_l2": loss_l2, "loss_lpips": loss_lpips}
+    loss = weighted_reconstruction(loss_l2, loss_lpips, lambda_l2, lambda_lpips)
+    return {"loss": loss, "loss_l2": loss_l2, "loss_lpips": loss_lpips}
