@@ -16,7 +16,7 @@ from hfgi3d.pose import (
     PoseEstimator,
     canonical_landmarks_px,
     canonical_landmarks_world,
-    project_points,
+    pixel_positions,
 )
 
 SIZE = 512
@@ -60,13 +60,13 @@ def test_canonical_face_convention() -> None:
     torch.testing.assert_close(template, expected, atol=0.1, rtol=0)
 
 
-def test_project_points_inverts_pixel_rays() -> None:
+def test_pixel_positions_invert_pixel_rays() -> None:
     """A point on the ray through a pixel centre projects onto that pixel (the camera module's convention)."""
     c25 = orbit_c25(torch.tensor([0.3, -0.2]), torch.tensor([0.1, -0.25]))
     resolution = 8
     origins, directions = pixel_rays(c25[:, :16].reshape(-1, 4, 4), c25[:, 16:].reshape(-1, 3, 3), resolution)
     points = origins + 2.5 * directions  # N×R²×3
-    projected = project_points(c25, points, resolution)  # N×R²×2
+    projected = pixel_positions(points, c25, resolution)  # N×R²×2
     rows, cols = torch.meshgrid(torch.arange(resolution), torch.arange(resolution), indexing="ij")
     expected = torch.stack([cols, rows], dim=-1).reshape(1, -1, 2).float().expand_as(projected)
     torch.testing.assert_close(projected, expected, atol=1e-3, rtol=0)

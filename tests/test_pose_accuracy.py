@@ -96,15 +96,15 @@ def test_canonical_mesh_from_the_bundle() -> None:
 @MEDIAPIPE
 def test_mediapipe_fit_recovers_a_synthetic_pose(mediapipe_estimator: MediaPipePoseEstimator) -> None:
     """The mesh's own projection, reframed by an affine map, is fitted back to its pose (no image involved)."""
-    from hfgi3d.pose import affine_misfit, fit_orbit_pose, project_points
+    from hfgi3d.pose import affine_misfit, fit_orbit_pose, pixel_positions
 
     yaw, pitch = torch.tensor([0.35, -0.2]), torch.tensor([-0.15, 0.25])
     model = mediapipe_estimator.model_world
-    observed = project_points(orbit_c25(yaw, pitch).double(), model, SIZE)  # 2×33×2
+    observed = pixel_positions(model, orbit_c25(yaw, pitch).double(), SIZE)  # 2×33×2
     observed = observed @ torch.tensor([[1.1, 0.05], [-0.02, 0.9]], dtype=torch.float64) + 12.0
 
     def residuals(points: torch.Tensor, y: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        return affine_misfit(points, project_points(orbit_c25(y, p).double(), model, SIZE))
+        return affine_misfit(points, pixel_positions(model, orbit_c25(y, p).double(), SIZE))
 
     found_yaw, found_pitch = fit_orbit_pose(observed, residuals, 1.2, 0.8)
     torch.testing.assert_close(found_yaw.float(), yaw, atol=SYNTHETIC_RAD, rtol=0)

@@ -129,12 +129,13 @@ def bfm_dm_to_world(points_dm: Tensor) -> Tensor:
     return rescale * (BFM_DM_TO_EG3D * points_dm.to(torch.float64) + shift)
 
 
-def project_points(c25: Tensor, points_world: Tensor, image_size: int) -> Tensor:
-    """Pixel positions of world points seen by EG3D cameras.
+def pixel_positions(points_world: Tensor, c25: Tensor, image_size: int) -> Tensor:
+    """Pixel positions of world points seen by EG3D cameras (the arguments in the order of
+    :func:`hfgi3d.geometry.project_points`, which also returns depth and validity).
 
     Args:
-        c25: ``N×25`` camera labels (OpenCV cam2world, normalized intrinsics).
         points_world: ``K×3`` or ``N×K×3`` points, world units, in front of the cameras.
+        c25: ``N×25`` camera labels (OpenCV cam2world, normalized intrinsics).
         image_size: side ``S`` of the square image, pixels.
 
     Returns:
@@ -155,7 +156,7 @@ def canonical_landmarks_px(c25: Tensor, image_size: int) -> Tensor:
     With the frontal camera this is the alignment template of :mod:`hfgi3d.preprocess`: where a
     frontal average face lands in an aligned crop.
     """
-    return project_points(c25, canonical_landmarks_world(c25.dtype), image_size)
+    return pixel_positions(canonical_landmarks_world(c25.dtype), c25, image_size)
 
 
 class PoseEstimate(NamedTuple):

@@ -54,7 +54,7 @@ from hfgi3d.pose import (
     bfm_dm_to_world,
     fit_orbit_pose,
     misfit_summary,
-    project_points,
+    pixel_positions,
 )
 
 GEOMETRY_METADATA = "geometry_pipeline_metadata_landmarks.binarypb"
@@ -207,7 +207,7 @@ class MediaPipePoseEstimator:
 
         def residuals(observed_px: Tensor, yaw: Tensor, pitch: Tensor) -> Tensor:
             c25 = orbit_c25(yaw, pitch, self.radius, self.pivot, self.focal).to(torch.float64)
-            return affine_misfit(observed_px, project_points(c25, self.model_world, size))
+            return affine_misfit(observed_px, pixel_positions(self.model_world, c25, size))
 
         yaw, pitch = fit_orbit_pose(observed, residuals, self.yaw_limit_rad, self.pitch_limit_rad)
         rms, inliers = misfit_summary(residuals(observed, yaw, pitch), len(self.basis_ids), size)
