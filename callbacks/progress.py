@@ -33,6 +33,10 @@ class StageProgressBar(TQDMProgressBar):
     ) -> None:
         self._show(trainer, pl_module)
 
+    @property
+    def train_description(self) -> str:
+        return self._stage or "fit"
+
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)  # the logger's version number says nothing about the fit
@@ -46,18 +50,21 @@ class StageProgressBar(TQDMProgressBar):
         spans = module.stage_spans()
         name, first, end = next(((n, f, e) for n, f, e in spans if step < e), spans[-1])
         if name != self._stage:
-            if self._stage is not None:  # the finished stage keeps its line, complete
+            finished, self._stage = self._stage, name
+            if finished is not None:  # the finished stage keeps its line, complete
                 bar.n = bar.total
-                bar.set_postfix(self.get_metrics(trainer, module))
+                bar.set_postfix(self.get_metrics(trainer, module), refresh=False)
                 bar.close()
-                bar = self.train_progress_bar = self.init_train_tqdm()
+                bar = self.train_progress_bar = self.init_train_tqdm()  # named after the new stage
+            bar.set_description(name, refresh=False)
             bar.reset(total=end - first)
             bar.initial = step - first  # steps done before this run (a resume) do not count in the rate
-            bar.set_description(name)
-            self._stage = name
         bar.n = step - first
-        bar.set_postfix(self.get_metrics(trainer, module))
-        bar.refresh()
+        bar.set_postfix(self.get_metrics(trainer, module), refresh=False)
+        if step >= spans[-1][2]:
+            bar.close()  # drawn once more, complete, before what the outputs print after the last step
+        else:
+            bar.refresh()  # once per step: in a log file every refresh is a line
 
 
 class InterruptCheckpoint(OnExceptionCheckpoint):

@@ -198,3 +198,27 @@ def test_pose_error_is_the_distance_to_the_estimated_camera(tmp_path: Path) -> N
     yaw, pitch = yaw_pitch_of(split_c25(c25)[0])
     turned = orbit_c25(yaw + 0.3, pitch)
     assert float(pose_errors(detector, image, turned, PnPPoseEstimator())[0]) == pytest.approx(0.3, abs=0.03)
+
+
+def test_the_progress_bar_draws_each_step_once_per_stage_and_ends_before_the_outputs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Written to a log (not a terminal), every redraw is a line: each stage's bar shows each step
+    once, named after the stage, and the last stage's final line comes before the outputs' lines."""
+    args = [
+        "fit", "--config", "configs/hfgi3d.yaml", "--config", "configs/demo.yaml",
+        "--model.w_avg_samples", "16", "--model.estimate_steps", "3", "--model.occluded_steps", "2",
+        "--model.pseudo_multiview_steps", "3", "--model.lambda_lpips", "0", "--data.num_views", "2",
+        "--data.pseudo_views.poisson_iterations", "20", "--outputs.orbit_frames", "0",
+        "--outputs.mesh_resolution", "0", "--evaluation.every_n_steps", "0",
+        "--evaluation.metrics.pose_accuracy", "false", "--output_dir", str(tmp_path / "run"),
+    ]  # fmt: skip
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    draws = [line.strip() for line in captured.out.replace("\r", "\n").splitlines() if "|" in line]
+    for stage, steps in (("estimate", 3), ("occluded", 2), ("pseudo_multiview", 3)):
+        for step in range(1, steps + 1):
+            drawn = [line for line in draws if line.startswith(f"{stage}:") and f"| {step}/{steps} [" in line]
+            assert len(drawn) == 1, (stage, step, drawn)
+    assert not any(line.startswith("Training") for line in draws), draws
+    assert draws[-1].startswith("pseudo_multiview: 100%") and "3/3" in draws[-1]
