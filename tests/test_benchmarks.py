@@ -10,13 +10,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from hfgi3d.benchmarks.__main__ import main as benchmarks_main
 from hfgi3d.benchmarks.aggregate import markdown_table, summarize
-from hfgi3d.benchmarks.runner import Job, Worker, batches, run_shard, shard
+from hfgi3d.benchmarks.runner import Job, Photo, Worker, batches, run_fit, run_shard, shard
 from hfgi3d.benchmarks.store import MERGED_FILE, append_row, finished, merge, read_rows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,6 +89,24 @@ def test_batches_of_one_method_and_a_rerun_does_only_the_unfinished_photos(tmp_p
     calls.clear()
     assert run_shard(jobs, tmp_path, worker, job_fn, batch_size=2, retry_errors=True) == 1  # only the failure
     assert calls == [[("img2", "hfgi3d")]]
+
+
+@pytest.mark.parametrize("code", [130, 143], ids=["Ctrl-C", "SIGTERM"])
+def test_an_interrupted_fit_stops_the_benchmark_without_a_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    """A fit stopped by Ctrl-C or SIGTERM (it returns 130 / 143) stops the benchmark and leaves no row, so
+    a resumed benchmark runs that job again instead of skipping it as failed."""
+    monkeypatch.setattr("hfgi3d.fit.main", lambda args: code)
+    photo = Photo(tmp_path / "a.png", tmp_path / "a.json", tmp_path / "runs" / "pti" / "a")
+
+    def job_fn(batch: list[Job], worker: Worker) -> list[dict[str, Any]]:
+        return run_fit(batch, worker, "tiny", None, [photo])
+
+    jobs = [Job("a", "pti", {"presets": []}), Job("b", "pti", {"presets": []})]
+    with pytest.raises(KeyboardInterrupt, match="the fit of pti/a was interrupted"):
+        run_shard(jobs, tmp_path, Worker(0, 1, "cpu", 0), job_fn)
+    assert not (tmp_path / "results.rank0.jsonl").exists()
 
 
 def test_one_job_per_batch_runs_image_by_image() -> None:

@@ -118,7 +118,8 @@ def run_fit(
             "--config", str(preset_path(WANDB_PRESET)), "--trainer.logger.init_args.group", wandb_group,
             "--trainer.logger.init_args.name", name, "--trainer.logger.init_args.tags", f"[{job.method}]",
         ]  # fmt: skip
-    fit_main(args)
+    if fit_main(args) != 0:  # 130 / 143: Ctrl-C or SIGTERM stopped the fit (it saved a checkpoint)
+        raise KeyboardInterrupt(f"the fit of {name} was interrupted")  # the benchmark stops; no row
     rows = []
     for photo in photos:
         if (photo.out / run_folder.FAILED).is_file():
