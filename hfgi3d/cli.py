@@ -269,7 +269,11 @@ def parse_command(argv: list[str]) -> argparse.Namespace:
         args, fit_args = parser.parse_known_args(argv)
         args.fit_args = fit_args
         return args
-    return parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # named with the command's own help, not the top level's
+        command = " ".join(word for word in (args.command, getattr(args, "directions_command", None)) if word)
+        raise InputError(f"unrecognized arguments: {' '.join(unknown)} (see `python -m hfgi3d {command} --help`)")
+    return args
 
 
 def _convert_eg3d(args: argparse.Namespace) -> int:
