@@ -53,7 +53,6 @@ MASK_TINT_VISIBLE = (-1.0, 1.0, -1.0)  # green, in [-1, 1]
 MASK_TINT_OCCLUDED = (1.0, -1.0, -1.0)  # red
 MASK_TINT_ALPHA = 0.4
 
-"""In the folder of a photo the fit dropped: its id and why."""
 GeneratorFormat = Literal["fp16", "fp32", "none"]
 GENERATOR_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 

@@ -265,12 +265,10 @@ def parse_command(argv: list[str]) -> argparse.Namespace:
     texture.add_argument("--overwrite", action="store_true", help="replace an existing texture edit of that name")
     texture.set_defaults(run=_edit_texture)
 
-    if argv and argv[0] == "edit-texture":  # what follows its own options is passed on to fit
-        args, fit_args = parser.parse_known_args(argv)
-        args.fit_args = fit_args
-        return args
     args, unknown = parser.parse_known_args(argv)
-    if unknown:  # named with the command's own help, not the top level's
+    if args.command == "edit-texture":  # what follows its own options is passed on to fit
+        args.fit_args = unknown
+    elif unknown:  # named with the command's own help, not the top level's
         command = " ".join(word for word in (args.command, getattr(args, "directions_command", None)) if word)
         raise InputError(f"unrecognized arguments: {' '.join(unknown)} (see `python -m hfgi3d {command} --help`)")
     return args

@@ -77,10 +77,6 @@ def _photo_count(datamodule: PseudoViewDataModule) -> int:
     return datamodule.photo_count
 
 
-"""The run's config in its output folder, as the user gave it (before ``fit`` filled in the output
-folder): ``edit-texture`` reruns stage 2 from it, and ``fit --config RUN/config.yaml`` repeats the run."""
-
-
 class LogConfig(SaveConfigCallback):
     """Save ``config.yaml`` in the log folder (Lightning's behaviour) and in the output folder (the
     config as given, :data:`hfgi3d.run_folder.CONFIG`), and send the resolved config to W&B runs.

@@ -6,7 +6,8 @@ the benchmarks read back. Pictures, video and meshes are named where they are wr
 from __future__ import annotations
 
 CONFIG = "config.yaml"
-"""The run's configuration as given (``edit-texture`` reruns stage 2 with it; ``edit`` reads settings)."""
+"""The run's configuration as the user gave it, before ``fit`` filled in the output folder: ``edit-texture``
+reruns stage 2 from it, ``edit`` reads settings from it, and ``fit --config RUN/config.yaml`` repeats the run."""
 LATENT = "latent.pt"
 """``ws`` (the final latent), ``ws_estimate`` (stage 1's ``w_e``), ``ws_occluded`` (``w_o``) and ``c25``."""
 GENERATOR = "generator.pt"
@@ -20,6 +21,6 @@ RECONSTRUCTION = "reconstruction.png"
 CAMERA = "camera.json"
 """The input camera: the one given and, with ``model.refine_camera``, the refined one."""
 FAILED = "failed.json"
-"""Instead of results: why the photo was dropped from its batch."""
+"""Instead of results: the photo's id and why it was dropped from its batch."""
 RESULT_FILES = (METRICS, RECONSTRUCTION)
 """The files whose presence means the folder holds results (``--overwrite`` replaces them)."""

