@@ -33,14 +33,16 @@ test: $(STAMP)  ## run the fast test suite (CPU, no downloads; one worker per co
 test-slow: $(STAMP)  ## run only the slow tests (real-size generator, several processes, long multi-fit runs)
 	$(BIN)/pytest -m slow -q -n auto --dist loadfile
 
-lint: $(STAMP)  ## ruff (lint + format check) and mypy
+lint: $(STAMP)  ## ruff (lint + format check), mypy and the check of fit's stored option reference
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/python -m hfgi3d.fit_reference --check
 
-format: $(STAMP)  ## apply ruff's fixes and formatting
+format: $(STAMP)  ## apply ruff's fixes and formatting; rewrite fit's stored option reference
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+	$(BIN)/python -m hfgi3d.fit_reference
 
 demo: $(STAMP)  ## invert the bundled sample photo with the tiny generator (configs/demo.yaml) into outputs/demo
 	$(BIN)/python -m hfgi3d fit --config configs/hfgi3d.yaml --config configs/demo.yaml --output_dir outputs/demo --overwrite

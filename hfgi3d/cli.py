@@ -25,8 +25,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-import torch
-
 from hfgi3d import __version__
 from hfgi3d.errors import InputError
 
@@ -66,9 +64,15 @@ def one_line(error: BaseException) -> str:
 
 def _run(argv: list[str]) -> int:
     if argv and argv[0] == "fit":
+        from hfgi3d.fit_reference import check_option_names, stored_help
         from hfgi3d.validation import check_fit_inputs, check_stage_lengths, fit_inputs_from_argv, only_describes
 
-        # Checked before Lightning is even imported: a bad input is refused in well under a second.
+        # Answered and checked before Lightning is even imported: a bad input is refused in about a second.
+        help_text = stored_help() if argv[1:] in (["--help"], ["-h"]) else None
+        if help_text is not None:
+            print(help_text, end="")
+            return 0
+        check_option_names(argv[1:])
         if not only_describes(argv[1:]):
             inputs = fit_inputs_from_argv(argv[1:])
             check_stage_lengths(inputs)
@@ -133,7 +137,7 @@ def parse_command(argv: list[str]) -> argparse.Namespace:
     render.add_argument(
         "--out", type=Path, default=Path("outputs/render"), help="output folder (default outputs/render)"
     )
-    render.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    _add_device(render, "where the generator runs")
     render.add_argument("--overwrite", action="store_true", help="replace existing images")
     render.set_defaults(run=_render)
 
@@ -171,11 +175,7 @@ def parse_command(argv: list[str]) -> argparse.Namespace:
         help="Deep3DFaceRecon_pytorch's epoch_20.pth (its README links it); needed by --pose-estimator deep3d",
     )  # fmt: skip
     preprocess.add_argument("--overwrite", action="store_true", help="replace crops that already exist in OUTPUT")
-    preprocess.add_argument(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="where MTCNN runs (default: cuda if any)",
-    )
+    _add_device(preprocess, "where the face detector and pose estimator run")
     preprocess.set_defaults(run=_preprocess)
 
     directions = commands.add_parser(
@@ -217,7 +217,7 @@ def parse_command(argv: list[str]) -> argparse.Namespace:
     fit_dir.add_argument("--batch-size", type=int, default=16, help="renders per generator call (default 16)")
     fit_dir.add_argument("--chunk", type=int, default=1000, help="samples per stored score chunk (default 1000)")
     fit_dir.add_argument("--truncation-psi", type=float, default=1.0, help="truncation of the samples (default 1)")
-    fit_dir.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    _add_device(fit_dir, "where the generator and the attribute scorer run")
     fit_dir.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     fit_dir.set_defaults(run=_fit_direction)
 
@@ -246,7 +246,7 @@ def parse_command(argv: list[str]) -> argparse.Namespace:
         help="edit only the latent layers START ≤ l < STOP (default: all)",
     )  # fmt: skip
     edit.add_argument("--name", default=None, help="edit folder name (default: the direction's file name)")
-    edit.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    _add_device(edit, "where the edited views are rendered")
     edit.add_argument("--overwrite", action="store_true", help="replace an existing edit of that name")
     edit.set_defaults(run=_edit)
 
@@ -293,7 +293,25 @@ def _convert_eg3d(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device(text: str) -> str:
+    """``--device``: ``auto`` is ``cuda`` when PyTorch sees a GPU, else ``cpu`` (torch is imported only here,
+    so that ``--help`` stays fast)."""
+    if text != "auto":
+        return text
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _add_device(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--device", type=_device, default="auto", metavar="DEVICE",
+        help=f"{what}: cpu, cuda, cuda:1, … (default auto: cuda when there is a GPU, else cpu)",
+    )  # fmt: skip
+
+
 def _render(args: argparse.Namespace) -> int:
+    import torch
     from torchvision.utils import save_image
     from tqdm import tqdm
 

@@ -25,6 +25,7 @@ Every fit also logs ``{stage}/lr`` (``LearningRateMonitor``) and ``{stage}/step_
 from __future__ import annotations
 
 import logging
+import re
 import shlex
 import signal
 import sys
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from jsonargparse import ActionYesNo
+from jsonargparse import ActionYesNo, ArgumentParser, DefaultHelpFormatter
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -166,12 +167,34 @@ for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utiliti
     logging.getLogger(_name).addFilter(_NoChatter())
 
 
+PROG = "python -m hfgi3d"
+"""The program name the help's usage lines show."""
+_ROLE = re.compile(r":[a-z]+:`~?([^`]*)`")  # :class:`~hfgi3d.x.Name` (Sphinx cross-references)
+_QUOTED = re.compile(r"`([^`]*)`_?")  # `code` and `a link <url>`_
+
+
+def plain_text(text: str) -> str:
+    """Docstring markup as plain text: ``:class:`~a.b.Name``` → ``Name``, ````code```` → ``code``."""
+    text = _ROLE.sub(lambda match: match.group(1).rsplit(".", 1)[-1] if "~" in match.group(0) else match.group(1), text)
+    return _QUOTED.sub(r"\1", text.replace("``", "`"))
+
+
+class PlainHelpFormatter(DefaultHelpFormatter):
+    """jsonargparse's help with the docstrings' reStructuredText markup removed."""
+
+    def format_help(self) -> str:
+        return plain_text(super().format_help())
+
+
 class InversionCLI(LightningCLI):
     """``fit``'s LightningCLI: the groups, links and output folder of an inversion (module docstring)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # Errors become exceptions (fit prints one line) and no option may be abbreviated.
-        kwargs.setdefault("parser_kwargs", {"exit_on_error": False, "allow_abbrev": False})
+        # Errors become exceptions (fit prints one line), no option may be abbreviated, help is plain text.
+        kwargs.setdefault(
+            "parser_kwargs",
+            {"exit_on_error": False, "allow_abbrev": False, "prog": PROG, "formatter_class": PlainHelpFormatter},
+        )
         with warnings.catch_warnings():
             for message in LIBRARY_NOISE:
                 warnings.filterwarnings("ignore", message=message)
@@ -327,20 +350,46 @@ def _without_option(args: list[str], option: str) -> list[str]:
     return kept
 
 
+def _cli(args: list[str], interrupt: InterruptCheckpoint, cli_class: type[InversionCLI] = InversionCLI) -> InversionCLI:
+    """``fit``'s LightningCLI on ``args`` (parsed and run)."""
+    callbacks = [LearningRateMonitor(logging_interval="step"), StepTimer(), StageProgressBar(), interrupt]
+    return cli_class(
+        InversionModule,
+        PseudoViewDataModule,
+        save_config_callback=LogConfig,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={"callbacks": callbacks, "logger": CSV_LOGGER},
+        seed_everything_default=0,
+        args=args,
+    )
+
+
+class _Built(Exception):
+    def __init__(self, parser: ArgumentParser) -> None:
+        self.parser = parser
+
+
+class _ParserOnly(InversionCLI):
+    """Builds the parser and stops before parsing anything."""
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        raise _Built(self._subcommand_parsers["fit"])
+
+
+def fit_parser() -> ArgumentParser:
+    """The parser of ``fit``'s options exactly as :func:`main` builds it (nothing parsed or run)."""
+    try:
+        _cli(["fit"], InterruptCheckpoint(), _ParserOnly)
+    except _Built as built:
+        return built.parser
+    raise AssertionError("LightningCLI parsed its arguments without calling parse_arguments")
+
+
 def _fit(args: list[str], user_args: list[str]) -> int:
     """One LightningCLI fit with ``args``; ``user_args`` (the command as typed) go into the resume hint."""
     interrupt = InterruptCheckpoint()
-    callbacks = [LearningRateMonitor(logging_interval="step"), StepTimer(), StageProgressBar(), interrupt]
     try:
-        cli = InversionCLI(
-            InversionModule,
-            PseudoViewDataModule,
-            save_config_callback=LogConfig,
-            save_config_kwargs={"overwrite": True},
-            trainer_defaults={"callbacks": callbacks, "logger": CSV_LOGGER},
-            seed_everything_default=0,
-            args=args,
-        )
+        cli = _cli(args, interrupt)
     except (SystemExit, SIGTERMException):
         if interrupt.signal is None:
             raise

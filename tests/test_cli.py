@@ -19,8 +19,10 @@ import torch
 from PIL import Image
 
 import hfgi3d
+from hfgi3d import fit_reference
 from hfgi3d.cli import main
 from hfgi3d.data.inputs import SAMPLE_CAMERA, SAMPLE_IMAGE
+from hfgi3d.errors import InputError
 from hfgi3d.presets import preset_path
 from hfgi3d.validation import FitInputs, check_fit_inputs, fit_inputs_from_argv
 
@@ -115,7 +117,10 @@ BAD_INPUTS: list[tuple[str, Callable[[Path], dict[str, Path]], list[str], str]] 
         "abbreviated option",
         lambda f: {},
         ["--model.estimate_step", "5"],
-        "unrecognized arguments: --model.estimate_step",
+        # From the stored reference (before Lightning is imported), else from LightningCLI.
+        "unknown option --model.estimate_step: did you mean --model.estimate_steps?"
+        if fit_reference.stored() is not None
+        else "unrecognized arguments: --model.estimate_step",
     ),
     ("a count that is no number", lambda f: {}, ["--model.estimate_steps", "many"], "whole number ≥ 0, got 'many'"),
     ("a value of the wrong type", lambda f: {}, ["--model.estimate_lr", "fast"], "Expected a <class 'float'>"),
@@ -186,16 +191,69 @@ def test_version_and_debug_are_in_the_top_level_help(capsys: pytest.CaptureFixtu
 
 def test_fit_help_and_print_config_need_no_photo(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
-        main(["fit", "--help"])
-    assert exited.value.code == 0 and "--data.image" in capsys.readouterr().out
+        main(["fit", "--config", str(preset_path("demo.yaml")), "--help"])  # built by LightningCLI
+    help_text = capsys.readouterr().out
+    assert exited.value.code == 0 and "--data.image" in help_text
+    assert "usage: python -m hfgi3d [options] fit" in help_text and "``" not in help_text and ":class:" not in help_text
     with pytest.raises(SystemExit) as exited:
         main(["fit", "--config", str(preset_path("hfgi3d.yaml")), "--print_config"])
     assert exited.value.code == 0 and "pseudo_multiview_steps: 3000" in capsys.readouterr().out
 
 
-def test_debug_shows_the_traceback(good: tuple[Path, Path], tmp_path: Path) -> None:
-    from hfgi3d.errors import InputError
+def test_the_stored_fit_reference_is_that_of_the_parser() -> None:
+    """``hfgi3d/assets/fit_reference.json`` (fast ``fit --help``, option names) matches the parser fit builds."""
+    if fit_reference.stored() is None:
+        pytest.skip(f"{fit_reference.REFERENCE_FILE.name} was made with other versions of {fit_reference.VERSIONED}")
+    # In a process of its own: the help lists the Callback subclasses imported at the time.
+    checked = subprocess.run(
+        [sys.executable, "-m", "hfgi3d.fit_reference", "--check"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr
 
+
+@pytest.mark.skipif(fit_reference.stored() is None, reason="the stored fit reference is for other library versions")
+def test_fit_help_and_misspelt_options_are_answered_without_lightning(tmp_path: Path) -> None:
+    """As a user runs them, each in a process of its own: answered before Lightning is imported."""
+    probe = (
+        "import sys; from hfgi3d.cli import main; code = main(sys.argv[1:]); "
+        "print('imported:', sorted(m for m in ('lightning', 'hfgi3d.fit') if m in sys.modules)); sys.exit(code)"
+    )
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", probe, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
+        )
+
+    shown = run("fit", "--help")
+    assert shown.returncode == 0 and shown.stdout == f"{fit_reference.stored_help()}imported: []\n"
+    preset = str(preset_path("hfgi3d.yaml"))
+    for args, message in [
+        (["--model.estimate_step", "3"], "unknown option --model.estimate_step: did you mean --model.estimate_steps?"),
+        (["--data.imge=face.png"], "unknown option --data.imge: did you mean --data.image?"),
+        (["--trainer.max_steps", "9"], "--trainer.max_steps cannot be given: fit sets it from --model.estimate_steps"),
+    ]:
+        refused = run("fit", "--config", preset, *args)
+        assert refused.returncode == 2 and refused.stderr.startswith(f"error: {message}"), refused.stderr
+        assert refused.stderr.count("\n") == 1 and refused.stdout == "imported: []\n"
+    assert not any(tmp_path.iterdir())
+
+
+def test_options_inside_a_class_valued_option_are_left_to_lightning() -> None:
+    if fit_reference.stored() is None:
+        pytest.skip("the stored fit reference is for other library versions")
+    fit_reference.check_option_names(
+        ["--trainer.callbacks+=hfgi3d.callbacks.groundtruth.GroundTruthCurves", "--trainer.callbacks.every_n_steps=5",
+         "--trainer.logger.init_args.project", "p", "--print_config=skip_null", "--no_overwrite"]
+    )  # fmt: skip
+    with pytest.raises(InputError, match=r"unknown option --model\.estimate_steps\.x"):
+        fit_reference.check_option_names(["--model.estimate_steps.x", "3"])
+
+
+def test_debug_shows_the_traceback(good: tuple[Path, Path], tmp_path: Path) -> None:
     with pytest.raises(InputError, match="camera file not found"):
         main([*_fit_args(good[0], tmp_path / "none.json", tmp_path / "out"), "--debug"])
 
