@@ -35,20 +35,10 @@ from hfgi3d.metrics.evaluation import (
     load_networks,
 )
 from hfgi3d.metrics.fidelity import psnr, ssim
+from hfgi3d.metrics.registry import RUN_KEYS, families
 from hfgi3d.run_folder import METRICS
 
-RUN_KEYS = ("seconds", "eval_seconds", "steps", "peak_gpu_memory_mb")
-"""Run statistics stored and logged next to the metrics."""
 TABLE_COLUMNS = ("image_id", *METRIC_KEYS, *RUN_KEYS)
-METRIC_FAMILIES = {
-    "psnr": "input view",
-    "warp_psnr": "warp consistency",
-    "ibrnet_psnr": "IBRNet consistency",
-    "id_arcface": "ArcFace identity",
-    "id_facenet": "FaceNet identity",
-    "pose_error": "pose error",
-}
-"""A metric of each family, and the family's name in the console's status line."""
 _MIB = 2**20
 
 
@@ -185,8 +175,8 @@ class Evaluation(L.Callback):
     def _planned(self) -> list[str]:
         """The metric families this evaluation computes (for the status line)."""
         assert self._networks is not None
-        computed = [key for key in METRIC_KEYS if key not in self._networks.skipped]
-        return [name for key, name in METRIC_FAMILIES.items() if key in computed]
+        skipped = self._networks.skipped
+        return [family for family, keys in families().items() if any(key not in skipped for key in keys)]
 
     # Logging ------------------------------------------------------------------------------
 

@@ -192,3 +192,22 @@ def test_warp_consistency_separates_consistent_from_inconsistent_views(generator
     assert (consistent.coverage > 0.1).all() and (consistent.coverage < 1).all()  # noisy random geometry
     assert (consistent.psnr > 20).all()
     assert (consistent.psnr > inconsistent.psnr + 5).all()
+
+
+def test_the_registry_names_every_metric_once_with_the_function_of_its_family() -> None:
+    """Evaluation, callback, benchmark tables and ground-truth scores all draw their keys from one table."""
+    from callbacks.evaluation import TABLE_COLUMNS
+    from hfgi3d.benchmarks.aggregate import CELEBA_COLUMNS
+    from hfgi3d.benchmarks.synthetic import SYNTHETIC_COLUMNS, make_case, score_novel_views
+    from hfgi3d.metrics import registry
+    from hfgi3d.metrics.evaluation import FAMILY_FUNCTIONS, METRIC_KEYS
+
+    keys = [metric.key for metric in registry.METRICS]
+    assert len(keys) == len(set(keys))
+    assert set(registry.families()) == set(FAMILY_FUNCTIONS)  # each evaluated family has its function
+    assert METRIC_KEYS == registry.EVALUATED and TABLE_COLUMNS == ("image_id", *METRIC_KEYS, *registry.RUN_KEYS)
+    assert set(CELEBA_COLUMNS) | set(SYNTHETIC_COLUMNS) <= set(keys)
+    generator = TriPlaneGenerator(tiny_config()).eval()
+    case = make_case(generator, seed=0)
+    scores = score_novel_views(case["truth"], case, LPIPS(net="alex"))
+    assert set(scores) == set(registry.families(tuple(keys))[registry.GROUND_TRUTH])

@@ -14,21 +14,9 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-CELEBA_COLUMNS = (
-    "psnr",
-    "ssim",
-    "ms_ssim",
-    "lpips_alex",
-    "lpips_vgg",
-    "id_arcface",
-    "ibrnet_psnr",
-    "ibrnet_ssim",
-    "ibrnet_lpips",
-    "warp_psnr",
-    "warp_lpips",
-    "seconds",
-    "peak_gpu_memory_mb",
-)
+from hfgi3d.metrics.registry import CELEBA, table_columns
+
+CELEBA_COLUMNS = table_columns(CELEBA)
 """Columns of the CelebA-HQ table (the keys of ``metrics.json``)."""
 
 PAPER = {

@@ -37,6 +37,7 @@ from hfgi3d.geometry import backward_warp, upsample_depth, visibility_mask
 from hfgi3d.losses import LPIPS
 from hfgi3d.metrics.evaluation import consistency_cameras
 from hfgi3d.metrics.fidelity import finite_mean, masked_psnr, psnr, ssim
+from hfgi3d.metrics.registry import SYNTHETIC, table_columns
 
 INPUT_YAW_RAD = 0.3
 INPUT_PITCH_RAD = 0.15
@@ -197,19 +198,7 @@ def score(run_dir: Path, truth_path: Path, lpips: LPIPS) -> dict[str, float | No
     return score_novel_views(rendered, case, lpips)
 
 
-SYNTHETIC_COLUMNS = (
-    "novel_psnr",
-    "novel_ssim",
-    "novel_lpips",
-    "paint_psnr",
-    "psnr",
-    "ssim",
-    "lpips_alex",
-    "warp_psnr",
-    "warp_lpips",
-    "seconds",
-    "peak_gpu_memory_mb",
-)
+SYNTHETIC_COLUMNS = table_columns(SYNTHETIC)
 """Columns of the synthetic benchmark's table."""
 
 

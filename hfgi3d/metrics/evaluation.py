@@ -4,8 +4,10 @@
 must be skipped, and why); :func:`evaluate` scores an inverted latent + generator against the
 input photo. The Lightning callback :class:`hfgi3d.callbacks.Evaluation` and the benchmarks call
 these two functions. :func:`evaluate` renders the views once and hands them to one function per
-metric family (:func:`input_view_metrics`, :func:`identity_metrics`, :func:`ibrnet_metrics`,
-:func:`warp_metrics`, :func:`pose_metrics`), each returning its metrics and the reasons for its skips.
+metric family (:data:`FAMILY_FUNCTIONS`: :func:`input_view_metrics`, :func:`identity_metric`,
+:func:`ibrnet_metrics`, :func:`warp_metrics`, :func:`pose_metrics`), each returning its metrics and
+the reasons for its skips. The keys, their families and the benchmark tables that show them are
+listed once, in :mod:`hfgi3d.metrics.registry`.
 
 Metrics (``metrics.json`` keys; ``None`` when skipped, with the reason under ``skipped``):
 
@@ -32,7 +34,9 @@ Convention:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -47,25 +51,11 @@ from hfgi3d.metrics.arcface import facenet_similarity, identity_similarity, load
 from hfgi3d.metrics.consistency import warp_consistency
 from hfgi3d.metrics.fidelity import MS_SSIM_MIN_SIZE_PX, finite_mean, ms_ssim, psnr, ssim
 from hfgi3d.metrics.ibrnet import IBRNet, load_ibrnet, render_ibrnet
+from hfgi3d.metrics.registry import EVALUATED, families
 from hfgi3d.pose import PnPPoseEstimator
 
-METRIC_KEYS = (
-    "psnr",
-    "ssim",
-    "ms_ssim",
-    "lpips_alex",
-    "lpips_vgg",
-    "id_arcface",
-    "id_facenet",
-    "ibrnet_psnr",
-    "ibrnet_ssim",
-    "ibrnet_lpips",
-    "warp_psnr",
-    "warp_lpips",
-    "warp_coverage",
-    "pose_error",
-)
-"""Every metric :func:`evaluate` reports, in table order."""
+METRIC_KEYS = EVALUATED
+"""Every metric :func:`evaluate` reports, in table order (:mod:`hfgi3d.metrics.registry`)."""
 
 POSE_OFF_REASON = "pose accuracy is off (evaluation.metrics.pose_accuracy: false)"
 
@@ -352,32 +342,26 @@ def ibrnet_metrics(
 
 
 @torch.no_grad()
-def identity_metrics(image: Tensor, novel: Tensor, networks: EvaluationNetworks) -> tuple[Metrics, Skips]:
-    """``id_arcface`` / ``id_facenet``: mean cosine between the input's face and each novel view's.
-
-    Only the metrics whose network is loaded are computed; one with no face found in the input or
-    a novel view is skipped with MTCNN's message.
+def identity_metric(
+    key: str, network: Any, similarity: Callable[..., Tensor], detector: Any, image: Tensor, novel: Tensor
+) -> tuple[Metrics, Skips]:
+    """``id_arcface`` / ``id_facenet``: mean cosine between the input's face and each novel view's
+    (skipped with MTCNN's message when the input or a novel view shows no face).
 
     Args:
+        key: the metric's name.
+        network, similarity: ArcFace and :func:`~hfgi3d.metrics.arcface.identity_similarity`, or
+            FaceNet and :func:`~hfgi3d.metrics.arcface.facenet_similarity`.
+        detector: MTCNN, which finds the faces.
         image: ``1×3×H×W`` input photo in ``[-1, 1]``.
         novel: ``N×3×H×W`` renders at the :func:`identity_cameras` in ``[-1, 1]``.
-        networks: its ``detector`` (required), ``arcface`` and ``facenet``.
     """
-    metrics: Metrics = {}
-    skipped: Skips = {}
     inputs = image.expand(len(novel), -1, -1, -1)  # N×3×H×W
-    for key, network, similarity in (
-        ("id_arcface", networks.arcface, identity_similarity),
-        ("id_facenet", networks.facenet, facenet_similarity),
-    ):
-        if network is None:
-            continue
-        try:
-            values = similarity(network, networks.detector, inputs, novel, names=("input", "novel view"))
-            metrics[key] = float(values.mean())
-        except NoFaceError as error:
-            skipped[key] = str(error)
-    return metrics, skipped
+    try:
+        values = similarity(network, detector, inputs, novel, names=("input", "novel view"))
+    except NoFaceError as error:
+        return {}, {key: str(error)}
+    return {key: float(values.mean())}, {}
 
 
 @torch.no_grad()
@@ -387,6 +371,70 @@ def pose_metrics(detector: Any, novel: Renders) -> tuple[Metrics, Skips]:
         return {"pose_error": float(pose_errors(detector, novel.image, novel.c25, PnPPoseEstimator()).mean())}, {}
     except NoFaceError as error:
         return {}, {"pose_error": str(error)}
+
+
+class EvaluationInputs:
+    """What the metric families read: the photo, its camera, the networks, the settings, and the
+    generator's renders of the latent, each made once when a family first asks for it."""
+
+    def __init__(
+        self,
+        generator: TriPlaneGenerator,
+        ws: Tensor,
+        image: Tensor,
+        c25: Tensor,
+        networks: EvaluationNetworks,
+        config: EvaluationConfig,
+    ) -> None:
+        self.generator = generator
+        self.ws = ws
+        self.image = image
+        self.c25 = c25
+        self.networks = networks
+        self.config = config
+        self.planes = generator.planes(ws)
+
+    def render(self, cameras: Tensor) -> Renders:
+        out = self.generator.render_cameras(self.planes, self.ws, cameras, deterministic=True)
+        return Renders(cameras, out["image"].clamp(-1, 1), out["image_depth"])
+
+    @cached_property
+    def reconstruction(self) -> Renders:
+        """The render at the input camera."""
+        return self.render(self.c25)
+
+    @cached_property
+    def views(self) -> Renders:
+        """The 5 :func:`consistency_cameras` renders (warp and IBRNet consistency)."""
+        return self.render(consistency_cameras(self.c25, self.config.novel_yaw_rad, self.config.novel_pitch_rad))
+
+    @cached_property
+    def novel(self) -> Renders:
+        """The :func:`identity_cameras` renders (identity and pose error)."""
+        config = self.config
+        cameras = identity_cameras(
+            self.c25, config.identity_views, config.novel_yaw_rad, config.novel_pitch_rad, config.seed
+        )
+        return self.render(cameras)
+
+
+FamilyFunction = Callable[[EvaluationInputs], tuple[Metrics, Skips]]
+
+FAMILY_FUNCTIONS: dict[str, FamilyFunction] = {
+    "input view": lambda e: input_view_metrics(e.image, e.reconstruction.image, e.networks),
+    "ArcFace identity": lambda e: identity_metric(
+        "id_arcface", e.networks.arcface, identity_similarity, e.networks.detector, e.image, e.novel.image
+    ),
+    "FaceNet identity": lambda e: identity_metric(
+        "id_facenet", e.networks.facenet, facenet_similarity, e.networks.detector, e.image, e.novel.image
+    ),
+    "IBRNet consistency": lambda e: ibrnet_metrics(
+        e.networks.ibrnet, e.networks.lpips_alex, e.image, e.c25, e.views, e.generator.config.rendering, e.config
+    ),
+    "warp consistency": lambda e: warp_metrics(e.image, e.reconstruction, e.views, e.networks.lpips_alex, e.config),
+    "pose error": lambda e: pose_metrics(e.networks.detector, e.novel),
+}
+"""Family of :data:`hfgi3d.metrics.registry.METRICS` → the function that computes its metrics."""
 
 
 @torch.no_grad()
@@ -400,8 +448,8 @@ def evaluate(
 ) -> tuple[dict[str, float | None], dict[str, str]]:
     """Score one inversion; returns ``(metrics, skipped)`` (see the module docstring for the keys).
 
-    Renders the input view, the 5 consistency views and (when a face detector is loaded) the
-    identity views once, then runs each metric family whose networks are loaded.
+    Runs, in table order, each family of :data:`FAMILY_FUNCTIONS` that has a metric the networks
+    can compute (``networks.skipped`` holds the others, with the reasons).
 
     Args:
         generator: the (tuned) generator, in eval mode.
@@ -411,32 +459,13 @@ def evaluate(
         networks: from :func:`load_networks`, on ``image``'s device.
         config: the evaluation settings.
     """
-    planes = generator.planes(ws)
-
-    def render(cameras: Tensor) -> Renders:
-        out = generator.render_cameras(planes, ws, cameras, deterministic=True)
-        return Renders(cameras, out["image"].clamp(-1, 1), out["image_depth"])
-
-    reconstruction = render(c25)
-    views = render(consistency_cameras(c25, config.novel_yaw_rad, config.novel_pitch_rad))
-    families = [
-        input_view_metrics(image, reconstruction.image, networks),
-        warp_metrics(image, reconstruction, views, networks.lpips_alex, config),
-    ]
-    if networks.ibrnet is not None:
-        rendering = generator.config.rendering
-        families.append(ibrnet_metrics(networks.ibrnet, networks.lpips_alex, image, c25, views, rendering, config))
-    if networks.detector is not None:
-        novel = render(
-            identity_cameras(c25, config.identity_views, config.novel_yaw_rad, config.novel_pitch_rad, config.seed)
-        )
-        families.append(identity_metrics(image, novel.image, networks))
-        if config.pose_accuracy:
-            families.append(pose_metrics(networks.detector, novel))
-
+    inputs = EvaluationInputs(generator, ws, image, c25, networks, config)
     metrics: Metrics = dict.fromkeys(METRIC_KEYS)
     skipped = dict(networks.skipped)
-    for family_metrics, family_skipped in families:
+    for family, keys in families().items():
+        if all(key in networks.skipped for key in keys):
+            continue
+        family_metrics, family_skipped = FAMILY_FUNCTIONS[family](inputs)
         metrics.update(family_metrics)
         skipped.update(family_skipped)
     return metrics, skipped
