@@ -135,6 +135,18 @@ def test_summary_is_mean_and_std_next_to_the_paper() -> None:
     assert "ibrnet_psnr" not in table  # no row has it
 
 
+def test_times_are_averaged_over_rows_that_ran_with_the_same_threads() -> None:
+    rows = [
+        {"method": "pti", "psnr": 20.0, "seconds": 300.0, "cpu_threads": 2},
+        {"method": "pti", "psnr": 22.0, "seconds": 280.0, "cpu_threads": 2},
+        {"method": "pti", "psnr": 24.0, "seconds": 540.0, "cpu_threads": 1},
+    ]
+    summary = summarize(rows, ["psnr", "seconds"])
+    assert summary["pti"]["psnr"] == (22.0, pytest.approx(1.633, abs=1e-3), 3)
+    assert summary["pti"]["seconds"] == (290.0, 10.0, 2) and summary["pti"]["threads"] == 2
+    assert "| pti | 3 | 22 ± 1.6 | 290 ± 10 (n=2, 2 threads) |" in markdown_table(summary, ["psnr", "seconds"])
+
+
 def _synthetic_args(out: Path, profile: Path, *extra: str) -> list[str]:
     return ["synthetic", "--out", str(out), "--images", "2", "--methods", "pti", "--profile", str(profile), *extra]
 

@@ -12,6 +12,7 @@ from hfgi3d.benchmarks.aggregate import CELEBA_COLUMNS, csv_table, markdown_tabl
 from hfgi3d.benchmarks.celeba import PAPER_IMAGES
 from hfgi3d.benchmarks.runner import Job, run
 from hfgi3d.benchmarks.store import MERGED_FILE, read_rows
+from hfgi3d.metrics.registry import CELEBA, SYNTHETIC, table_columns
 from hfgi3d.presets import preset_path
 
 BASE_PRESET = "hfgi3d.yaml"
@@ -149,8 +150,8 @@ def aggregate(args: argparse.Namespace) -> int:
     if not (folder / MERGED_FILE).is_file():
         print(f"no {MERGED_FILE} in {folder}: run a benchmark first", file=sys.stderr)
         return 2
-    columns = args.columns or CELEBA_COLUMNS
-    print(write_summary(folder, columns))
+    columns = args.columns or table_columns(args.table)
+    print(write_summary(folder, columns, paper=args.table == CELEBA))
     return 0
 
 
@@ -211,8 +212,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     synth.set_defaults(run=synthetic)
 
     agg = commands.add_parser("aggregate", help="mean ± std table of a benchmark folder's results.jsonl")
-    agg.add_argument("folder", type=Path)
-    agg.add_argument("--columns", nargs="+", default=None)
+    agg.add_argument("folder", type=Path, help="a benchmark's --out folder (holding results.jsonl)")
+    agg.add_argument(
+        "--table", choices=(CELEBA, SYNTHETIC), default=CELEBA,
+        help="the columns (and, for celeba, the paper's rows) of that benchmark's table (default: celeba)",
+    )  # fmt: skip
+    agg.add_argument("--columns", nargs="+", default=None, help="these metric keys instead of --table's columns")
     agg.set_defaults(run=aggregate)
 
     args = parser.parse_args(argv)

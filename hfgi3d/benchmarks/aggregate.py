@@ -33,16 +33,34 @@ def _numbers(rows: Sequence[dict[str, Any]], key: str) -> list[float]:
     return [float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)]
 
 
+TIME_COLUMNS = ("seconds", "eval_seconds")
+"""Columns that depend on the CPU threads a row ran with (its ``cpu_threads``)."""
+
+
+def _same_threads(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], Any]:
+    """The rows that ran with the most common ``cpu_threads`` (ties: the fewest threads; ``None``:
+    a row made before the runner recorded it) and that thread count."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row.get("cpu_threads"), []).append(row)
+    threads = max(groups, key=lambda t: (len(groups[t]), t is not None, -(t or 0)))
+    return groups[threads], threads
+
+
 def summarize(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``method → {"n": rows, column: (mean, std, count)}`` in order of first appearance."""
+    """``method → {"n": rows, column: (mean, std, count)}`` in order of first appearance.
+
+    Times (:data:`TIME_COLUMNS`) are averaged only over the rows that ran with the method's most
+    common thread count, recorded as ``"threads"`` (``None``: not recorded)."""
     methods: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         methods.setdefault(str(row["method"]), []).append(row)
     summary: dict[str, dict[str, Any]] = {}
     for method, method_rows in methods.items():
         entry: dict[str, Any] = {"n": len(method_rows)}
+        timed, entry["threads"] = _same_threads(method_rows)
         for column in columns:
-            values = _numbers(method_rows, column)
+            values = _numbers(timed if column in TIME_COLUMNS else method_rows, column)
             if values:
                 entry[column] = (statistics.fmean(values), statistics.pstdev(values), len(values))
         summary[method] = entry
@@ -62,7 +80,10 @@ def markdown_table(summary: dict[str, dict[str, Any]], columns: Sequence[str], p
         for column in shown:
             if column in entry:
                 mean, std, count = entry[column]
-                cells.append(f"{mean:.4g} ± {std:.2g}" + ("" if count == entry["n"] else f" (n={count})"))
+                notes = [] if count == entry["n"] else [f"n={count}"]
+                if column in TIME_COLUMNS and entry["threads"] is not None:
+                    notes.append(f"{entry['threads']} thread" + ("s" if entry["threads"] != 1 else ""))
+                cells.append(f"{mean:.4g} ± {std:.2g}" + (f" ({', '.join(notes)})" if notes else ""))
             else:
                 cells.append("–")
         lines.append(f"| {method} | {entry['n']} | " + " | ".join(cells) + " |")
