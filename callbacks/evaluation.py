@@ -140,6 +140,7 @@ class Evaluation(L.Callback):
         device = module.device
         networks = self._networks.to(device)
         module.G.eval()
+        module.finish_weights()  # the weights as the results are saved (InversionOutputs sets their precision)
         rows = []
         for photo, folder in enumerate(datamodule.photo_folders(self.output_dir)):
             if not bool(module.alive[photo]):

@@ -25,8 +25,10 @@ delta against the pretrained file would be 61 MB (the mapping network, 0.8 M wei
 part stage 2 leaves alone), not worth tying the run to that file. Rounding the weights to float16
 moves an FFHQ-512 render by at most 9·10⁻⁴ (random weights; 2 % of 8-bit pixels change by one
 level). With ``save_generator: fp16`` the tuned weights are rounded *before* the results are
-rendered, so every file of the folder (and ``metrics.json``) comes from the saved generator, and an
-edit at strength 0 reproduces ``reconstruction.png`` exactly.
+rendered (the callback sets the module's ``result_dtype`` when the fit starts; this callback and
+the evaluation both call its ``finish_weights`` first, so their order does not matter): every file
+of the folder and ``metrics.json`` come from the saved generator, and an edit at strength 0
+reproduces ``reconstruction.png`` exactly.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch import Tensor, nn
+from torch import Tensor
 
 from hfgi3d.cameras import orbit_c25, yaw_pitch_grid, yaw_pitch_orbit
 from hfgi3d.data.pseudo_views import PseudoViews
@@ -106,6 +108,8 @@ class InversionOutputs(L.Callback):
             raise ValueError(f"outputs.save_generator must be fp16, fp32 or none, not {self.save_generator!r}")
         if self.output_dir is None:
             raise ValueError("InversionOutputs needs an output_dir")
+        module: Any = pl_module
+        module.result_dtype = GENERATOR_DTYPES.get(self.save_generator, torch.float32)
         datamodule: Any = trainer.datamodule  # type: ignore[attr-defined]
         for folder in datamodule.photo_folders(self.output_dir):
             existing = [name for name in (*RESULT_FILES, FAILED) if (folder / name).exists()]
@@ -121,9 +125,8 @@ class InversionOutputs(L.Callback):
         module: Any = pl_module
         datamodule: Any = trainer.datamodule  # type: ignore[attr-defined]
         module.G.eval()
+        module.finish_weights()  # what follows is rendered from the weights as saved
         dtype = GENERATOR_DTYPES.get(self.save_generator)
-        if dtype is not None and dtype != torch.float32:
-            round_weights(module.G, dtype)  # what follows is rendered from the weights as saved
         for photo, out in enumerate(datamodule.photo_folders(self.output_dir)):
             out.mkdir(parents=True, exist_ok=True)
             if not bool(module.alive[photo]):
@@ -190,14 +193,6 @@ class InversionOutputs(L.Callback):
         if dtype is not None:
             save_generator(generator, out / GENERATOR, dtype)
         rank_zero_info(f"results written in {time.perf_counter() - started:.1f} s")
-
-
-@torch.no_grad()
-def round_weights(generator: nn.Module, dtype: torch.dtype) -> None:
-    """Round ``generator``'s floating-point parameters and buffers to ``dtype`` in place (kept in float32)."""
-    for tensor in [*generator.parameters(), *generator.buffers()]:
-        if tensor.is_floating_point():
-            tensor.copy_(tensor.to(dtype))
 
 
 def write_mesh(generator: Any, ws: Tensor, path: Path, resolution: int, level: float | None) -> bool:

@@ -60,7 +60,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from hfgi3d.cameras import frontal_c25, offset_c25
 from hfgi3d.data.datamodule import PseudoViewSource, StageOne
 from hfgi3d.data.pseudo_views import PseudoViews
-from hfgi3d.generator import TriPlaneGenerator, open_generator
+from hfgi3d.generator import TriPlaneGenerator, open_generator, round_weights
 from hfgi3d.generator.stacked import StackedGenerator
 from hfgi3d.geometry import difference_mask
 from hfgi3d.losses import LPIPS, LpipsTarget, mse_per_sample, weighted_reconstruction
@@ -257,6 +257,10 @@ class InversionModule(L.LightningModule):
         self._render_fn: Callable[[Tensor, Tensor], Tensor] = self._render_images
         self._rng_at_step_start: dict[str, Any] | None = None
         self._rng_to_restore: dict[str, Any] | None = None
+        self.result_dtype = torch.float32
+        """The precision the results are saved in: :class:`~hfgi3d.callbacks.outputs.InversionOutputs`
+        sets it when the fit starts; :meth:`finish_weights` rounds the tuned generator to it."""
+        self._weights_finished = False
 
     # Stages and helpers ---------------------------------------------------------------------
 
@@ -280,6 +284,14 @@ class InversionModule(L.LightningModule):
     def photo_count(self) -> int:
         """N, the photos inverted together."""
         return self.G.count
+
+    def finish_weights(self) -> None:
+        """Round the tuned generator to :attr:`result_dtype`, once, when the fit has ended: every
+        callback that reads the result calls this first, so whichever runs first, all of them (the
+        result files, ``metrics.json``) see the weights as saved."""
+        if not self._weights_finished and self.result_dtype != torch.float32:
+            round_weights(self.G, self.result_dtype)
+        self._weights_finished = True
 
     def photo_generator(self, photo: int) -> TriPlaneGenerator:
         """Photo ``photo``'s generator as it stands (a stand-alone copy)."""

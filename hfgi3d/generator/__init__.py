@@ -6,7 +6,13 @@
 >>> out = G.synthesis(ws, c, noise_mode="const")              # doctest: +SKIP
 """
 
-from hfgi3d.generator.checkpoint import GeneratorLoadError, load_generator, open_generator, save_generator
+from hfgi3d.generator.checkpoint import (
+    GeneratorLoadError,
+    load_generator,
+    open_generator,
+    round_weights,
+    save_generator,
+)
 from hfgi3d.generator.config import GeneratorConfig, RenderingConfig, ffhq512_config, tiny_config
 from hfgi3d.generator.triplane import TriPlaneGenerator
 
@@ -18,6 +24,7 @@ __all__ = [
     "ffhq512_config",
     "load_generator",
     "open_generator",
+    "round_weights",
     "save_generator",
     "tiny_config",
 ]

@@ -56,6 +56,15 @@ def save_generator(
         torch.save(payload, temporary)
 
 
+@torch.no_grad()
+def round_weights(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Round ``module``'s floating-point parameters and buffers to ``dtype`` in place (kept in their
+    own dtype): renders of the rounded module are those of its checkpoint saved as ``dtype``."""
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if tensor.is_floating_point():
+            tensor.copy_(tensor.to(dtype))
+
+
 def load_generator(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> TriPlaneGenerator:
     """Load an EG3D network pickle (its ``G_ema``) or an hfgi3d checkpoint, in eval mode.
 
