@@ -31,6 +31,7 @@ from hfgi3d.preprocess import (
     PreprocessReport,
     ProcessedImage,
     align_face,
+    check,
     crop_transform,
     eg3d_crop_matrix,
     ffhq_roll_rad,
@@ -566,3 +567,25 @@ def test_an_empty_folder_is_refused_in_one_line_and_nothing_is_written(
     err = capsys.readouterr().err
     assert err.startswith(f"error: {tmp_path / 'empty'} holds no files") and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_the_pose_check_sheet_shows_every_crop(portraits: Portraits) -> None:
+    sheet = Image.open(portraits.output / check.CHECK_PNG)
+    count = len(portraits.report.processed)  # 5: one row
+    assert sheet.size == (count * (check.TILE_PX + check.GAP_PX), check.TILE_PX + check.CAPTION_PX)
+
+
+def test_the_head_axes_turn_with_the_camera() -> None:
+    """The z axis (out of the face) swings to the viewer's right for a face looking that way (yaw < 0)."""
+    for yaw, side in [(-0.5, 1), (0.5, -1)]:
+        origin, _, _, z_end = check.pixel_positions(check.head_axes_world(), orbit_c25(yaw, 0.0).double(), 512)[0]
+        assert side * float(z_end[0] - origin[0]) > 20
+    frontal = check.pixel_positions(check.head_axes_world(), orbit_c25(0.0, 0.0).double(), 512)[0]
+    assert float((frontal[3] - frontal[0]).norm()) < 3  # pointing at the camera: a dot
+
+
+def test_a_large_folder_gets_several_sheets() -> None:
+    tile = Image.new("RGB", (10, 12))
+    sheets = check.contact_sheets([tile] * (check.PAGE_TILES + 1))
+    assert [sheet.size for sheet in sheets] == [(check.COLUMNS * 10, 12 * check.PAGE_TILES // check.COLUMNS), (10, 12)]
+    assert [check.check_page_name(page) for page in range(2)] == ["pose_check.png", "pose_check_2.png"]

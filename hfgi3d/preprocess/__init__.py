@@ -7,7 +7,9 @@ with MTCNN (:func:`~hfgi3d.preprocess.choice.detect_in_photo`), pick one
 ``OUT/dataset.json`` (EG3D's ``{"labels": [[name, c25], ...]}``, read by
 :func:`hfgi3d.data.inputs.load_camera`). :func:`preprocess` runs a photo or a folder, never stops on
 a bad photo, and writes ``OUT/preprocess_report.json`` listing what was processed and what was
-skipped, and why (:mod:`~hfgi3d.preprocess.report`).
+skipped, and why (:mod:`~hfgi3d.preprocess.report`), and ``OUT/pose_check.png``: every crop of the
+run with its landmarks and estimated head pose drawn on it, to spot a bad camera at a glance
+(:mod:`~hfgi3d.preprocess.check`).
 
 Each stage has its module, with its conventions and policies in the module docstring:
 
@@ -16,6 +18,7 @@ Each stage has its module, with its conventions and policies in the module docst
 * :mod:`~hfgi3d.preprocess.crop` — EG3D's crop geometry (pixel coordinates, the template, roll),
   the camera, and the resampling with FFHQ's border padding;
 * :mod:`~hfgi3d.preprocess.report` — options, per-photo outcomes, ``dataset.json`` and the summary.
+* :mod:`~hfgi3d.preprocess.check` — the pose-check pictures.
 * :mod:`~hfgi3d.preprocess.accuracy` — crop round trip and pose errors against EG3D's own cameras.
 
 Policies (the run):
@@ -36,7 +39,6 @@ from pathlib import Path
 import numpy as np
 from facenet_pytorch import MTCNN
 from PIL import Image
-from torch import Tensor
 from tqdm import tqdm
 
 from hfgi3d.cameras import yaw_pitch_of
@@ -45,6 +47,7 @@ from hfgi3d.faces import make_detector
 from hfgi3d.io import write_bytes_atomic
 from hfgi3d.pose import PoseEstimator
 from hfgi3d.pose.mediapipe import default_pose_estimator
+from hfgi3d.preprocess.check import check_page_name, contact_sheets, pose_tile
 from hfgi3d.preprocess.choice import FaceChoice, detect_in_photo, select_face
 from hfgi3d.preprocess.crop import (
     DEFAULT_SIZE,
@@ -123,7 +126,8 @@ def preprocess(
 
     Args:
         input_path: a photo, or a folder whose image files are all processed.
-        output_dir: receives ``<stem>.png`` crops, ``dataset.json`` and ``preprocess_report.json``.
+        output_dir: receives ``<stem>.png`` crops, ``dataset.json``, ``preprocess_report.json`` and the
+            pose-check sheets of the photos this run processed (``pose_check.png``, …).
         options: crop size, face choice and overwrite policy (defaults: :class:`PreprocessOptions`).
         estimator: pose from the crop (default: :func:`hfgi3d.pose.mediapipe.default_pose_estimator`, MediaPipe's
             landmarks where mediapipe is installed, else MTCNN's five points and a note in the report).
@@ -154,6 +158,7 @@ def preprocess(
     processed: list[ProcessedImage] = []
     skipped: list[SkippedImage] = []
     claimed: dict[str, Path] = {}
+    tiles = []
     try:
         for path in tqdm(inputs, desc="preprocess", unit="photo", disable=not progress):
             name = f"{path.stem}.png"
@@ -182,7 +187,11 @@ def preprocess(
                 if estimator is None:
                     estimator, missing = default_pose_estimator()
                     notes += [missing] if missing else []
-                entry, c25 = _process_photo(path, output_dir / name, detector, estimator, options)
+                entry, face = _process_photo(path, output_dir / name, detector, estimator, options)
+                c25 = face.pose.c25
+                angles = f"yaw {entry.yaw_rad:+.2f}  pitch {entry.pitch_rad:+.2f}"
+                caption = f"{path.stem[:36]}\n{angles}  {entry.pose_estimator}"
+                tiles.append(pose_tile(face.pixels, face.landmarks_px, c25, caption, warned=bool(entry.warnings)))
                 processed.append(entry)
                 labels[name] = [float(v) for v in c25[0].tolist()]
             except PreprocessError as error:
@@ -196,12 +205,14 @@ def preprocess(
         )
         write_labels(output_dir / DATASET_JSON, labels)
         write_report(output_dir / REPORT_JSON, report)
+        for page, sheet in enumerate(contact_sheets(tiles)):
+            _write_png(output_dir / check_page_name(page), np.asarray(sheet))
     return report
 
 
 def _process_photo(
     path: Path, output_path: Path, detector: MTCNN, estimator: PoseEstimator, options: PreprocessOptions
-) -> tuple[ProcessedImage, Tensor]:
+) -> tuple[ProcessedImage, AlignedFace]:
     """Crop, pose and write one photo; errors carry the notes gathered so far."""
     photo = load_photo(path)
     try:
@@ -241,7 +252,7 @@ def _process_photo(
         notes=photo.notes,
         warnings=(*choice.warnings, *quality_warnings(face, yaw, pitch, options.size)),
     )
-    return entry, face.pose.c25
+    return entry, face
 
 
 def _check_output_dir(input_path: Path, output_dir: Path) -> None:
