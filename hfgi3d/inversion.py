@@ -71,6 +71,7 @@ PSEUDO_MULTIVIEW = "pseudo_multiview"
 STAGES = (ESTIMATE, OCCLUDED, PSEUDO_MULTIVIEW)
 
 AuxTarget = Literal["masked", "blended"]
+AuxNormalization = Literal["mask", "image"]
 CompileMode = Literal["none", "default", "reduce-overhead", "max-autotune"]
 RNG_KEY = "hfgi3d_rng_state"
 """Checkpoint entry with the global RNG state (CPU and CUDA) of the step to run next."""
@@ -140,6 +141,10 @@ class InversionModule(L.LightningModule):
         lambda_l2, lambda_lpips: weights of ``L_rec``'s terms.
         lambda_occluded, lambda_visible: weights of the two masked auxiliary terms.
         lambda_pseudo: weight of the blended auxiliary term.
+        aux_normalization: what the masked terms are means over: ``mask`` (the pixels of their
+            mask, so a small region weighs as much as a large one; visible + occluded then weigh
+            twice the input view) or ``image`` (every pixel, as Eq. 5 is written: ``M_o·G`` against
+            ``M_o·O_i``; the two terms together weigh one full view).
         lpips_resize: LPIPS input size (the projectors use 256); None keeps the render size.
         seed: generator init (random architectures) and latent sampling.
         lpips_weights: explicit LPIPS weights file (see :mod:`hfgi3d.losses`); None searches.
@@ -215,6 +220,7 @@ class InversionModule(L.LightningModule):
         pseudo_multiview_latent_lr: float | None = None,
         photos: int = 1,
         photos_per_call: int = 0,
+        aux_normalization: AuxNormalization = "mask",
     ) -> None:
         super().__init__()
         if stage_one_from is not None and (estimate_steps or occluded_steps):
@@ -658,8 +664,8 @@ class InversionModule(L.LightningModule):
         hp = self.hp
         count = len(render)
         if hp.aux_target == "masked":
-            occluded_l2 = self._per_photo(mse_per_sample(render, batch["aux_occluded"], batch["aux_mask_occluded"]))
-            visible_l2 = self._per_photo(mse_per_sample(render, batch["aux_visible"], batch["aux_mask_visible"]))
+            occluded_l2 = mse_per_sample(render, batch["aux_occluded"], batch["aux_mask_occluded"])  # N·A
+            visible_l2 = mse_per_sample(render, batch["aux_visible"], batch["aux_mask_visible"])
             occluded_lpips = visible_lpips = None
             if self.uses_lpips:
                 occluded_target, visible_target = self._aux_targets(batch, ("occluded", "visible"))
@@ -667,9 +673,13 @@ class InversionModule(L.LightningModule):
                 distances = self._lpips_distance(
                     torch.cat([render, render]), LpipsTarget.cat([occluded_target, visible_target])
                 )
-                occluded_lpips, visible_lpips = self._per_photo(distances[:count]), self._per_photo(distances[count:])
+                occluded_lpips, visible_lpips = distances[:count], distances[count:]
             occluded = weighted_reconstruction(occluded_l2, occluded_lpips, hp.lambda_l2, hp.lambda_lpips)
             visible = weighted_reconstruction(visible_l2, visible_lpips, hp.lambda_l2, hp.lambda_lpips)
+            if hp.aux_normalization == "image":  # a mean over the mask times its share is the mean over the image
+                occluded = occluded * batch["aux_mask_occluded"].mean(dim=(1, 2, 3))
+                visible = visible * batch["aux_mask_visible"].mean(dim=(1, 2, 3))
+            occluded, visible = self._per_photo(occluded), self._per_photo(visible)
             total = hp.lambda_occluded * occluded + hp.lambda_visible * visible
             return total, {"loss_occluded": occluded, "loss_visible": visible}
         if hp.aux_target == "blended":
