@@ -2,21 +2,23 @@
 
 Commands:
     fit                          invert one photo (LightningCLI; see hfgi3d/fit.py and configs/)
-    convert-eg3d IN.pkl OUT.pt   convert an official EG3D network pickle to an hfgi3d checkpoint
+    convert-eg3d IN.pkl          convert an official EG3D network pickle to an hfgi3d checkpoint
     render                       render views of a generator (official pickle, checkpoint or tiny)
-    preprocess IN OUT            align face photos to EG3D's FFHQ crop and estimate their cameras
+    preprocess IN --output_dir OUT            align face photos to EG3D's FFHQ crop and estimate their cameras
     directions fit               fit an attribute direction in W (InterFaceGAN)
     edit RUN_DIR                 edit a fitted photo along attribute directions
     edit-texture RUN_DIR         carry a painted input photo into every view
 
 Every command answers a bad input with one line (``error: …``) and exit code 2, before it builds
 or writes anything; ``--debug`` (or ``HFGI3D_DEBUG=1``) shows the traceback instead. Options are
-never abbreviated, and ``--overwrite`` is a bare flag everywhere.
+spelt with underscores, as LightningCLI spells ``fit``'s, and never abbreviated; a results folder is
+``--output_dir``, a single result file ``--output``; ``--overwrite`` is a bare flag everywhere.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import os
 import sys
@@ -111,8 +113,10 @@ def parse_command(argv: list[str]) -> argparse.Namespace:
         "and write an hfgi3d checkpoint that loads with torch.load(weights_only=True).",
     )
     convert.add_argument("input", type=Path, help="EG3D network pickle, e.g. ffhq512-128.pkl")
-    convert.add_argument("output", type=Path, help="hfgi3d checkpoint to write, e.g. ffhq512-128.pt")
-    convert.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    convert.add_argument(
+        "--output", type=Path, default=None, help="hfgi3d checkpoint to write (default: INPUT with the suffix .pt)"
+    )
+    convert.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     convert.set_defaults(run=_convert_eg3d)
 
     render = commands.add_parser(
@@ -128,14 +132,14 @@ def parse_command(argv: list[str]) -> argparse.Namespace:
         "or 'tiny' for the small random generator of configs/generator/tiny.yaml (default)",
     )  # fmt: skip
     render.add_argument("--seeds", type=int, nargs="+", default=[0], help="latent seeds (default: 0)")
-    render.add_argument("--truncation-psi", type=float, default=0.7, help="truncation towards w_avg (default 0.7)")
-    render.add_argument("--yaw-deg", type=float, default=20.0, help="max |yaw| of the grid in degrees (default 20)")
-    render.add_argument("--pitch-deg", type=float, default=14.0, help="max |pitch| of the grid in degrees (default 14)")
+    render.add_argument("--truncation_psi", type=float, default=0.7, help="truncation towards w_avg (default 0.7)")
+    render.add_argument("--yaw_deg", type=float, default=20.0, help="max |yaw| of the grid in degrees (default 20)")
+    render.add_argument("--pitch_deg", type=float, default=14.0, help="max |pitch| of the grid in degrees (default 14)")
     render.add_argument(
         "--views", type=int, nargs=2, default=[5, 3], metavar=("YAW", "PITCH"), help="grid size (default 5 3)"
     )
     render.add_argument(
-        "--out", type=Path, default=Path("outputs/render"), help="output folder (default outputs/render)"
+        "--output_dir", type=Path, default=Path("outputs/render"), help="results folder (default outputs/render)"
     )
     _add_device(render, "where the generator runs")
     render.add_argument("--overwrite", action="store_true", help="replace existing images")
@@ -147,34 +151,40 @@ def parse_command(argv: list[str]) -> argparse.Namespace:
         help="align face photos to EG3D's FFHQ crop and estimate their cameras",
         description="Detect the face of each photo (MTCNN), cut EG3D's 512² FFHQ-aligned crop (roll removed) and "
         "estimate its camera (MediaPipe's landmarks where installed, else five MTCNN points). Writes "
-        "OUT/<stem>.png, an EG3D dataset.json with the cameras and preprocess_report.json; bad photos are skipped "
+        "OUTPUT_DIR/<stem>.png, an EG3D dataset.json with the cameras, preprocess_report.json and pose_check.png (the "
+        "crops with their landmarks and head pose drawn on them); bad photos are skipped "
         "and reported. Exit code 0 if at least one photo was aligned, 2 otherwise. See hfgi3d/preprocess/ for the "
         "conventions.",
     )
     preprocess.add_argument("input", type=Path, help="a photo, or a folder of photos (not recursive)")
-    preprocess.add_argument("output", type=Path, help="output folder (created if missing)")
     preprocess.add_argument(
-        "--face-index", type=int, default=0, help="with several faces, keep the K-th most confident (default 0)"
+        "--output_dir",
+        type=Path,
+        default=None,
+        help="results folder, required: the crops and their cameras (created if missing)",
     )
     preprocess.add_argument(
-        "--single-face", action="store_true", help="skip photos with several faces instead of keeping one"
+        "--face_index", type=int, default=0, help="with several faces, keep the K-th most confident (default 0)"
+    )
+    preprocess.add_argument(
+        "--single_face", action="store_true", help="skip photos with several faces instead of keeping one"
     )
     preprocess.add_argument("--size", type=int, default=512, help="crop side in pixels (default 512)")
     preprocess.add_argument(
-        "--min-face-px", type=int, default=64, help="ignore faces smaller than this in the photo (default 64)"
+        "--min_face_px", type=int, default=64, help="ignore faces smaller than this in the photo (default 64)"
     )
     preprocess.add_argument(
-        "--pose-estimator", choices=("auto", *POSE_ESTIMATORS), default=None,
-        help="auto (default; deep3d when --deep3d-checkpoint is given): MediaPipe's Face Landmarker where "
+        "--pose_estimator", choices=("auto", *POSE_ESTIMATORS), default=None,
+        help="auto (default; deep3d when --deep3d_checkpoint is given): MediaPipe's Face Landmarker where "
         "installed, else pnp5. "
         + "; ".join(f"{name}: {entry.summary}" for name, entry in POSE_ESTIMATORS.items())
         + " (docs/reference.md: accuracy table)",
     )  # fmt: skip
     preprocess.add_argument(
-        "--deep3d-checkpoint", type=Path, default=None, metavar="PATH",
-        help="Deep3DFaceRecon_pytorch's epoch_20.pth (its README links it); needed by --pose-estimator deep3d",
+        "--deep3d_checkpoint", type=Path, default=None, metavar="PATH",
+        help="Deep3DFaceRecon_pytorch's epoch_20.pth (its README links it); needed by --pose_estimator deep3d",
     )  # fmt: skip
-    preprocess.add_argument("--overwrite", action="store_true", help="replace crops that already exist in OUTPUT")
+    preprocess.add_argument("--overwrite", action="store_true", help="replace crops that already exist in --output_dir")
     _add_device(preprocess, "where the face detector and pose estimator run")
     preprocess.set_defaults(run=_preprocess)
 
@@ -188,7 +198,7 @@ def parse_command(argv: list[str]) -> argparse.Namespace:
         help="sample, render at the frontal camera, score, and fit a linear SVM",
         description="Sample latents, render each at the canonical (frontal) camera, score it, keep the --top "
         "highest and lowest, train a linear SVM on 70 % of them and test it on 30 %; the SVM's unit normal is "
-        "the direction. Scores are kept in chunks beside --out, so a killed run resumes.",
+        "the direction. Scores are kept in chunks beside --output, so a killed run resumes.",
     )
     fit_dir.add_argument("--generator", required=True, help="EG3D .pkl, hfgi3d .pt, a GeneratorConfig .yaml or 'tiny'")
     fit_dir.add_argument(
@@ -204,21 +214,21 @@ def parse_command(argv: list[str]) -> argparse.Namespace:
         default=None,
         help="image classifier for --scorer classifier: TorchScript (.pt) or ONNX (.onnx, run by onnxruntime)",
     )
-    fit_dir.add_argument("--output-index", type=int, default=0, help="the classifier output that scores (default 0)")
-    fit_dir.add_argument("--classifier-size", type=int, default=224, help="classifier input size (default 224)")
+    fit_dir.add_argument("--output_index", type=int, default=0, help="the classifier output that scores (default 0)")
+    fit_dir.add_argument("--classifier_size", type=int, default=224, help="classifier input size (default 224)")
     fit_dir.add_argument(
-        "--classifier-range", default="0,1", help="classifier input: 0,1 (default), -1,1 or imagenet (normalised 0,1)"
+        "--classifier_range", default="0,1", help="classifier input: 0,1 (default), -1,1 or imagenet (normalised 0,1)"
     )
     fit_dir.add_argument("--attribute", required=True, help="label stored with the direction (e.g. smile)")
     fit_dir.add_argument("--samples", type=int, default=500_000, help="latents sampled (the paper: 500000)")
     fit_dir.add_argument("--top", type=int, default=10_000, help="kept at each end of the scores (the paper: 10000)")
-    fit_dir.add_argument("--out", type=Path, required=True, help="direction file to write (.pt)")
-    fit_dir.add_argument("--seed", type=int, default=0)
-    fit_dir.add_argument("--batch-size", type=int, default=16, help="renders per generator call (default 16)")
+    fit_dir.add_argument("--output", type=Path, default=None, help="direction file to write (.pt), required")
+    fit_dir.add_argument("--seed", type=int, default=0, help="seed of the latent samples (default 0)")
+    fit_dir.add_argument("--batch_size", type=int, default=16, help="renders per generator call (default 16)")
     fit_dir.add_argument("--chunk", type=int, default=1000, help="samples per stored score chunk (default 1000)")
-    fit_dir.add_argument("--truncation-psi", type=float, default=1.0, help="truncation of the samples (default 1)")
+    fit_dir.add_argument("--truncation_psi", type=float, default=1.0, help="truncation of the samples (default 1)")
     _add_device(fit_dir, "where the generator and the attribute scorer run")
-    fit_dir.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    fit_dir.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     fit_dir.set_defaults(run=_fit_direction)
 
     edit = commands.add_parser(
@@ -264,14 +274,42 @@ def parse_command(argv: list[str]) -> argparse.Namespace:
     texture.add_argument("--name", default=None, help="result folder name (default: the image's file name)")
     texture.add_argument("--overwrite", action="store_true", help="replace an existing texture edit of that name")
     texture.set_defaults(run=_edit_texture)
+    parsers = {
+        "convert-eg3d": convert, "render": render, "preprocess": preprocess, "directions fit": fit_dir,
+        "edit": edit, "edit-texture": texture,
+    }  # fmt: skip
 
     args, unknown = parser.parse_known_args(argv)
+    command = " ".join(word for word in (args.command, getattr(args, "directions_command", None)) if word)
+    options = [name for action in parsers[command]._actions for name in action.option_strings]
+    see = f"(see `python -m hfgi3d {command} --help`)"
     if args.command == "edit-texture":  # what follows its own options is passed on to fit
         args.fit_args = unknown
     elif unknown:  # named with the command's own help, not the top level's
-        command = " ".join(word for word in (args.command, getattr(args, "directions_command", None)) if word)
-        raise InputError(f"unrecognized arguments: {' '.join(unknown)} (see `python -m hfgi3d {command} --help`)")
+        hint = next(filter(None, (_hint(word, options) for word in unknown)), "")
+        raise InputError(f"unrecognized arguments: {' '.join(unknown)}{hint} {see}")
+    # Output options that must be given: checked here, after the unknown words that may have meant them.
+    for option in ("--output_dir", "--output"):
+        if option in options and getattr(args, option[2:]) is None and command != "convert-eg3d":
+            raise InputError(f"the following arguments are required: {option} {see}")
+    if args.command == "convert-eg3d" and args.output is None:
+        args.output = args.input.with_suffix(".pt")
     return args
+
+
+def _hint(word: str, options: list[str]) -> str:
+    """What an unrecognized word probably meant: the option spelt with ``_`` (every command's style, as
+    LightningCLI's ``fit``), a close option name, or the output folder or file given by name."""
+    if word.startswith("--"):
+        name = word.split("=", 1)[0]
+        snake = "--" + name[2:].replace("-", "_")
+        close = [snake] if snake in options else difflib.get_close_matches(name, options, n=1, cutoff=0.75)
+        return f": did you mean {close[0]}?" if close else ""
+    if not word.startswith("-") and "--output_dir" in options:
+        return f": the results folder is named by an option, --output_dir {word}"
+    if not word.startswith("-") and "--output" in options:
+        return f": the file to write is named by an option, --output {word}"
+    return ""
 
 
 def _convert_eg3d(args: argparse.Namespace) -> int:
@@ -326,12 +364,12 @@ def _render(args: argparse.Namespace) -> int:
         num_yaw, num_pitch,
     )  # fmt: skip
     cameras = orbit_c25(yaw, pitch).to(args.device)
-    args.out.mkdir(parents=True, exist_ok=True)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
     for seed in tqdm(args.seeds, desc="render", unit="seed"):
-        image_path = args.out / f"seed{seed:04d}.png"
-        depth_path = args.out / f"seed{seed:04d}_depth.png"
+        image_path = args.output_dir / f"seed{seed:04d}.png"
+        depth_path = args.output_dir / f"seed{seed:04d}_depth.png"
         if not args.overwrite and (image_path.exists() or depth_path.exists()):
-            raise FileExistsError(f"{image_path} exists; pass --overwrite or another --out")
+            raise FileExistsError(f"{image_path} exists; pass --overwrite or another --output_dir")
         z = torch.randn([1, generator.config.z_dim], generator=torch.Generator().manual_seed(seed)).to(args.device)
         start = time.perf_counter()
         with torch.no_grad():
@@ -351,7 +389,7 @@ def _fit_direction(args: argparse.Namespace) -> int:
     from hfgi3d.editing.direction_fit import fit_direction
 
     metadata = fit_direction(
-        args.generator, args.scorer, args.attribute, args.samples, args.top, args.out, seed=args.seed,
+        args.generator, args.scorer, args.attribute, args.samples, args.top, args.output, seed=args.seed,
         batch_size=args.batch_size, chunk=args.chunk, truncation_psi=args.truncation_psi, device=args.device,
         overwrite=args.overwrite, classifier=args.classifier, output_index=args.output_index,
         input_size=args.classifier_size, input_range=args.classifier_range,
@@ -360,8 +398,8 @@ def _fit_direction(args: argparse.Namespace) -> int:
     rate = metadata["seconds_scoring"] / scored * 10_000 if scored else float("nan")
     without_face = metadata["samples_without_face"]
     print(
-        f"wrote {args.out}: {args.attribute} by {args.scorer}, SVM accuracy {metadata['accuracy']:.3f} on the held-out "
-        f"30 % of {2 * args.top} samples; scored {scored} samples now ({rate:.0f} s per 10k)"
+        f"wrote {args.output}: {args.attribute} by {args.scorer}, SVM accuracy {metadata['accuracy']:.3f} "
+        f"on the held-out 30 % of {2 * args.top} samples; scored {scored} samples now ({rate:.0f} s per 10k)"
         + (f"; {without_face} of {args.samples} renders had no face and were left out" if without_face else "")
     )
     return 0
@@ -402,14 +440,14 @@ def _preprocess(args: argparse.Namespace) -> int:
     estimator: PoseEstimator | None = None  # auto: preprocess picks, and notes a missing MediaPipe in its report
     choice = args.pose_estimator or ("deep3d" if args.deep3d_checkpoint is not None else "auto")
     if args.deep3d_checkpoint is not None and (choice == "auto" or not POSE_ESTIMATORS[choice].needs_checkpoint):
-        raise InputError(f"--deep3d-checkpoint is only read by --pose-estimator deep3d, not {choice}")
+        raise InputError(f"--deep3d_checkpoint is only read by --pose_estimator deep3d, not {choice}")
     if choice != "auto":
         estimator = make_pose_estimator(choice, EstimatorOptions(args.deep3d_checkpoint, args.device))
     report = preprocess(
-        args.input, args.output, options, detector=make_detector(args.device), progress=True, estimator=estimator
+        args.input, args.output_dir, options, detector=make_detector(args.device), progress=True, estimator=estimator
     )
     print(format_summary(report))
     if not report.processed:
-        print(f"error: no photo could be aligned (the reasons are above and in {args.output}/)", file=sys.stderr)
+        print(f"error: no photo could be aligned (the reasons are above and in {args.output_dir}/)", file=sys.stderr)
         return 2
     return 0

@@ -87,7 +87,20 @@ def test_architecture_mismatch_is_reported(generator: TriPlaneGenerator, tmp_pat
 
 def test_render_command_writes_grids_and_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "render"
-    args = ["render", "--generator", "tiny", "--seeds", "3", "--views", "2", "1", "--out", str(out), "--device", "cpu"]
+    args = [
+        "render",
+        "--generator",
+        "tiny",
+        "--seeds",
+        "3",
+        "--views",
+        "2",
+        "1",
+        "--output_dir",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     assert (out / "seed0003.png").is_file() and (out / "seed0003_depth.png").is_file()
     assert main(args) == 2
@@ -96,7 +109,7 @@ def test_render_command_writes_grids_and_refuses_to_overwrite(tmp_path: Path, ca
 
 
 def test_convert_command_reports_missing_input(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["convert-eg3d", str(tmp_path / "missing.pkl"), str(tmp_path / "out.pt")]) == 2
+    assert main(["convert-eg3d", str(tmp_path / "missing.pkl"), "--output", str(tmp_path / "out.pt")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: EG3D network pickle not found: {tmp_path / 'missing.pkl'}; download")
     assert "convert-eg3d" not in err  # not the command that just failed
@@ -109,12 +122,15 @@ def test_convert_command_turns_an_official_pickle_into_a_checkpoint(tmp_path: Pa
     pickle_path = tmp_path / "network-snapshot.pkl"
     write_official_pickle(pickle_path, state, init_kwargs, rendering_kwargs, reference.neural_rendering_resolution)
     out = tmp_path / "converted.pt"
-    assert main(["convert-eg3d", str(pickle_path), str(out)]) == 0
+    assert main(["convert-eg3d", str(pickle_path), "--output", str(out)]) == 0
     converted = load_generator(out)
     for key, value in state.items():
         assert torch.equal(converted.state_dict()[key], value), key
     assert converted.config.rendering.neural_rendering_resolution == 32
-    assert main(["convert-eg3d", str(pickle_path), str(out)]) == 2  # refuses to overwrite
+    assert main(["convert-eg3d", str(pickle_path), "--output", str(out)]) == 2  # refuses to overwrite
+    assert main(["convert-eg3d", str(pickle_path)]) == 0  # without --output: the pickle's name with .pt
+    assert torch.equal(load_generator(tmp_path / "network-snapshot.pt").state_dict()["backbone.mapping.embed.weight"],
+                       state["backbone.mapping.embed.weight"])  # fmt: skip
     assert not marker_path_for(pickle_path).exists()
 
 
@@ -133,6 +149,6 @@ def test_generator_presets_are_the_architectures_they_name() -> None:
 
 def test_render_command_accepts_an_architecture_yaml(tmp_path: Path) -> None:
     config = str(Path(__file__).parents[1] / "configs" / "generator" / "tiny.yaml")
-    args = ["render", "--generator", config, "--seeds", "0", "--views", "1", "1", "--out", str(tmp_path)]
+    args = ["render", "--generator", config, "--seeds", "0", "--views", "1", "1", "--output_dir", str(tmp_path)]
     assert main([*args, "--device", "cpu"]) == 0
     assert (tmp_path / "seed0000.png").is_file()

@@ -269,7 +269,7 @@ def test_overwrite_is_a_bare_flag_and_options_are_not_abbreviated(
 ) -> None:
     assert fit_inputs_from_argv(["--overwrite"]).overwrite
     assert not fit_inputs_from_argv(["--overwrite", "--no_overwrite"]).overwrite
-    assert main(["render", "--seed", "3", "--out", str(tmp_path)]) == 2  # --seed is not --seeds
+    assert main(["render", "--seed", "3", "--output_dir", str(tmp_path)]) == 2  # --seed is not --seeds
     assert capsys.readouterr().err.startswith("error: unrecognized arguments: --seed 3")
 
 
@@ -280,6 +280,19 @@ def test_overwrite_is_a_bare_flag_and_options_are_not_abbreviated(
         (["edit", "run"], "the following arguments are required: --direction"),
         (["render", "--views", "3"], "argument --views: expected 2 arguments"),
         (["nonsense"], "argument COMMAND: invalid choice: 'nonsense'"),
+        (
+            ["preprocess", "a.jpg", "--output_dir", "o", "--face-index", "1"],
+            "unrecognized arguments: --face-index 1: did you mean --face_index?",
+        ),
+        (
+            ["preprocess", "a.jpg", "aligned/"],
+            "unrecognized arguments: aligned/: the results folder is named by an option, --output_dir aligned/",
+        ),
+        (["preprocess", "a.jpg"], "the following arguments are required: --output_dir"),
+        (
+            ["directions", "fit", "--generator", "tiny", "--scorer", "mean_luma", "--attribute", "b", "--out", "b.pt"],
+            "unrecognized arguments: --out b.pt: did you mean --output?",
+        ),
     ],
 )
 def test_a_bad_option_of_any_command_is_one_line(

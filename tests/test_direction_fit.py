@@ -16,12 +16,12 @@ from hfgi3d.errors import InputError
 from hfgi3d.generator import open_generator
 
 ARGS = ["--generator", "tiny", "--scorer", "mean_luma", "--attribute", "brightness", "--samples", "120",
-        "--top", "30", "--chunk", "40", "--batch-size", "20", "--device", "cpu"]  # fmt: skip
+        "--top", "30", "--chunk", "40", "--batch_size", "20", "--device", "cpu"]  # fmt: skip
 
 
 def test_the_direction_moves_the_score_it_was_fitted_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "luma.pt"
-    assert main(["directions", "fit", *ARGS, "--out", str(out)]) == 0
+    assert main(["directions", "fit", *ARGS, "--output", str(out)]) == 0
     assert "SVM accuracy" in capsys.readouterr().out
     direction = load_direction(out)
     meta = direction.metadata
@@ -43,7 +43,7 @@ def test_the_direction_moves_the_score_it_was_fitted_on(tmp_path: Path, capsys: 
 
 def test_a_killed_run_resumes_from_its_score_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "luma.pt"
-    assert main(["directions", "fit", *ARGS, "--out", str(out)]) == 0
+    assert main(["directions", "fit", *ARGS, "--output", str(out)]) == 0
     first = torch.load(out, weights_only=True)
     chunks = sorted((tmp_path / ".luma.scores").glob("chunk*.pt"))
     assert len(chunks) == 3
@@ -57,13 +57,13 @@ def test_a_killed_run_resumes_from_its_score_chunks(tmp_path: Path, monkeypatch:
         return original(images)
 
     monkeypatch.setattr(scorers, "mean_luma", counting)
-    assert main(["directions", "fit", *ARGS, "--out", str(out)]) == 0
+    assert main(["directions", "fit", *ARGS, "--output", str(out)]) == 0
     assert sum(scored) == 40  # only the missing chunk
     second = torch.load(out, weights_only=True)
     torch.testing.assert_close(second["direction"], first["direction"])
     assert second["metadata"]["accuracy"] == first["metadata"]["accuracy"]
     # Stored scores are never mixed with another run's.
-    assert main(["directions", "fit", *ARGS, "--seed", "1", "--out", str(out), "--overwrite"]) == 2
+    assert main(["directions", "fit", *ARGS, "--seed", "1", "--output", str(out), "--overwrite"]) == 2
 
 
 @pytest.mark.parametrize(
@@ -77,7 +77,7 @@ def test_bad_options_get_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
 ) -> None:
     out = tmp_path / "x.pt"
-    assert main(["directions", "fit", *ARGS, *extra, "--out", str(out)]) == 2
+    assert main(["directions", "fit", *ARGS, *extra, "--output", str(out)]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not out.exists()
@@ -86,7 +86,7 @@ def test_bad_options_get_one_line(
 def test_an_existing_direction_is_not_overwritten(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "x.pt"
     out.write_bytes(b"keep")
-    assert main(["directions", "fit", *ARGS, "--out", str(out)]) == 2
+    assert main(["directions", "fit", *ARGS, "--output", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert out.read_bytes() == b"keep"
 
@@ -116,15 +116,15 @@ def test_a_torchscript_classifier_scores_its_chosen_output(tmp_path: Path, capsy
         "classifier",
         "--classifier",
         str(model),
-        "--output-index",
+        "--output_index",
         "1",
-        "--classifier-size",
+        "--classifier_size",
         "32",
     ]
     # A wrong output index stops the run before its first chunk; the corrected run then starts cleanly.
-    wrong = [*ARGS, "--scorer", "classifier", "--classifier", str(model), "--output-index", "5"]
-    assert main(["directions", "fit", *wrong, "--out", str(out)]) == 2
-    assert main(["directions", "fit", *args, "--out", str(out)]) == 0
+    wrong = [*ARGS, "--scorer", "classifier", "--classifier", str(model), "--output_index", "5"]
+    assert main(["directions", "fit", *wrong, "--output", str(out)]) == 2
+    assert main(["directions", "fit", *args, "--output", str(out)]) == 0
     metadata = torch.load(out, weights_only=True)["metadata"]
     assert (
         metadata["scorer"] == "classifier"
@@ -135,7 +135,7 @@ def test_a_torchscript_classifier_scores_its_chosen_output(tmp_path: Path, capsy
     not_a_model = tmp_path / "junk.pt"
     not_a_model.write_bytes(b"not a model")
     assert main(["directions", "fit", *ARGS, "--scorer", "classifier", "--classifier", str(not_a_model),
-                 "--out", str(tmp_path / "j.pt")]) == 2  # fmt: skip
+                 "--output", str(tmp_path / "j.pt")]) == 2  # fmt: skip
     assert "not a TorchScript model" in capsys.readouterr().err
 
 
@@ -153,7 +153,7 @@ def test_renders_without_a_face_are_left_out_and_counted(
 
     monkeypatch.setattr(scorers, "mean_luma", luma_with_faceless_renders)
     out = tmp_path / "luma.pt"
-    code = main(["directions", "fit", *ARGS, "--out", str(out)])
+    code = main(["directions", "fit", *ARGS, "--output", str(out)])
     captured = capsys.readouterr()
     if faceless == "every third":  # 42 of 120 without a face leave 78 ≥ 2·top = 60 to rank
         assert code == 0 and "42 of 120 renders had no face and were left out" in captured.out

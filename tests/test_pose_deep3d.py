@@ -128,10 +128,13 @@ def test_bad_checkpoints_are_refused_with_the_file_named(tmp_path: Path) -> None
 def test_cli_asks_for_the_checkpoint_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     photo = tmp_path / "photo.png"
     photo.write_bytes(b"")  # never read: the options are checked first
-    assert main(["preprocess", str(photo), str(tmp_path / "out"), "--pose-estimator", "deep3d"]) == 2
-    assert "--deep3d-checkpoint" in capsys.readouterr().err
+    assert main(["preprocess", str(photo), "--output_dir", str(tmp_path / "out"), "--pose_estimator", "deep3d"]) == 2
+    assert "--deep3d_checkpoint" in capsys.readouterr().err
     missing = tmp_path / "epoch_20.pth"
-    assert main(["preprocess", str(photo), str(tmp_path / "out"), "--deep3d-checkpoint", str(missing)]) == 2
+    assert (
+        main(["preprocess", str(photo), "--output_dir", str(tmp_path / "out"), "--deep3d_checkpoint", str(missing)])
+        == 2
+    )
     err = capsys.readouterr().err
     assert str(missing) in err and "Deep3DFaceRecon" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()

@@ -427,7 +427,7 @@ def test_bad_inputs_do_not_stop_a_batch(tmp_path: Path, capsys: pytest.CaptureFi
     _save(skimage.data.coffee(), photos / "coffee.jpg")
     output = tmp_path / "aligned"
 
-    assert main(["preprocess", str(photos), str(output)]) == 0
+    assert main(["preprocess", str(photos), "--output_dir", str(output)]) == 0
     summary = capsys.readouterr().out
     report = _report(output)
     processed, skipped = _by_name(report["processed"]), _by_name(report["skipped"])
@@ -466,38 +466,40 @@ def test_two_faces(tmp_path: Path, detector: MTCNN) -> None:
     assert [entry.code for entry in strict.skipped] == ["several_faces"] and not strict.processed
     beyond = preprocess(photo, tmp_path / "beyond", PreprocessOptions(face_index=2), detector=detector)
     assert [entry.code for entry in beyond.skipped] == ["face_index"]
-    assert "--face-index 2 but pair.png has 2 face(s)" in beyond.skipped[0].reason
+    assert "--face_index 2 but pair.png has 2 face(s)" in beyond.skipped[0].reason
 
 
 def test_cli_overwrite_merge_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     photos, output = tmp_path / "photos", tmp_path / "aligned"
     photos.mkdir()
     _save(_astronaut_head(), photos / "first.png")
-    assert main(["preprocess", str(photos / "first.png"), str(output)]) == 0
+    assert main(["preprocess", str(photos / "first.png"), "--output_dir", str(output)]) == 0
     crop = output / "first.png"
     written = crop.stat().st_mtime_ns
-    assert main(["preprocess", str(photos), str(output)]) == 2  # nothing new: the crop exists
+    assert main(["preprocess", str(photos), "--output_dir", str(output)]) == 2  # nothing new: the crop exists
     assert "pass --overwrite" in capsys.readouterr().out and crop.stat().st_mtime_ns == written
     _save(_mirror(_astronaut_head()), photos / "second.png")
-    assert main(["preprocess", str(photos), str(output)]) == 0  # first skipped, second added ...
+    assert main(["preprocess", str(photos), "--output_dir", str(output)]) == 0  # first skipped, second added ...
     labels = dict(json.loads((output / DATASET_JSON).read_text())["labels"])
     assert sorted(labels) == ["first.png", "second.png"]  # ... and the dataset keeps both labels
     report = _report(output)  # ... and so does the report: the first run's entry is not lost
     assert sorted(Path(entry["output"]).name for entry in report["processed"]) == ["first.png", "second.png"]
     assert report["skipped"] == [] and report["runs"] == 3
-    assert main(["preprocess", str(photos), str(output), "--overwrite"]) == 0
+    assert main(["preprocess", str(photos), "--output_dir", str(output), "--overwrite"]) == 0
     assert len(_report(output)["processed"]) == 2
-    assert main(["preprocess", str(tmp_path / "missing"), str(output)]) == 2
+    assert main(["preprocess", str(tmp_path / "missing"), "--output_dir", str(output)]) == 2
     assert "input not found" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("no photos here")
-    assert main(["preprocess", str(tmp_path / "empty"), str(tmp_path / "none")]) == 2
-    assert main(["preprocess", str(photos), str(photos)]) == 2  # crops would replace the photos
-    assert main(["preprocess", str(photos / "first.png"), str(photos), "--overwrite"]) == 2  # ... or this one
+    assert main(["preprocess", str(tmp_path / "empty"), "--output_dir", str(tmp_path / "none")]) == 2
+    assert main(["preprocess", str(photos), "--output_dir", str(photos)]) == 2  # crops would replace the photos
+    assert (
+        main(["preprocess", str(photos / "first.png"), "--output_dir", str(photos), "--overwrite"]) == 2
+    )  # ... or this one
     assert "replaced by its own crop" in capsys.readouterr().out
     (tmp_path / "stale").mkdir()
     (tmp_path / "stale" / DATASET_JSON).write_text("{not json")
-    assert main(["preprocess", str(photos), str(tmp_path / "stale")]) == 2
+    assert main(["preprocess", str(photos), "--output_dir", str(tmp_path / "stale")]) == 2
     assert "not an EG3D dataset.json" in capsys.readouterr().err
 
 
@@ -533,15 +535,25 @@ def test_the_pose_estimator_is_chosen_on_the_command_line(
     Image.fromarray(skimage.data.astronaut()).save(tmp_path / "astronaut.png")
     for name in ("pnp5", "mediapipe", "auto"):
         output = tmp_path / name
-        assert main(["preprocess", str(tmp_path / "astronaut.png"), str(output), "--pose-estimator", name]) == 0
+        assert (
+            main(["preprocess", str(tmp_path / "astronaut.png"), "--output_dir", str(output), "--pose_estimator", name])
+            == 0
+        )
         (entry,) = _report(output)["processed"]
         assert entry["pose_estimator"] == ("mediapipe" if name == "auto" else name)  # auto: MediaPipe is installed
     monkeypatch.setattr(pose_mediapipe, "mediapipe_available", lambda: False)
     capsys.readouterr()
-    args = ["preprocess", str(tmp_path / "astronaut.png"), str(tmp_path / "never"), "--pose-estimator", "mediapipe"]
+    args = [
+        "preprocess",
+        str(tmp_path / "astronaut.png"),
+        "--output_dir",
+        str(tmp_path / "never"),
+        "--pose_estimator",
+        "mediapipe",
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: --pose-estimator mediapipe needs MediaPipe: pip install") and "\n" not in err
+    assert err.startswith("error: --pose_estimator mediapipe needs MediaPipe: pip install") and "\n" not in err
     assert not (tmp_path / "never").exists()
 
 
@@ -563,7 +575,7 @@ def test_an_empty_folder_is_refused_in_one_line_and_nothing_is_written(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "empty").mkdir()
-    assert main(["preprocess", str(tmp_path / "empty"), str(tmp_path / "out")]) == 2
+    assert main(["preprocess", str(tmp_path / "empty"), "--output_dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {tmp_path / 'empty'} holds no files") and err.count("\n") == 1
     assert not (tmp_path / "out").exists()

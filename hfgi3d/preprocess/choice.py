@@ -30,7 +30,7 @@ MIN_FACE_SCORE = 0.9
 band in between is mostly faces in posters, patterns and profile fragments)."""
 DETECT_MAX_SIDE_PX = 2048
 """Detection runs on a copy shrunk to this longer side (MTCNN's cost grows with the pixel count). A face of
-64 px (the default ``--min-face-px``) in a 6000-px photo is still ~22 px there, above MTCNN's 20-px minimum."""
+64 px (the default ``--min_face_px``) in a 6000-px photo is still ~22 px there, above MTCNN's 20-px minimum."""
 
 
 def detect_in_photo(detector: MTCNN, pixels: np.ndarray) -> Detections:
@@ -91,27 +91,27 @@ def select_face(
         largest = max(sides[i] for i in confident)
         raise PreprocessError(
             "face_too_small",
-            f"the face in {name} is {largest:.0f} px, below --min-face-px {min_face_px}: pass a higher-resolution "
-            "photo or lower --min-face-px (the crop will be blurry)",
+            f"the face in {name} is {largest:.0f} px, below --min_face_px {min_face_px}: pass a higher-resolution "
+            "photo or lower --min_face_px (the crop will be blurry)",
         )
     if face_index >= len(faces):
         raise PreprocessError(
             "face_index",
-            f"--face-index {face_index} but {name} has {len(faces)} face(s) (counted from 0, most confident first): "
-            f"pass --face-index {len(faces) - 1} or less",
+            f"--face_index {face_index} but {name} has {len(faces)} face(s) (counted from 0, most confident first): "
+            f"pass --face_index {len(faces) - 1} or less",
         )
     warnings: tuple[str, ...] = ()
     if len(faces) > 1:
         if single_face:
             raise PreprocessError(
                 "several_faces",
-                f"{name} has {len(faces)} faces and --single-face is set: crop the photo to one face, or drop "
-                "--single-face to keep the most confident one (or choose with --face-index)",
+                f"{name} has {len(faces)} faces and --single_face is set: crop the photo to one face, or drop "
+                "--single_face to keep the most confident one (or choose with --face_index)",
             )
         chosen = detections.scores[faces[face_index]]
         warnings = (
             f"{len(faces)} faces found; kept face {face_index} (score {float(chosen):.3f}, box "
-            f"{_box_text(detections.boxes[faces[face_index]])}): pass --face-index to choose another one",
+            f"{_box_text(detections.boxes[faces[face_index]])}): pass --face_index to choose another one",
         )
     return FaceChoice(faces[face_index], len(faces), warnings)
 

@@ -26,7 +26,7 @@ MIN_SIZE = 64
 """Smallest crop side accepted (pixels)."""
 DEFAULT_MIN_FACE_PX = 64
 """Faces whose MTCNN box is smaller (shorter side, photo pixels) are ignored: the 512² crop would enlarge
-them ~8× and EG3D would invert blur. Lower it with ``--min-face-px`` for small faces."""
+them ~8× and EG3D would invert blur. Lower it with ``--min_face_px`` for small faces."""
 WARN_MAGNIFICATION = 2.0
 """The report warns when the crop enlarges the photo more than this (a blurry input)."""
 WARN_PADDED_FRACTION = 0.2
@@ -49,8 +49,8 @@ SkipCode = Literal[
     "too_small",  # photo smaller than MIN_PHOTO_SIDE_PX
     "no_face",  # no detection above MIN_FACE_SCORE
     "face_too_small",  # faces found, all below min_face_px
-    "several_faces",  # more than one face with --single-face
-    "face_index",  # --face-index beyond the faces found
+    "several_faces",  # more than one face with --single_face
+    "face_index",  # --face_index beyond the faces found
     "exists",  # OUT/<stem>.png exists and overwrite is off
     "name_clash",  # another input of the batch has the same stem, or the crop would replace the input
     "internal_error",  # an unexpected exception (a bug): the batch goes on
@@ -85,9 +85,9 @@ class PreprocessOptions:
         if self.size < MIN_SIZE:
             raise ValueError(f"--size must be at least {MIN_SIZE} px, got {self.size}")
         if self.face_index < 0:
-            raise ValueError(f"--face-index counts from 0 (the most confident face), got {self.face_index}")
+            raise ValueError(f"--face_index counts from 0 (the most confident face), got {self.face_index}")
         if self.min_face_px < 1:
-            raise ValueError(f"--min-face-px must be positive, got {self.min_face_px}")
+            raise ValueError(f"--min_face_px must be positive, got {self.min_face_px}")
 
 
 @dataclass(frozen=True)
