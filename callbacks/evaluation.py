@@ -38,11 +38,13 @@ from hfgi3d.metrics.fidelity import psnr, ssim
 from hfgi3d.metrics.registry import RUN_KEYS, families
 from hfgi3d.run_folder import METRICS
 
+from .protocols import Inversion, inversion_of, photos_of
+
 TABLE_COLUMNS = ("image_id", *METRIC_KEYS, *RUN_KEYS)
 _MIB = 2**20
 
 
-def curve_step(module: Any, step: int, every_n_steps: int) -> bool:
+def curve_step(module: Inversion, step: int, every_n_steps: int) -> bool:
     """Whether curves are logged after ``step`` steps of an :class:`~hfgi3d.inversion.InversionModule`
     fit: every ``every_n_steps`` steps (0: never) and at the last step of each stage."""
     if every_n_steps > 0 and step % every_n_steps == 0:
@@ -51,7 +53,7 @@ def curve_step(module: Any, step: int, every_n_steps: int) -> bool:
 
 
 @torch.no_grad()
-def current_renders(module: Any, cameras: Tensor) -> Tensor:
+def current_renders(module: Inversion, cameras: Tensor) -> Tensor:
     """Each photo's current latent and generator from its cameras (``N×K×25``), without ray jitter and
     with G in eval mode (its mode is restored): images ``N×K×3×H×W`` in ``[-1, 1]``."""
     was_training = module.G.training
@@ -104,7 +106,7 @@ class Evaluation(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        module: Any = pl_module
+        module = inversion_of(pl_module)
         step = trainer.global_step  # steps done, this one included
         if not curve_step(module, step, self.every_n_steps):
             return
@@ -135,8 +137,9 @@ class Evaluation(L.Callback):
         if not trainer.is_global_zero:
             return
         assert self._networks is not None and self.output_dir is not None
-        module: Any = pl_module
-        datamodule: Any = trainer.datamodule  # type: ignore[attr-defined]
+        module = inversion_of(pl_module)
+        datamodule = photos_of(trainer)
+        assert datamodule.image is not None and datamodule.c25 is not None  # set when the fit started
         device = module.device
         networks = self._networks.to(device)
         module.G.eval()

@@ -22,8 +22,10 @@ import lightning as L
 import torch
 
 from hfgi3d.benchmarks.synthetic import score_novel_views
-from hfgi3d.callbacks.evaluation import current_renders, curve_step
 from hfgi3d.metrics.fidelity import psnr
+
+from .evaluation import current_renders, curve_step
+from .protocols import inversion_of, photos_of
 
 CURVE_KEYS = ("truth/input_psnr", "truth/novel_psnr", "truth/paint_psnr")
 """What :class:`GroundTruthCurves` logs, in the order the figure draws them."""
@@ -45,7 +47,7 @@ class GroundTruthCurves(L.Callback):
         self._cases: list[dict[str, torch.Tensor]] = []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        datamodule: Any = trainer.datamodule  # type: ignore[attr-defined]
+        datamodule = photos_of(trainer)
         self._cases = []
         for image_id in datamodule.image_ids:
             path = self.truth_dir / f"{image_id}.pt"
@@ -59,7 +61,7 @@ class GroundTruthCurves(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        module: Any = pl_module
+        module = inversion_of(pl_module)
         step = trainer.global_step  # steps done, this one included
         if not curve_step(module, step, self.every_n_steps):
             return

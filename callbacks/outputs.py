@@ -51,6 +51,8 @@ from hfgi3d.mesh import VoxelGrid, generator_field, mesh_from_grid, sample_grid,
 from hfgi3d.run_folder import CAMERA, FAILED, GENERATOR, INPUT, LATENT, RECONSTRUCTION, RESULT_FILES
 from hfgi3d.video import save_image_grid, write_video
 
+from .protocols import Inversion, Photos, inversion_of, photos_of
+
 MASK_TINT_VISIBLE = (-1.0, 1.0, -1.0)  # green, in [-1, 1]
 MASK_TINT_OCCLUDED = (1.0, -1.0, -1.0)  # red
 MASK_TINT_ALPHA = 0.4
@@ -108,9 +110,9 @@ class InversionOutputs(L.Callback):
             raise ValueError(f"outputs.save_generator must be fp16, fp32 or none, not {self.save_generator!r}")
         if self.output_dir is None:
             raise ValueError("InversionOutputs needs an output_dir")
-        module: Any = pl_module
+        module = inversion_of(pl_module)
         module.result_dtype = GENERATOR_DTYPES.get(self.save_generator, torch.float32)
-        datamodule: Any = trainer.datamodule  # type: ignore[attr-defined]
+        datamodule = photos_of(trainer)
         for folder in datamodule.photo_folders(self.output_dir):
             existing = [name for name in (*RESULT_FILES, FAILED) if (folder / name).exists()]
             if existing and not self.overwrite:
@@ -122,8 +124,8 @@ class InversionOutputs(L.Callback):
     @torch.no_grad()
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert self.output_dir is not None
-        module: Any = pl_module
-        datamodule: Any = trainer.datamodule  # type: ignore[attr-defined]
+        module = inversion_of(pl_module)
+        datamodule = photos_of(trainer)
         module.G.eval()
         module.finish_weights()  # what follows is rendered from the weights as saved
         dtype = GENERATOR_DTYPES.get(self.save_generator)
@@ -136,13 +138,16 @@ class InversionOutputs(L.Callback):
                 continue
             self._write_photo(module, datamodule, photo, out, dtype)
 
-    def _write_photo(self, module: Any, datamodule: Any, photo: int, out: Path, dtype: torch.dtype | None) -> None:
+    def _write_photo(
+        self, module: Inversion, datamodule: Photos, photo: int, out: Path, dtype: torch.dtype | None
+    ) -> None:
         """Every result file of photo ``photo`` into ``out``."""
         started = time.perf_counter()
         parts = ["reconstruction", f"{self.grid_size[0]}×{self.grid_size[1]} novel views"]
         parts += [f"orbit video ({self.orbit_frames} frames)"] if self.orbit_frames > 0 else []
         parts += [f"mesh ({self.mesh_resolution}³)"] if self.mesh_resolution > 0 else []
         rank_zero_info(f"writing {', '.join(parts)} to {out}")
+        assert datamodule.image is not None and datamodule.c25 is not None  # set when the fit started
         generator = module.photo_generator(photo).eval()
         device = module.device
         image = datamodule.image[photo : photo + 1].to(device)

@@ -10,6 +10,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from hfgi3d.validation import INTERRUPTED_CHECKPOINT
 
+from .protocols import inversion_of
+
 
 class StageProgressBar(TQDMProgressBar):
     """A bar per stage with its own step count: ``estimate 37/1000``, then ``pseudo_multiview 12/3000``.
@@ -42,12 +44,12 @@ class StageProgressBar(TQDMProgressBar):
         metrics.pop("v_num", None)  # the logger's version number says nothing about the fit
         return metrics
 
-    def _show(self, trainer: L.Trainer, module: Any) -> None:
+    def _show(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         bar = self.train_progress_bar
         if bar is None or bar.disable:
             return
         step = trainer.global_step
-        spans = module.stage_spans()
+        spans = inversion_of(module).stage_spans()
         name, first, end = next(((n, f, e) for n, f, e in spans if step < e), spans[-1])
         if name != self._stage:
             finished, self._stage = self._stage, name

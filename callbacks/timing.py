@@ -7,6 +7,8 @@ from typing import Any
 
 import lightning as L
 
+from .protocols import inversion_of
+
 
 class StepTimer(L.Callback):
     """Log how long each training step takes, under the name of the stage it belongs to.
@@ -27,7 +29,6 @@ class StepTimer(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        module: Any = pl_module
-        stage = module.stage_at(trainer.global_step - 1)  # global_step already counts this step
+        stage = inversion_of(pl_module).stage_at(trainer.global_step - 1)  # global_step already counts this step
         elapsed = time.perf_counter() - self._started
         pl_module.log(f"{stage}/step_time_s", elapsed, on_step=True, on_epoch=False, batch_size=1)

@@ -24,6 +24,8 @@ from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 
 from hfgi3d.run_folder import INPUT, RECONSTRUCTION
 
+from .protocols import photos_of
+
 WandbMode = Literal["offline", "online", "disabled"]
 DEFAULT_MODE: WandbMode = "offline"
 
@@ -102,7 +104,7 @@ class WandbMedia(L.Callback):
             return
         if self.output_dir is None:
             raise ValueError("WandbMedia needs an output_dir")
-        datamodule: Any = trainer.datamodule  # type: ignore[attr-defined]
+        datamodule = photos_of(trainer)
         folders = datamodule.photo_folders(self.output_dir)
         media: dict[str, Any] = {}
         for folder in folders:  # a batch: media/<image id>/... for each photo

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -222,3 +223,12 @@ def test_the_progress_bar_draws_each_step_once_per_stage_and_ends_before_the_out
             assert len(drawn) == 1, (stage, step, drawn)
     assert not any(line.startswith("Training") for line in draws), draws
     assert draws[-1].startswith("pseudo_multiview: 100%") and "3/3" in draws[-1]
+
+
+def test_callbacks_refuse_a_module_that_is_not_an_inversion() -> None:
+    from hfgi3d.callbacks.protocols import inversion_of, photos_of
+
+    with pytest.raises(TypeError, match="need an InversionModule, not LightningModule"):
+        inversion_of(L.LightningModule())
+    with pytest.raises(TypeError, match="need a PseudoViewDataModule, not NoneType"):
+        photos_of(L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False))
