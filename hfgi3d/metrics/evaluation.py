@@ -373,26 +373,22 @@ def pose_metrics(detector: Any, novel: Renders) -> tuple[Metrics, Skips]:
         return {}, {"pose_error": str(error)}
 
 
+@dataclass
 class EvaluationInputs:
     """What the metric families read: the photo, its camera, the networks, the settings, and the
-    generator's renders of the latent, each made once when a family first asks for it."""
+    generator's renders of the latent, each made once when a family first asks for it
+    (:func:`evaluate`'s arguments)."""
 
-    def __init__(
-        self,
-        generator: TriPlaneGenerator,
-        ws: Tensor,
-        image: Tensor,
-        c25: Tensor,
-        networks: EvaluationNetworks,
-        config: EvaluationConfig,
-    ) -> None:
-        self.generator = generator
-        self.ws = ws
-        self.image = image
-        self.c25 = c25
-        self.networks = networks
-        self.config = config
-        self.planes = generator.planes(ws)
+    generator: TriPlaneGenerator
+    ws: Tensor
+    image: Tensor
+    c25: Tensor
+    networks: EvaluationNetworks
+    config: EvaluationConfig
+
+    @cached_property
+    def planes(self) -> Tensor:
+        return self.generator.planes(self.ws)
 
     def render(self, cameras: Tensor) -> Renders:
         out = self.generator.render_cameras(self.planes, self.ws, cameras, deterministic=True)
