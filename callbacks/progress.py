@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import OnExceptionCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from hfgi3d.validation import INTERRUPTED_CHECKPOINT
@@ -39,6 +41,31 @@ class StageProgressBar(TQDMProgressBar):
     def train_description(self) -> str:
         return self._stage or "fit"
 
+    def init_train_tqdm(self) -> Tqdm:
+        """Lightning's training bar, first drawn at the first step of its stage (``delay``): a new bar
+        would otherwise add a line with no count to a log file (at creation) and another when
+        :meth:`_show` sets its total."""
+        return Tqdm(
+            desc=self.train_description,
+            position=(2 * self.process_position),
+            disable=self.is_disabled,
+            leave=True,
+            dynamic_ncols=True,
+            file=sys.stdout,
+            smoothing=0,
+            bar_format=self.BAR_FORMAT,
+            delay=1e-9,
+        )
+
+    def print(self, *args: Any, sep: str = " ", **kwargs: Any) -> None:
+        """A line above the bar; before its stage's first step, when the bar is not drawn yet, a plain
+        line (tqdm would draw the empty bar again under it)."""
+        bar = self._train_progress_bar
+        if bar is not None and not bar.disable and bar.n == 0:
+            print(sep.join(map(str, args)), file=sys.stdout, flush=True)
+            return
+        super().print(*args, sep=sep, **kwargs)
+
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)  # the logger's version number says nothing about the fit
@@ -59,14 +86,14 @@ class StageProgressBar(TQDMProgressBar):
                 bar.close()
                 bar = self.train_progress_bar = self.init_train_tqdm()  # named after the new stage
             bar.set_description(name, refresh=False)
-            bar.reset(total=end - first)
+            bar.total = end - first  # set, not reset(): reset() would draw the bar once more
             bar.initial = step - first  # steps done before this run (a resume) do not count in the rate
         bar.n = step - first
         bar.set_postfix(self.get_metrics(trainer, module), refresh=False)
         if step >= spans[-1][2]:
             bar.close()  # drawn once more, complete, before what the outputs print after the last step
-        else:
-            bar.refresh()  # once per step: in a log file every refresh is a line
+        elif bar.n > 0:
+            bar.refresh()  # once per step (none before a stage's first): in a log file every refresh is a line
 
 
 class InterruptCheckpoint(OnExceptionCheckpoint):

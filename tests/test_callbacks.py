@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -222,6 +223,8 @@ def test_the_progress_bar_draws_each_step_once_per_stage_and_ends_before_the_out
             drawn = [line for line in draws if line.startswith(f"{stage}:") and f"| {step}/{steps} [" in line]
             assert len(drawn) == 1, (stage, step, drawn)
     assert not any(line.startswith("Training") for line in draws), draws
+    # No line before a stage's first step: no bar without its total, no 0/N.
+    assert all(re.match(r"(estimate|occluded|pseudo_multiview): .*\| [1-9]\d*/\d+ \[", line) for line in draws), draws
     assert draws[-1].startswith("pseudo_multiview: 100%") and "3/3" in draws[-1]
 
 
