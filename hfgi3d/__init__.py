@@ -8,7 +8,7 @@ repository's ``callbacks/``, shipped as ``hfgi3d.callbacks``)::
     the generator G (§2)        generator/triplane.py: TriPlaneGenerator.synthesis, render_cameras
     stage 1, w_e (§4)           inversion.py: InversionModule._estimate_step
     stage 1, w_o (§4)           inversion.py: InversionModule._occluded_step
-    camera refinement (§4)      inversion.py: InversionModule.stage_one_camera, input_camera, camera_record
+    camera refinement (§4)      camera_refinement.py: CameraRefinement (InversionModule.camera)
     auxiliary poses (§5)        data/pseudo_views.py: auxiliary_cameras
     masks, warped photo (§5)    geometry.py: visibility_mask, backward_warp, upsample_depth
     pseudo views (§5)           data/pseudo_views.py: build_pseudo_views; geometry.py: poisson_blend, alpha_blend

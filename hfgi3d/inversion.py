@@ -57,7 +57,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from hfgi3d.cameras import frontal_c25, offset_c25
+from hfgi3d.camera_refinement import CameraRefinement
+from hfgi3d.cameras import frontal_c25
 from hfgi3d.data.datamodule import PseudoViewSource, StageOne
 from hfgi3d.data.pseudo_views import PseudoViews
 from hfgi3d.generator import TriPlaneGenerator, open_generator, round_weights
@@ -175,9 +176,6 @@ class InversionModule(L.LightningModule):
     latent_ready: Tensor
     stage_entered: Tensor
     occluded_mask: Tensor
-    c25_initial: Tensor
-    c25_refined: Tensor
-    camera_refined: Tensor
     alive: Tensor
 
     def __init__(
@@ -249,13 +247,9 @@ class InversionModule(L.LightningModule):
         # (Lightning restores global_step only afterwards): the index in STAGES of the last stage entered.
         self.register_buffer("latent_ready", torch.zeros((), dtype=torch.bool))
         self.register_buffer("stage_entered", torch.zeros((), dtype=torch.long))
-        # Camera refinement: offsets (yaw, pitch, roll in radians; translation), optimized in stage 1,
-        # then frozen into c25_refined, which replaces the DataModule's input camera.
-        self.camera_angles = nn.Parameter(torch.zeros(photos, 3))
-        self.camera_translation = nn.Parameter(torch.zeros(photos, 3))
-        self.register_buffer("c25_initial", torch.zeros(photos, 25))
-        self.register_buffer("c25_refined", torch.zeros(photos, 25))
-        self.register_buffer("camera_refined", torch.zeros((), dtype=torch.bool))
+        # Camera refinement: offsets optimized in stage 1, then frozen into the cameras that replace
+        # the DataModule's input cameras.
+        self.camera = CameraRefinement(photos, translate=refine_translation)
         # Photos still being inverted; a non-finite loss drops one (its reason in `failures`).
         self.register_buffer("alive", torch.ones(photos, dtype=torch.bool))
         self.failures: dict[int, str] = {}
@@ -470,8 +464,7 @@ class InversionModule(L.LightningModule):
             # The camera joins stage 1's Adam as a second parameter group (its own lr and ramp): a second
             # optimizer would count twice in Lightning's global_step, which the stages are scheduled on.
             latent_opt.param_groups[0]["name"] = "latent"
-            camera_params = [self.camera_angles] + ([self.camera_translation] if hp.refine_translation else [])
-            latent_opt.add_param_group({"params": camera_params, "lr": hp.camera_lr, "name": "camera"})
+            latent_opt.add_param_group({"params": self.camera.trained(), "lr": hp.camera_lr, "name": "camera"})
             factors[0] = [estimate_factor, lambda step: lr_factor(step, hp.estimate_steps, hp.camera_lr_rampup, 0.0)]
         schedulers = [
             {"scheduler": LambdaLR(optimizer, factor), "name": f"{stage}/lr", "interval": "step"}
@@ -562,22 +555,18 @@ class InversionModule(L.LightningModule):
             STAGES.index(ESTIMATE), losses["loss"], ESTIMATE, step, frozen=(self.latent,) if camera_only else ()
         )
         if refining:
-            yaw, pitch, roll = self.camera_angles.detach().unbind(1)
+            yaw, pitch, roll = self.camera.angles.detach().unbind(1)
             losses = {**losses, "camera_yaw_rad": yaw, "camera_pitch_rad": pitch, "camera_roll_rad": roll}
             if hp.refine_translation:
-                losses["camera_translation"] = self.camera_translation.detach().norm(dim=1)
+                losses["camera_translation"] = self.camera.translation.detach().norm(dim=1)
             if step == hp.estimate_steps - 1:
-                self._freeze_camera(batch["c25"])
+                self.camera.freeze(batch["c25"])  # the later stages, the pseudo views and the outputs use these
         self._log(ESTIMATE, losses)
         return losses["loss"]
 
     def stage_one_camera(self, c25: Tensor) -> Tensor:
-        """Each photo's camera (``N×25``) moved by its offsets being refined (differentiable; :func:`offset_c25`)."""
-        moved = []
-        for photo in range(self.photo_count):
-            translation = self.camera_translation[photo] if self.hp.refine_translation else None
-            moved.append(offset_c25(c25[photo : photo + 1], self.camera_angles[photo], translation))
-        return torch.cat(moved)
+        """Each photo's camera (``N×25``) moved by its offsets being refined (differentiable)."""
+        return self.camera.moved(c25)
 
     @property
     def refines_camera(self) -> bool:
@@ -588,33 +577,19 @@ class InversionModule(L.LightningModule):
     def _frozen_camera(self, c25: Tensor) -> Tensor:
         """The input cameras after stage 1 (``c25``: the batch's): the refined ones when stage 1
         refined them (known from the settings: no device synchronisation)."""
-        return self.c25_refined if self.refines_camera else c25
+        return self.camera.refined if self.refines_camera else c25
 
     def input_camera(self, c25: Tensor) -> Tensor:
         """The input cameras (``N×25``) as the fit uses them, from those the photos came with
         (``c25``, the batch's): as given without refinement; moved by the offsets while stage 1
         refines them; the refined cameras, frozen, after stage 1."""
         c25 = c25.to(self.device)
-        if not self.refines_camera:
-            return c25
-        if bool(self.camera_refined):
-            return self.c25_refined
-        with torch.no_grad():
-            return self.stage_one_camera(c25)
+        return self.camera.current(c25) if self.refines_camera else c25
 
     def camera_record(self, c25: Tensor, photo: int = 0) -> dict[str, Any]:
         """``camera.json`` of a photo, given the cameras the photos came with (``c25``): the initial
         and refined 25-vectors and the offsets (radians, world units)."""
-        refined = self.input_camera(c25)
-        initial = c25.to(self.device)
-        yaw, pitch, roll = (float(v) for v in self.camera_angles[photo].detach())
-        return {
-            "refined": bool(self.camera_refined),
-            "initial_c25": initial[photo].tolist(),
-            "c25": refined[photo].tolist(),
-            "offsets_rad": {"yaw": yaw, "pitch": pitch, "roll": roll},
-            "translation": self.camera_translation[photo].detach().tolist(),
-        }
+        return self.camera.record(c25.to(self.device), self.input_camera(c25), photo)
 
     def _occluded_step(self, batch: dict[str, Tensor], step: int) -> Tensor:
         """``w_o``: fit ``G(w, p0)·D`` to ``x·D`` with G frozen (docs/method.md §5)."""
@@ -776,14 +751,6 @@ class InversionModule(L.LightningModule):
         """``w_e``: the latent as stage 1 left it (the pseudo views' geometry)."""
         self.ws_estimate.copy_(self.ws().detach())
 
-    @torch.no_grad()
-    def _freeze_camera(self, initial: Tensor) -> None:
-        """The refined cameras, fixed after stage 1's last step (``initial``: those the photos came
-        with): the later stages, the pseudo views and the outputs use them (:meth:`input_camera`)."""
-        self.c25_initial.copy_(initial)
-        self.c25_refined.copy_(self.stage_one_camera(initial.to(self.device)))
-        self.camera_refined.fill_(True)
-
     def _enter_stage_of(self, step: int) -> None:
         """Enter the stage of step ``step`` unless it was entered: called between steps, so that the
         batch of its first step (assembled right before that step runs) holds what the stage needs."""
@@ -813,7 +780,7 @@ class InversionModule(L.LightningModule):
             self.occluded_latent.data.copy_(self.ws_estimate)
         self._targets = {}
         if self.hp.use_pseudo_views:
-            refined = self.c25_refined if self.refines_camera else None
+            refined = self.camera.refined if self.refines_camera else None
             stage_one = StageOne(
                 lambda: self._stage_one_generator(resumed), self.ws_estimate, self.ws_occluded, refined
             )

@@ -178,13 +178,13 @@ def test_camera_refinement_in_a_batch_equals_single_photo_refinement(photos: Pat
             data = _data(image=str(photos / f"{name}.png"), camera=str(photos / f"{name}.json"))
             losses = torch.cat(_fit(single, data, tmp_path).losses)
             assert torch.equal(batch_losses[:stage_two, index], losses[:stage_two])
-            assert torch.equal(batch.c25_refined[index], single.c25_refined[0])
-            assert torch.equal(batch.camera_angles[index], single.camera_angles[0])
+            assert torch.equal(batch.camera.refined[index], single.camera.refined[0])
+            assert torch.equal(batch.camera.angles[index], single.camera.angles[0])
             assert batch_data.views is not None and data.views is not None
             assert torch.equal(batch_data.views.c25[2 * index : 2 * index + 2], data.views.c25)
             assert torch.equal(batch_data.c25[index], data.c25[0])  # as loaded
-    assert bool(batch.camera_refined) and float(batch.camera_angles.abs().max()) > 0
-    assert not torch.equal(batch.c25_refined, batch_data.c25)
+    assert bool(batch.camera.frozen) and float(batch.camera.angles.abs().max()) > 0
+    assert not torch.equal(batch.camera.refined, batch_data.c25)
 
 
 @pytest.mark.slow  # two batched fits; single-photo resume is tested in tests/test_inversion.py

@@ -219,7 +219,7 @@ def test_camera_refinement_recovers_a_known_camera(texture_run: Path, tmp_path: 
     record = module.camera_record(datamodule.c25)
     assert record["refined"] and record["initial_c25"] == pytest.approx(start[0].tolist(), abs=1e-6)
     # Frozen: what the later stages and the outputs use; the data keeps the camera the photo came with.
-    assert torch.equal(module.input_camera(datamodule.c25), module.c25_refined)
+    assert torch.equal(module.input_camera(datamodule.c25), module.camera.refined)
     assert datamodule.c25[0].tolist() == pytest.approx(start[0].tolist(), abs=1e-6)
     yaw, pitch = yaw_pitch_of(split_c25(torch.tensor([record["c25"]]))[0])
     # Measured from the four starts 0.1 rad off (±yaw, ±pitch), MSE only, 150 steps: errors ≤ 0.0087 rad

@@ -280,7 +280,7 @@ def test_resume_in_the_occluded_stage_keeps_w_o_and_its_optimizer(
         cpu_trainer(tmp_path, first.total_steps, [checkpoint, StopAt(4)]).fit(first, datamodule=_datamodule(target))
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
     assert saved["global_step"] == 4 and len(saved["optimizer_states"][1]["state"]) == 1  # w_o's Adam moments
-    assert bool(saved["state_dict"]["camera_refined"]) is refine_camera  # frozen at stage 1's last step
+    assert bool(saved["state_dict"]["camera.frozen"]) is refine_camera  # frozen at stage 1's last step
     centres: list[torch.Tensor] = []
     original = pseudo_views.build_pseudo_views
 
@@ -296,11 +296,11 @@ def test_resume_in_the_occluded_stage_keeps_w_o_and_its_optimizer(
     trainer.fit(second, datamodule=datamodule, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     assert recorder.stages == [OCCLUDED] + [PSEUDO_MULTIVIEW] * 3
     assert torch.equal(second.ws_estimate, saved["state_dict"]["ws_estimate"])
-    expected = saved["state_dict"]["c25_refined"] if refine_camera else datamodule.c25
+    expected = saved["state_dict"]["camera.refined"] if refine_camera else datamodule.c25
     assert len(centres) == 1 and torch.equal(centres[0], expected)
     assert torch.equal(second.input_camera(datamodule.c25), expected)
     if refine_camera:  # the resumed run works on the refined camera; the data keeps the file's
-        assert torch.equal(datamodule.c25, saved["state_dict"]["c25_initial"])
+        assert torch.equal(datamodule.c25, saved["state_dict"]["camera.initial"])
         assert not torch.equal(datamodule.c25, expected)
 
 
