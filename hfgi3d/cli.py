@@ -4,7 +4,7 @@ Commands:
     fit                          invert one photo (LightningCLI; see hfgi3d/fit.py and configs/)
     convert-eg3d IN.pkl          convert an official EG3D network pickle to an hfgi3d checkpoint
     render                       render views of a generator (official pickle, checkpoint or tiny)
-    preprocess IN --output_dir OUT            align face photos to EG3D's FFHQ crop and estimate their cameras
+    preprocess IN                align face photos to EG3D's FFHQ crop and estimate their cameras
     directions fit               fit an attribute direction in W (InterFaceGAN)
     edit RUN_DIR                 edit a fitted photo along attribute directions
     edit-texture RUN_DIR         carry a painted input photo into every view
@@ -35,6 +35,11 @@ DEBUG_ENV = "HFGI3D_DEBUG"
 USER_ERRORS = (InputError, argparse.ArgumentError, FileNotFoundError, FileExistsError, ValueError)
 """What a command reports in one line: bad input, files in the way, unusable files (ValueError
 covers the generator and checkpoint loaders' messages)."""
+
+
+REQUIRED_OUTPUTS = {"preprocess": "--output_dir", "directions fit": "--output"}
+"""Output options a command cannot do without (not argparse-required: an unrecognized word that
+meant one is reported first, with the hint)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -289,9 +294,9 @@ def parse_command(argv: list[str]) -> argparse.Namespace:
         hint = next(filter(None, (_hint(word, options) for word in unknown)), "")
         raise InputError(f"unrecognized arguments: {' '.join(unknown)}{hint} {see}")
     # Output options that must be given: checked here, after the unknown words that may have meant them.
-    for option in ("--output_dir", "--output"):
-        if option in options and getattr(args, option[2:]) is None and command != "convert-eg3d":
-            raise InputError(f"the following arguments are required: {option} {see}")
+    required = REQUIRED_OUTPUTS.get(command)
+    if required is not None and getattr(args, required[2:]) is None:
+        raise InputError(f"the following arguments are required: {required} {see}")
     if args.command == "convert-eg3d" and args.output is None:
         args.output = args.input.with_suffix(".pt")
     return args
