@@ -411,6 +411,12 @@ def _fit_direction(args: argparse.Namespace) -> int:
 
 
 def _edit(args: argparse.Namespace) -> int:
+    from hfgi3d.run_folder import check_finished_run
+
+    check_finished_run(args.run_dir)  # before torch is imported: a wrong folder is refused at once
+    for path in [args.direction, *args.condition]:
+        if not Path(path).is_file():
+            raise InputError(f"no direction file {path}")
     from hfgi3d.editing.edit import edit
 
     out = edit(
@@ -422,6 +428,11 @@ def _edit(args: argparse.Namespace) -> int:
 
 
 def _edit_texture(args: argparse.Namespace) -> int:
+    from hfgi3d.run_folder import check_finished_run
+
+    check_finished_run(args.run_dir)
+    if not Path(args.image).is_file():
+        raise InputError(f"no edited photo {args.image}")
     from hfgi3d.editing.edit import edit_texture
 
     out = edit_texture(args.run_dir, args.image, args.name, args.overwrite, args.fit_args)

@@ -5,6 +5,10 @@ the benchmarks read back. Pictures, video and meshes are named where they are wr
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from hfgi3d.errors import InputError
+
 CONFIG = "config.yaml"
 """The run's configuration as the user gave it, before ``fit`` filled in the output folder: ``edit-texture``
 reruns stage 2 from it, ``edit`` reads settings from it, and ``fit --config RUN/config.yaml`` repeats the run."""
@@ -24,3 +28,18 @@ FAILED = "failed.json"
 """Instead of results: the photo's id and why it was dropped from its batch."""
 RESULT_FILES = (METRICS, RECONSTRUCTION)
 """The files whose presence means the folder holds results (``--overwrite`` replaces them)."""
+
+
+def check_finished_run(folder: str | Path) -> Path:
+    """``folder`` as a :class:`~pathlib.Path` if it holds a finished fit that can be edited (its
+    :data:`LATENT` and :data:`CONFIG`); a one-line :class:`~hfgi3d.errors.InputError` otherwise. Reads no
+    file and imports nothing heavy, so ``edit`` and ``edit-texture`` refuse a wrong folder at once."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"no run folder {folder}")
+    missing = [name for name in (LATENT, CONFIG) if not (folder / name).is_file()]
+    if missing and not (folder / METRICS).is_file():
+        raise InputError(f"{folder} is not the output folder of a finished fit (no {' or '.join(missing)})")
+    if missing:  # a finished fit, from before latent.pt and config.yaml were written
+        raise InputError(f"{folder} holds a fit made before editing existed ({', '.join(missing)} missing): fit again")
+    return folder

@@ -42,7 +42,7 @@ from torch import Tensor
 
 from hfgi3d.errors import InputError
 from hfgi3d.io import atomic_path, write_json_atomic
-from hfgi3d.run_folder import CAMERA, CONFIG, GENERATOR, INPUT, LATENT, METRICS
+from hfgi3d.run_folder import CAMERA, CONFIG, GENERATOR, INPUT, LATENT, check_finished_run
 
 EDITS = "edits"
 TEXTURE_EDITS = "texture_edits"
@@ -106,14 +106,7 @@ class Run:
 
 def open_run(folder: str | Path) -> Run:
     """Read a run folder's ``config.yaml`` and ``latent.pt``; one-line errors for what is missing."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InputError(f"no run folder {folder}")
-    missing = [name for name in (LATENT, CONFIG) if not (folder / name).is_file()]
-    if missing and not (folder / METRICS).is_file():
-        raise InputError(f"{folder} is not the output folder of a finished fit (no {' or '.join(missing)})")
-    if missing:  # a finished fit, from before latent.pt and config.yaml were written
-        raise InputError(f"{folder} holds a fit made before editing existed ({', '.join(missing)} missing): fit again")
+    folder = check_finished_run(folder)
     latent = torch.load(folder / LATENT, map_location="cpu", weights_only=True)
     for key in ("ws", "ws_estimate", "ws_occluded", "c25"):
         if key not in latent:
