@@ -47,17 +47,17 @@ format: $(STAMP)  ## apply ruff's fixes and formatting; rewrite fit's stored opt
 demo: $(STAMP)  ## invert the bundled sample photo with the tiny generator (configs/demo.yaml) into outputs/demo
 	$(BIN)/python -m hfgi3d fit --config configs/hfgi3d.yaml --config configs/demo.yaml --output_dir outputs/demo --overwrite
 
-benchmark: $(STAMP)  ## the paper's protocol: HFGI3D_CELEBAHQ=DIR HFGI3D_EG3D=ffhq512-128.pkl [BENCHMARK_ARGS="--accelerator gpu --devices 8 --batch-size 8 --wandb GROUP"]
-	$(BIN)/python -m hfgi3d.benchmarks celeba --out benchmarks/results/celeba $(BENCHMARK_ARGS)
+benchmark: $(STAMP)  ## the paper's protocol: HFGI3D_CELEBAHQ=DIR HFGI3D_EG3D=ffhq512-128.pkl [BENCHMARK_ARGS="--accelerator gpu --devices 8 --batch_size 8 --wandb GROUP"]
+	$(BIN)/python -m hfgi3d.benchmarks celeba --output_dir benchmarks/results/celeba $(BENCHMARK_ARGS)
 
 benchmark-synthetic: $(STAMP)  ## ground-truth benchmark, CI size (tiny generator, 3 images × 5 methods, CPU) into benchmarks/results/synthetic-ci
-	$(BIN)/python -m hfgi3d.benchmarks synthetic --out benchmarks/results/synthetic-ci --images 3
+	$(BIN)/python -m hfgi3d.benchmarks synthetic --output_dir benchmarks/results/synthetic-ci --images 3
 
 GROUNDTRUTH_IMAGES ?= 8
 benchmark-groundtruth: $(STAMP)  ## does the detail survive a new view? 64² random generator, bold paint, curves, editability (CPU, 5-9 min per fit) [GROUNDTRUTH_IMAGES=8]
 	$(BIN)/python -m hfgi3d.benchmarks synthetic --generator configs/generator/groundtruth.yaml \
-		--profile configs/benchmark/synthetic_groundtruth.yaml --paint bold --curves 25 --keep-generators \
-		--images $(GROUNDTRUTH_IMAGES) --out benchmarks/results/synthetic-groundtruth
+		--profile configs/benchmark/synthetic_groundtruth.yaml --paint bold --curves 25 --keep_generators \
+		--images $(GROUNDTRUTH_IMAGES) --output_dir benchmarks/results/synthetic-groundtruth
 	$(BIN)/python benchmarks/groundtruth_figures.py benchmarks/results/synthetic-groundtruth
 	$(BIN)/python benchmarks/groundtruth_editability.py benchmarks/results/synthetic-groundtruth
 

@@ -2,7 +2,7 @@
 
     python benchmarks/groundtruth_editability.py FOLDER [--samples 2000] [--top 200] [--strength 3]
 
-For a synthetic (ground-truth) benchmark FOLDER (``python -m hfgi3d.benchmarks synthetic --out
+For a synthetic (ground-truth) benchmark FOLDER (``python -m hfgi3d.benchmarks synthetic --output_dir
 FOLDER``), with the generator every image was made with and every method started from:
 
 1. a ``mean_luma`` direction is fitted on that generator (InterFaceGAN: ``--samples`` frontal

@@ -2,7 +2,7 @@
 
     python benchmarks/groundtruth_figures.py FOLDER [--images 3] [--methods pti hfgi3d]
 
-Reads what ``python -m hfgi3d.benchmarks synthetic --out FOLDER [--curves N]`` wrote and writes, into
+Reads what ``python -m hfgi3d.benchmarks synthetic --output_dir FOLDER [--curves N]`` wrote and writes, into
 FOLDER:
 
 * ``curves.png``: the paper's Figure 2 on ground truth: input-view, novel-view and paint PSNR over

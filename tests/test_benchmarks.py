@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from hfgi3d.benchmarks.__main__ import current_spellings
 from hfgi3d.benchmarks.__main__ import main as benchmarks_main
 from hfgi3d.benchmarks.aggregate import markdown_table, summarize
 from hfgi3d.benchmarks.runner import Job, Photo, Worker, batches, run_fit, run_shard, shard
@@ -56,6 +57,14 @@ def test_store_appends_skips_a_cut_last_line_and_merges(tmp_path: Path) -> None:
     assert [row for row in merge(tmp_path) if row["image_id"] == "c"] == [{"image_id": "c", "method": "m", "psnr": 2.0}]
 
 
+def test_the_former_dash_spellings_are_still_read() -> None:
+    """Committed results record their commands as they were run, with ``--out`` and dashes."""
+    old = ["synthetic", "--out", "x", "--keep-generators", "--batch-size=2", "--images", "3", "--retry-errors"]
+    assert current_spellings(old) == [
+        "synthetic", "--output_dir", "x", "--keep_generators", "--batch_size=2", "--images", "3", "--retry_errors",
+    ]  # fmt: skip
+
+
 def test_shard_keeps_an_image_in_one_process() -> None:
     jobs = [Job(image, method) for image in "abcde" for method in ("x", "y")]
     shards = [shard(jobs, rank, 2) for rank in range(2)]
@@ -64,7 +73,7 @@ def test_shard_keeps_an_image_in_one_process() -> None:
 
 
 def test_batches_of_one_method_and_a_rerun_does_only_the_unfinished_photos(tmp_path: Path) -> None:
-    """``--batch-size 2``: photos are grouped per method; after a kill only the photos without a row run
+    """``--batch_size 2``: photos are grouped per method; after a kill only the photos without a row run
     again, re-batched, and a failed batch gives every photo of it an error row."""
     jobs = [Job(f"img{i}", method) for method in ("pti", "hfgi3d") for i in range(3)]
     calls: list[list[tuple[str, str]]] = []
@@ -148,7 +157,18 @@ def test_times_are_averaged_over_rows_that_ran_with_the_same_threads() -> None:
 
 
 def _synthetic_args(out: Path, profile: Path, *extra: str) -> list[str]:
-    return ["synthetic", "--out", str(out), "--images", "2", "--methods", "pti", "--profile", str(profile), *extra]
+    return [
+        "synthetic",
+        "--output_dir",
+        str(out),
+        "--images",
+        "2",
+        "--methods",
+        "pti",
+        "--profile",
+        str(profile),
+        *extra,
+    ]
 
 
 @pytest.mark.slow  # two processes of two fits each; sharding itself is tested above without fits
@@ -199,11 +219,11 @@ def test_a_killed_run_resumes_without_redoing_finished_jobs(tmp_path: Path, prof
 
 @pytest.mark.slow  # batched fits; tests/test_batch.py covers the batch itself
 def test_a_batched_run_gives_every_photo_its_row(tmp_path: Path, profile: Path) -> None:
-    """``--batch-size 2``: both photos in one fit (``fit --data.images``), a row each, with the numbers
+    """``--batch_size 2``: both photos in one fit (``fit --data.images``), a row each, with the numbers
     one photo per fit gives (to rounding: the batched stage 2 rounds differently, tests/test_batch.py)."""
     one, two = tmp_path / "one", tmp_path / "two"
     assert benchmarks_main(_synthetic_args(one, profile)) == 0
-    assert benchmarks_main(_synthetic_args(two, profile, "--batch-size", "2")) == 0
+    assert benchmarks_main(_synthetic_args(two, profile, "--batch_size", "2")) == 0
     rows_one, rows_two = read_rows(one / MERGED_FILE), read_rows(two / MERGED_FILE)
     assert [(r["image_id"], r["method"]) for r in rows_two] == [(r["image_id"], r["method"]) for r in rows_one]
     assert [r["batch_size"] for r in rows_two] == [2, 2] and [r["batch_size"] for r in rows_one] == [1, 1]
@@ -215,7 +235,9 @@ def test_a_batched_run_gives_every_photo_its_row(tmp_path: Path, profile: Path) 
 
 
 def test_celeba_without_data_or_weights_explains_and_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = benchmarks_main(["celeba", "--out", str(tmp_path), "--data", str(tmp_path / "nowhere"), "--generator", "x"])
+    code = benchmarks_main(
+        ["celeba", "--output_dir", str(tmp_path), "--data", str(tmp_path / "nowhere"), "--generator", "x"]
+    )
     assert code == 2
     message = capsys.readouterr().err
     assert "HFGI3D_CELEBAHQ" in message and "ffhq512-128.pkl" in message and "HFGI3D_EG3D" in message
@@ -235,7 +257,7 @@ def test_celeba_aligns_inverts_and_records_failures_per_image(tmp_path: Path, pr
     generator = tmp_path / "tiny.pt"
     save_generator(open_generator("tiny"), generator)
     out = tmp_path / "bench"
-    args = ["celeba", "--out", str(out), "--data", str(data), "--generator", str(generator), "--images", "2",
+    args = ["celeba", "--output_dir", str(out), "--data", str(data), "--generator", str(generator), "--images", "2",
             "--methods", "pti", "--profile", str(profile)]  # fmt: skip
     assert benchmarks_main(args) == 0
     listed = (out / "images.txt").read_text().splitlines()
@@ -271,19 +293,15 @@ def test_inversion_speed_reports_every_stage_and_projects_the_paper_schedule(tmp
     assert run["paper_schedule_s"] == pytest.approx(expected)
 
 
-def test_ground_truth_curves_follow_the_fit_and_the_figures_are_drawn(tmp_path: Path, profile: Path) -> None:
-    """``--curves 2``: every run's metrics.csv holds truth/* every 2 steps and at each stage's end; at the
-    last step they are the numbers the run is scored with (the same weights, rendered deterministically
-    by another path: float32 rounding moves a PSNR by far less than 0.01 dB). The figure script then
-    draws the curves, the side-by-side picture and the paired table, and the editability script edits
-    the kept generators."""
-    out = tmp_path / "bench"
+def _curves_benchmark(out: Path, profile: Path, images: int) -> list[dict[str, Any]]:
+    """PTI and hfgi3d on ``images`` bold-painted ground-truth images, truth curves every 2 steps, the tuned
+    generators kept; the merged rows."""
     args = [
         "synthetic",
-        "--out",
+        "--output_dir",
         str(out),
         "--images",
-        "2",
+        str(images),
         "--methods",
         "pti",
         "hfgi3d",
@@ -297,12 +315,20 @@ def test_ground_truth_curves_follow_the_fit_and_the_figures_are_drawn(tmp_path: 
         "32-true",
         "--seed",
         "1",
-        "--keep-generators",
+        "--keep_generators",
     ]  # fmt: skip (hfgi3d's bf16 is slow on a CPU)
     assert benchmarks_main(args) == 0
     rows = read_rows(out / MERGED_FILE)
-    assert len(rows) == 4 and all("error" not in row for row in rows)
-    for row in rows:
+    assert len(rows) == 2 * images and all("error" not in row for row in rows)
+    return rows
+
+
+def test_ground_truth_curves_follow_the_fit(tmp_path: Path, profile: Path) -> None:
+    """``--curves 2``: every run's metrics.csv holds truth/* every 2 steps and at each stage's end; at the
+    last step they are the numbers the run is scored with (the same weights, rendered deterministically
+    by another path: float32 rounding moves a PSNR by far less than 0.01 dB)."""
+    out = tmp_path / "bench"
+    for row in _curves_benchmark(out, profile, images=1):
         run = out / "runs" / row["method"] / row["image_id"]
         (metrics_csv,) = run.rglob("metrics.csv")
         with metrics_csv.open() as handle:
@@ -317,6 +343,14 @@ def test_ground_truth_curves_follow_the_fit_and_the_figures_are_drawn(tmp_path: 
         assert (run / "novel_vs_truth.png").is_file() and (run / "generator.pt").is_file()
         config = yaml.safe_load((run / "config.yaml").read_text())
         assert config["model"]["seed"] == 1  # the generator the images were made with (--seed 1)
+
+
+@pytest.mark.slow
+def test_the_ground_truth_figures_and_the_editability_table_are_drawn(tmp_path: Path, profile: Path) -> None:
+    """The figure script draws the curves, the side-by-side picture and the paired table of a finished
+    ground-truth benchmark; the editability script edits its kept generators."""
+    out = tmp_path / "bench"
+    _curves_benchmark(out, profile, images=2)
     command = [sys.executable, "benchmarks/groundtruth_figures.py", str(out), "--images", "2"]
     subprocess.run(command, check=True, cwd=REPO, capture_output=True, timeout=300)
     for name in ("curves.png", "side_by_side.png"):

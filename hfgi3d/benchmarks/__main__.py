@@ -93,7 +93,7 @@ def celeba(args: argparse.Namespace) -> int:
         print(f"cannot run the CelebA-HQ benchmark:\n{error}", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    folder: Path = args.out
+    folder: Path = args.output_dir
     write_image_list(folder / "images.txt", photos, args.seed)
     jobs = [
         Job(photo.stem, method, {"presets": _presets(method), "photo": str(photo), "args": _fit_args(args)})
@@ -104,7 +104,7 @@ def celeba(args: argparse.Namespace) -> int:
     rows = run(jobs, folder, job_fn, args.accelerator, args.devices, args.num_nodes, args.retry_errors, args.batch_size)
     if not rows:  # ranks other than 0
         return 0
-    command = " ".join(["python -m hfgi3d.benchmarks", *sys.argv[1:]])
+    command = " ".join(["python -m hfgi3d.benchmarks", *current_spellings(sys.argv[1:])])
     header = (
         f"CelebA-HQ benchmark: `{command}`\n\n{len(photos)} images × {len(args.methods)} methods, generator "
         f"`{generator}`; wall time {time.perf_counter() - started:.0f} s. Paper rows: Xie et al. 2023, Table 1/3.\n\n"
@@ -118,7 +118,7 @@ def synthetic(args: argparse.Namespace) -> int:
     from hfgi3d.losses import LPIPS
 
     started = time.perf_counter()
-    folder: Path = args.out
+    folder: Path = args.output_dir
     data = folder / "data"
     ids = prepare(args.generator, args.seed, args.images, data, PAINTS[args.paint])
     # Every fit opens the generator the images were made with: the same spec and seed.
@@ -135,7 +135,7 @@ def synthetic(args: argparse.Namespace) -> int:
     rows = run(jobs, folder, job_fn, args.accelerator, args.devices, args.num_nodes, args.retry_errors, args.batch_size)
     if not rows:  # ranks other than 0
         return 0
-    command = " ".join(["python -m hfgi3d.benchmarks", *sys.argv[1:]])
+    command = " ".join(["python -m hfgi3d.benchmarks", *current_spellings(sys.argv[1:])])
     header = (
         f"Synthetic benchmark: `{command}`\n\n{len(ids)} images × {len(args.methods)} methods, generator "
         f"`{args.generator}`, profile `{args.profile}`; wall time {time.perf_counter() - started:.0f} s.\n\n"
@@ -155,16 +155,37 @@ def aggregate(args: argparse.Namespace) -> int:
     return 0
 
 
+FORMER_SPELLINGS = {
+    "--out": "--output_dir",
+    "--num-nodes": "--num_nodes",
+    "--retry-errors": "--retry_errors",
+    "--batch-size": "--batch_size",
+    "--keep-generators": "--keep_generators",
+    "--lpips-weights-alex": "--lpips_weights_alex",
+}
+"""Options as they were spelt before the benchmarks took ``fit``'s convention (snake_case, ``--output_dir``):
+the command lines recorded with older results still run."""
+
+
+def current_spellings(argv: Sequence[str]) -> list[str]:
+    """``argv`` with :data:`FORMER_SPELLINGS` replaced (``--out X`` and ``--out=X`` alike)."""
+    current = []
+    for word in argv:
+        name, equals, value = word.partition("=")
+        current.append(FORMER_SPELLINGS.get(name, name) + equals + value if name in FORMER_SPELLINGS else word)
+    return current
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hfgi3d.benchmarks", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     parallel = argparse.ArgumentParser(add_help=False)
     parallel.add_argument("--accelerator", choices=("cpu", "gpu"), default="cpu")
     parallel.add_argument("--devices", type=int, default=1, help="processes per node (one per GPU, or CPU processes)")
-    parallel.add_argument("--num-nodes", type=int, default=1)
-    parallel.add_argument("--retry-errors", action="store_true", help="run failed jobs again")
+    parallel.add_argument("--num_nodes", type=int, default=1, help="nodes the processes are spread over")
+    parallel.add_argument("--retry_errors", action="store_true", help="run failed jobs again")
     parallel.add_argument(
-        "--batch-size", type=_positive, default=1, help="photos of one method inverted together in one fit (default 1)"
+        "--batch_size", type=_positive, default=1, help="photos of one method inverted together in one fit (default 1)"
     )
     parallel.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parallel.add_argument(
@@ -175,7 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     cel = commands.add_parser("celeba", parents=[parallel], help="the paper's protocol on CelebA-HQ")
-    cel.add_argument("--out", type=Path, default=Path("benchmarks/results/celeba"), help="benchmark folder (resumes)")
+    cel.add_argument(
+        "--output_dir", type=Path, default=Path("benchmarks/results/celeba"), help="benchmark folder (resumes)"
+    )
     cel.add_argument("--data", default=None, help="CelebA-HQ image folder (default: $HFGI3D_CELEBAHQ)")
     cel.add_argument("--generator", default=None, help="EG3D ffhq512-128.pkl or .pt (default: $HFGI3D_EG3D)")
     cel.add_argument("--images", type=int, default=PAPER_IMAGES, help=f"photos sampled (the paper: {PAPER_IMAGES})")
@@ -184,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cel.set_defaults(run=celeba)
 
     synth = commands.add_parser("synthetic", parents=[parallel], help="ground-truth benchmark (no data needed)")
-    synth.add_argument("--out", type=Path, required=True, help="benchmark folder (resumes if it exists)")
+    synth.add_argument("--output_dir", type=Path, required=True, help="benchmark folder (resumes if it exists)")
     synth.add_argument("--generator", default="tiny", help="tiny, a GeneratorConfig .yaml, an EG3D .pkl or .pt")
     synth.add_argument(
         "--profile",
@@ -201,18 +224,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="log input-view, novel-view and paint PSNR against the ground truth every N steps (0: off)",
     )  # fmt: skip
     synth.add_argument(
-        "--keep-generators", action="store_true",
+        "--keep_generators", action="store_true",
         help="keep each run's tuned generator.pt (fp32) for editing it afterwards "
         "(benchmarks/groundtruth_editability.py); by default it is deleted once scored",
     )  # fmt: skip
     synth.add_argument(
-        "--lpips-weights-alex", default=None, help="LPIPS-AlexNet weights file for the novel-view scores"
+        "--lpips_weights_alex", default=None, help="LPIPS-AlexNet weights file for the novel-view scores"
     )
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(run=synthetic)
 
     agg = commands.add_parser("aggregate", help="mean ± std table of a benchmark folder's results.jsonl")
-    agg.add_argument("folder", type=Path, help="a benchmark's --out folder (holding results.jsonl)")
+    agg.add_argument("folder", type=Path, help="a benchmark's --output_dir (holding results.jsonl)")
     agg.add_argument(
         "--table", choices=(CELEBA, SYNTHETIC), default=CELEBA,
         help="the columns (and, for celeba, the paper's rows) of that benchmark's table (default: celeba)",
@@ -220,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     agg.add_argument("--columns", nargs="+", default=None, help="these metric keys instead of --table's columns")
     agg.set_defaults(run=aggregate)
 
-    args = parser.parse_args(argv)
+    args = parser.parse_args(current_spellings(sys.argv[1:] if argv is None else argv))
     if getattr(args, "profile", None) == "none":
         args.profile = None
     return int(args.run(args))
