@@ -4,9 +4,7 @@ the photo list of ``data.images``; the ``fit`` command over several batches."""
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,9 +22,13 @@ from hfgi3d.editing.edit import open_run
 from hfgi3d.errors import InputError
 from hfgi3d.generator import open_generator
 from hfgi3d.inversion import InversionModule
-from tests.presets import FAST_MODEL, FAST_VIEWS, cpu_trainer, data_args, write_tiny_photos
+from tests.interruptions import Killed, StopAt
+from tests.presets import FAST_MODEL, FAST_VIEWS, cpu_trainer, data_args, shrunk_fit, write_tiny_photos
 
 NAMES = ("a", "b", "c")
+EXACT_MODEL = {**FAST_MODEL, "lpips_resize": None}
+"""LPIPS on the renders as they are: resized to 64², a batch of photos rounds differently from one photo
+in stage 1, which the comparison below keeps bit for bit."""
 
 
 @pytest.fixture(scope="module")
@@ -97,18 +99,19 @@ class Fits:
 def fits(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Fits:
     folder = tmp_path_factory.mktemp("fits")
     with _one_thread():
-        batch = InversionModule(**{**FAST_MODEL, "photos": 3, "photos_per_call": 1})
+        batch = InversionModule(**{**EXACT_MODEL, "photos": 3, "photos_per_call": 1})
         datamodule = _data(images=str(photos), batch_size=3)
         batch_losses = torch.stack(_fit(batch, datamodule, folder).losses)
         singles = []
         for name in NAMES:
-            single = InversionModule(**FAST_MODEL)
+            single = InversionModule(**EXACT_MODEL)
             data = _data(image=str(photos / f"{name}.png"), camera=str(photos / f"{name}.json"))
             singles.append((single, torch.cat(_fit(single, data, folder).losses)))  # all three stages
     assert datamodule.views is not None
     return Fits(batch, batch_losses, len(datamodule.views), singles)
 
 
+@pytest.mark.slow  # four fits (51 s on one core); the batched fit end to end is the last test of this file
 def test_a_batch_of_three_equals_three_single_photo_fits(fits: Fits) -> None:
     """One photo per generator call (the CPU default). Stage 1, the occluded stage and the pseudo views
     are bit for bit those of the single-photo fits; in stage 2 the shared VGG pass runs 3 photos' renders
@@ -144,6 +147,7 @@ first losses lie much further apart, which the test checks, so a photo or camera
 slice still fails."""
 
 
+@pytest.mark.slow  # one more batched fit beside the four above; one vmap call is tested in tests/test_stacked.py
 def test_one_batched_generator_call_follows_the_single_photo_fits(fits: Fits, photos: Path, tmp_path: Path) -> None:
     """All three photos in one vmap call (the GPU default). Its grouped convolutions round differently
     (renders and gradients agree to float32 error, tests/test_stacked.py), so the first step's losses
@@ -151,7 +155,7 @@ def test_one_batched_generator_call_follows_the_single_photo_fits(fits: Fits, ph
     element by about its learning rate whatever the gradient's size (a near-zero gradient whose sign
     flips moves the other way) and the in-distribution mask D thresholds the render. Measured after 8
     steps: 1.8 % on the last loss, tuned weights 7 % of tuning's move apart (bounds 5 % and 20 %)."""
-    batch = InversionModule(**{**FAST_MODEL, "photos": 3, "photos_per_call": 3})
+    batch = InversionModule(**{**EXACT_MODEL, "photos": 3, "photos_per_call": 3})
     batch_losses = torch.stack(_fit(batch, _data(images=str(photos), batch_size=3), tmp_path).losses)
     firsts = torch.stack([losses[0] for _, losses in fits.singles])
     apart = (firsts[:, None] - firsts[None, :]).abs() / firsts[None, :]  # photo i's first loss against j's
@@ -162,7 +166,7 @@ def test_one_batched_generator_call_follows_the_single_photo_fits(fits: Fits, ph
         assert _tuning_gap(batch, single, index) < 0.2
 
 
-@pytest.mark.slow  # four fits; single-photo refinement is tested in tests/test_edit.py
+@pytest.mark.slow  # four fits; single-photo refinement is tested in tests/test_edit.py (slow too)
 def test_camera_refinement_in_a_batch_equals_single_photo_refinement(photos: Path, tmp_path: Path) -> None:
     """Each photo of a batch refines its own camera offsets, exactly as alone: stage 1's losses, the
     refined cameras and the pseudo views' cameras (built around them) are bit for bit those of single
@@ -194,20 +198,12 @@ def test_a_batch_resumes_from_its_last_checkpoint_with_every_photos_state(
     """Killed in stage 2 (pseudo views built, G being tuned), resumed from the periodic ``last.ckpt``:
     every photo ends where the uninterrupted batch (the fixture's) ended, bit for bit."""
 
-    class Killed(Exception):
-        pass
-
-    class StopAt(L.Callback):
-        def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
-            if trainer.global_step == 6:
-                raise Killed
-
     model = {**FAST_MODEL, "photos": 3, "photos_per_call": 1}
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True)
     first, second = InversionModule(**model), InversionModule(**model)
     torch.manual_seed(0)
     with _one_thread(), pytest.raises(Killed):
-        cpu_trainer(tmp_path, first.total_steps, [checkpoint, StopAt()]).fit(
+        cpu_trainer(tmp_path, first.total_steps, [checkpoint, StopAt(6)]).fit(
             first, datamodule=_data(images=str(photos), batch_size=3)
         )
     with _one_thread():
@@ -257,13 +253,7 @@ def _empty(tmp_path: Path) -> Path:
     return folder
 
 
-BATCH_FIT = [
-    "fit", "--config", "configs/hfgi3d.yaml", "--config", "configs/demo.yaml", "--data.image", "null",
-    "--model.w_avg_samples", "16", "--model.estimate_steps", "3", "--model.pseudo_multiview_steps", "3",
-    "--model.occluded_steps", "2", "--data.num_views", "2", "--data.pseudo_views.poisson_iterations", "20",
-    "--outputs.orbit_frames", "0", "--outputs.mesh_resolution", "0", "--evaluation.metrics.pose_accuracy", "false",
-    "--trainer.enable_progress_bar", "false",
-]  # fmt: skip
+BATCH_FIT = shrunk_fit(data__image="null")
 
 
 @pytest.mark.usefixtures("interruptible")
@@ -312,7 +302,7 @@ def test_fit_runs_every_batch_drops_a_bad_photo_and_resumes_an_interrupted_job(
         "trainer:\n  callbacks:\n"
         "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
         "      init_args: {every_n_train_steps: 50, save_last: true}\n"
-        "    - class_path: tests.test_batch.SignalInBatch\n      init_args: {step: 6, image_id: c}\n"
+        "    - class_path: tests.interruptions.SignalAt\n      init_args: {step: 6, image_id: c}\n"
     )
     cut = tmp_path / "cut"
     assert main([*base, "--output_dir", str(cut), "--config", str(signal_config)]) == 130
@@ -328,16 +318,3 @@ def test_fit_runs_every_batch_drops_a_bad_photo_and_resumes_an_interrupted_job(
         torch.testing.assert_close(
             cut_latent, torch.load(whole / "c" / "latent.pt", weights_only=True)[key], rtol=0, atol=0
         )
-
-
-class SignalInBatch(L.Callback):
-    """Sends the process SIGINT when step ``step`` of the batch holding ``image_id`` starts (not resumed)."""
-
-    def __init__(self, step: int, image_id: str) -> None:
-        self.step = step
-        self.image_id = image_id
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        ids = trainer.datamodule.image_ids  # type: ignore[attr-defined]
-        if trainer.global_step == self.step and trainer.ckpt_path is None and self.image_id in ids:
-            os.kill(os.getpid(), signal.SIGINT)

@@ -19,19 +19,21 @@ from hfgi3d.cli import main
 from hfgi3d.generator import open_generator
 from hfgi3d.metrics.evaluation import METRIC_KEYS, evaluate, load_networks
 from tests.ibrnet_checkpoint_writer import write_official_checkpoint
-from tests.presets import evaluation_config
+from tests.presets import evaluation_config, shrunk_fit
 from tests.test_arcface import synthetic_checkpoint
 from tests.wandb_offline import read_offline_run
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY_FIT = [
-    "fit", "--config", "configs/hfgi3d.yaml", "--config", "configs/demo.yaml",
-    "--model.w_avg_samples", "16", "--model.estimate_steps", "6", "--model.pseudo_multiview_steps", "6",
-    "--model.occluded_steps", "2", "--data.num_views", "2", "--data.pseudo_views.poisson_iterations", "20",
-    "--outputs.orbit_frames", "4", "--outputs.mesh_resolution", "24", "--evaluation.every_n_steps", "4",
-    "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
-]  # fmt: skip
+TINY_FIT = shrunk_fit(
+    model__estimate_steps=6,
+    model__pseudo_multiview_steps=6,
+    outputs__orbit_frames=4,
+    outputs__mesh_resolution=24,
+    evaluation__every_n_steps=4,
+    evaluation__metrics__pose_accuracy=None,
+    trainer__log_every_n_steps=1,
+)
 STAGE_KEYS = (
     "estimate/loss", "estimate/loss_l2", "estimate/loss_lpips", "estimate/lr", "estimate/step_time_s",
     "estimate/psnr", "estimate/ssim", "estimate/lpips",
@@ -207,14 +209,7 @@ def test_the_progress_bar_draws_each_step_once_per_stage_and_ends_before_the_out
 ) -> None:
     """Written to a log (not a terminal), every redraw is a line: each stage's bar shows each step
     once, named after the stage, and the last stage's final line comes before the outputs' lines."""
-    args = [
-        "fit", "--config", "configs/hfgi3d.yaml", "--config", "configs/demo.yaml",
-        "--model.w_avg_samples", "16", "--model.estimate_steps", "3", "--model.occluded_steps", "2",
-        "--model.pseudo_multiview_steps", "3", "--model.lambda_lpips", "0", "--data.num_views", "2",
-        "--data.pseudo_views.poisson_iterations", "20", "--outputs.orbit_frames", "0",
-        "--outputs.mesh_resolution", "0", "--evaluation.every_n_steps", "0",
-        "--evaluation.metrics.pose_accuracy", "false", "--output_dir", str(tmp_path / "run"),
-    ]  # fmt: skip
+    args = shrunk_fit(model__lambda_lpips=0, trainer__enable_progress_bar=None, output_dir=tmp_path / "run")
     assert main(args) == 0
     captured = capsys.readouterr()
     draws = [line.strip() for line in captured.out.replace("\r", "\n").splitlines() if "|" in line]

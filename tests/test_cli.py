@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import signal
 import subprocess
@@ -11,9 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import lightning as L
 import pytest
 import torch
 from PIL import Image
@@ -25,15 +22,13 @@ from hfgi3d.data.inputs import SAMPLE_CAMERA, SAMPLE_IMAGE
 from hfgi3d.errors import InputError
 from hfgi3d.presets import preset_path
 from hfgi3d.validation import FitInputs, check_fit_inputs, fit_inputs_from_argv
+from tests.presets import shrunk_options
 
 REPO = Path(__file__).resolve().parents[1]
 ERROR_SECONDS = 5.0  # the bound for answering a bad input in-process (Lightning already imported)
-SHRUNK = [
-    "--model.w_avg_samples", "16", "--model.estimate_steps", "4", "--model.pseudo_multiview_steps", "6",
-    "--model.occluded_steps", "2", "--data.num_views", "2", "--data.pseudo_views.poisson_iterations", "20",
-    "--outputs.orbit_frames", "0", "--outputs.mesh_resolution", "0", "--evaluation.every_n_steps", "0",
-    "--trainer.enable_progress_bar", "false",
-]  # fmt: skip
+SHRUNK = shrunk_options(
+    model__estimate_steps=4, model__pseudo_multiview_steps=6, evaluation__metrics__pose_accuracy=None
+)
 
 
 def _fit_args(photo: Path, camera: Path, out: Path, *extra: str) -> list[str]:
@@ -305,18 +300,6 @@ def test_a_bad_option_of_any_command_is_one_line(
     assert not any(tmp_path.iterdir())  # nothing written
 
 
-class SignalAt(L.Callback):
-    """Sends the process ``signum`` when step ``step`` starts (not in a resumed run)."""
-
-    def __init__(self, step: int, signum: int) -> None:
-        self.step = step
-        self.signum = signum
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        if trainer.global_step == self.step and trainer.ckpt_path is None:
-            os.kill(os.getpid(), self.signum)
-
-
 @pytest.mark.usefixtures("interruptible")
 @pytest.mark.parametrize(
     "signum",
@@ -335,7 +318,7 @@ def test_an_interrupted_fit_resumes_to_the_result_of_an_uninterrupted_one(
         "trainer:\n  callbacks:\n"
         "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
         "      init_args: {every_n_train_steps: 50, save_last: true}\n"
-        f"    - class_path: tests.test_cli.SignalAt\n      init_args: {{step: 7, signum: {int(signum)}}}\n"
+        f"    - class_path: tests.interruptions.SignalAt\n      init_args: {{step: 7, signum: {int(signum)}}}\n"
     )
     cut = tmp_path / "cut"
     code = main([*_fit_args(*good, cut), *SHRUNK, "--config", str(signal_config)])

@@ -19,26 +19,36 @@ from hfgi3d.cli import main
 from hfgi3d.data.datamodule import PseudoViewDataModule
 from hfgi3d.generator import open_generator, save_generator
 from hfgi3d.inversion import InversionModule
-from tests.presets import data_args, model_args
+from tests.presets import data_args, model_args, shrunk_fit
 from tests.wandb_offline import read_offline_run
 
-RUN_ARGS = [
-    "fit", "--config", "configs/hfgi3d.yaml", "--config", "configs/demo.yaml", "--config", "configs/logger/wandb.yaml",
-    "--model.w_avg_samples", "16", "--model.estimate_steps", "25", "--model.occluded_steps", "3",
-    "--model.pseudo_multiview_steps", "2", "--data.num_views", "8", "--data.pseudo_views.poisson_iterations", "50",
-    "--outputs.orbit_frames", "4", "--outputs.mesh_resolution", "24", "--evaluation.metrics.pose_accuracy", "false",
-    "--trainer.enable_progress_bar", "false",
-]  # fmt: skip
-"""A short fit of the tiny generator on its own render (stage 1 finds a geometry; stage 2 barely runs),
-logged to an offline W&B run."""
+RUN_ARGS = shrunk_fit(
+    "configs/logger/wandb.yaml", outputs__orbit_frames=4, outputs__mesh_resolution=24, evaluation__every_n_steps=None
+)
+"""A short fit (3 + 2 + 3 steps) of the tiny generator on its own render, logged to an offline W&B run: what
+the edits need to run on."""
+GEOMETRY_RUN_ARGS = shrunk_fit(
+    "configs/logger/wandb.yaml",
+    model__estimate_steps=25,
+    model__occluded_steps=3,
+    model__pseudo_multiview_steps=2,
+    data__num_views=8,
+    data__pseudo_views__poisson_iterations=50,
+    outputs__orbit_frames=4,
+    outputs__mesh_resolution=24,
+    evaluation__every_n_steps=None,
+    model__lpips_resize=None,
+)
+"""A longer stage 1 (25 steps; stage 2 barely runs), which finds a geometry that a painted patch can stay
+on in new views. LPIPS sees the renders at their 128²: with the shrunk fits' 64², these 25
+steps leave a geometry (input-view PSNR 9.5 dB) on which the texture edit below finds no patch."""
 PAINT = (255, 0, 255)  # magenta: far from the tiny generator's greens
 PATCH = (slice(40, 80), slice(45, 85))  # rows, columns of the 128² input
 REFINE_STEPS = 150
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("edit")
+def _fit_own_render(folder: Path, fit_args: list[str]) -> Path:
+    """``fit`` with ``fit_args`` on the tiny generator's render of a random latent; the run folder."""
     generator, c25 = open_generator("tiny"), orbit_c25(0.15, -0.05)
     with torch.no_grad():
         z = torch.randn(1, 512, generator=torch.Generator().manual_seed(11))
@@ -49,9 +59,19 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("WANDB_MODE", raising=False)
         patch.setenv("WANDB_SILENT", "true")
-        args = [*RUN_ARGS, "--data.image", str(folder / "target.png"), "--data.camera", str(folder / "target.json")]
+        args = [*fit_args, "--data.image", str(folder / "target.png"), "--data.camera", str(folder / "target.json")]
         assert main([*args, "--output_dir", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _fit_own_render(tmp_path_factory.mktemp("edit"), RUN_ARGS)
+
+
+@pytest.fixture(scope="module")
+def geometry_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _fit_own_render(tmp_path_factory.mktemp("geometry"), GEOMETRY_RUN_ARGS)
 
 
 def _direction(path: Path, shape: tuple[int, ...] = (512,), seed: int = 0, **metadata: str) -> Path:
@@ -161,8 +181,9 @@ def test_bad_edits_get_one_line_and_write_nothing(
 
 
 @pytest.fixture(scope="module")
-def texture_run(run: Path) -> Path:
-    """The run's texture edit: a 40×40 magenta patch painted on its input, stage 2 rerun."""
+def texture_run(geometry_run: Path) -> Path:
+    """The geometry run's texture edit: a 40×40 magenta patch painted on its input, stage 2 rerun."""
+    run = geometry_run
     painted = np.array(Image.open(run / "input.png"))
     painted[PATCH] = PAINT
     Image.fromarray(painted).save(run.parent / "tattoo.png")
@@ -176,7 +197,9 @@ def texture_run(run: Path) -> Path:
     return run / "texture_edits" / "tattoo"
 
 
-def test_a_painted_patch_lands_where_the_geometry_carries_it(run: Path, texture_run: Path) -> None:
+@pytest.mark.slow  # 100 stage-2 steps (66 s on one core); tests/test_readme.py runs edit-texture end to end
+def test_a_painted_patch_lands_where_the_geometry_carries_it(geometry_run: Path, texture_run: Path) -> None:
+    run = geometry_run
     out = texture_run
     for name in ("novel_views.png", "orbit.mp4", "mesh.ply", "metrics.json", "latent.pt", "generator.pt"):
         assert (out / name).stat().st_size > 0, name
@@ -192,6 +215,7 @@ def test_a_painted_patch_lands_where_the_geometry_carries_it(run: Path, texture_
     assert report["mean_iou"] >= 0.5, report
 
 
+@pytest.mark.slow  # needs the texture edit above (its patch makes renders depend on the camera) and 150 steps
 def test_camera_refinement_recovers_a_known_camera(texture_run: Path, tmp_path: Path) -> None:
     """Stage 1 with ``model.refine_camera`` against a ground truth: the texture-edited tiny generator
     (its patch makes renders depend on the camera: 0.1 rad moves one by 20 dB), a target rendered

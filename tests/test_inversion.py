@@ -23,7 +23,8 @@ from hfgi3d.generator import TriPlaneGenerator, load_generator, open_generator
 from hfgi3d.inversion import ESTIMATE, OCCLUDED, PSEUDO_MULTIVIEW, STAGES, InversionModule
 from hfgi3d.losses import reconstruction_loss
 from tests.float32_error import assert_within_float32_error
-from tests.presets import FAST_MODEL, FAST_VIEWS, cpu_trainer, data_args
+from tests.interruptions import Killed, StopAt
+from tests.presets import FAST_MODEL, FAST_VIEWS, cpu_trainer, data_args, shrunk_fit
 
 
 @pytest.fixture(scope="module")
@@ -201,19 +202,6 @@ def test_the_auxiliary_target_decides_which_views_reach_the_gradient(aux_target:
         assert not moves("aux_visible", everywhere) and not moves("aux_occluded", everywhere)
 
 
-class Killed(Exception):
-    """Stands in for a run killed from outside."""
-
-
-class StopAt(L.Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        if trainer.global_step == self.step:
-            raise Killed
-
-
 def test_resume_mid_stage_two_reuses_the_pseudo_views(
     target: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -347,15 +335,18 @@ def test_missing_camera_is_a_clear_error(target: tuple[Path, Path]) -> None:
 
 def test_fit_command_end_to_end(target: tuple[Path, Path], tmp_path: Path) -> None:
     out = tmp_path / "result"
-    args = [
-        "fit", "--config", "configs/hfgi3d.yaml", "--config", "configs/demo.yaml",
-        "--data.image", str(target[0]), "--data.camera", str(target[1]),
-        "--model.w_avg_samples", "16", "--model.estimate_steps", "6", "--model.pseudo_multiview_steps", "10",
-        "--model.occluded_steps", "2", "--data.num_views", "2", "--data.pseudo_views.poisson_iterations", "50",
-        "--outputs.orbit_frames", "4", "--outputs.mesh_resolution", "24", "--output_dir", str(out),
-        "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "2",
-        "--evaluation.metrics.pose_accuracy", "false",
-    ]  # fmt: skip
+    args = shrunk_fit(
+        model__estimate_steps=6,
+        model__pseudo_multiview_steps=10,
+        data__pseudo_views__poisson_iterations=50,
+        outputs__orbit_frames=4,
+        outputs__mesh_resolution=24,
+        evaluation__every_n_steps=None,
+        trainer__log_every_n_steps=2,
+        data__image=target[0],
+        data__camera=target[1],
+        output_dir=out,
+    )
     assert main(args) == 0
     for name in ("input.png", "reconstruction.png", "novel_views.png", "depth.png", "orbit.mp4", "pseudo_views.png",
                  "pseudo_view_masks.png", "mesh.ply", "mesh.glb", "latent.pt", "metrics.json"):  # fmt: skip
