@@ -28,7 +28,7 @@ from tests.presets import FAST_MODEL, FAST_VIEWS, cpu_trainer, data_args, shrunk
 NAMES = ("a", "b", "c")
 EXACT_MODEL = {**FAST_MODEL, "lpips_resize": None}
 """LPIPS on the renders as they are: resized to 64², a batch of photos rounds differently from one photo
-in stage 1, which the comparison below keeps bit for bit."""
+in stage 1, which the comparisons of this file keep bit for bit."""
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +171,7 @@ def test_camera_refinement_in_a_batch_equals_single_photo_refinement(photos: Pat
     """Each photo of a batch refines its own camera offsets, exactly as alone: stage 1's losses, the
     refined cameras and the pseudo views' cameras (built around them) are bit for bit those of single
     fits, and the data keeps the cameras the photos came with."""
-    model = {**FAST_MODEL, "refine_camera": True, "camera_warmup_steps": 1, "pseudo_multiview_steps": 1}
+    model = {**EXACT_MODEL, "refine_camera": True, "camera_warmup_steps": 1, "pseudo_multiview_steps": 1}
     stage_two = model["estimate_steps"] + model["occluded_steps"]
     with _one_thread():
         batch = InversionModule(**{**model, "photos": 2, "photos_per_call": 1})
@@ -198,7 +198,7 @@ def test_a_batch_resumes_from_its_last_checkpoint_with_every_photos_state(
     """Killed in stage 2 (pseudo views built, G being tuned), resumed from the periodic ``last.ckpt``:
     every photo ends where the uninterrupted batch (the fixture's) ended, bit for bit."""
 
-    model = {**FAST_MODEL, "photos": 3, "photos_per_call": 1}
+    model = {**EXACT_MODEL, "photos": 3, "photos_per_call": 1}
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True)
     first, second = InversionModule(**model), InversionModule(**model)
     torch.manual_seed(0)
