@@ -70,10 +70,11 @@ SHRUNK_FIT: dict[str, Any] = {
     "model.w_avg_samples": 16, "model.estimate_steps": 3, "model.occluded_steps": 2,
     "model.pseudo_multiview_steps": 3, "model.lpips_resize": TEST_LPIPS_SIZE, "data.num_views": 2,
     "data.pseudo_views.poisson_iterations": 20, "outputs.orbit_frames": 0, "outputs.mesh_resolution": 0,
+    "outputs.grid_size": "[2, 1]",
     "evaluation.every_n_steps": 0, "evaluation.metrics.pose_accuracy": False, "trainer.enable_progress_bar": False,
 }  # fmt: skip
 """The options that shrink ``make demo``'s fit (configs/demo.yaml) to a test: 3 + 2 + 3 steps, two pseudo
-views, no orbit, mesh or pose check, no progress bar."""
+views, two novel views in ``novel_views.png`` (not 15), no orbit, mesh or pose check, no progress bar."""
 
 
 def shrunk_options(**options: Any) -> list[str]:

@@ -26,7 +26,7 @@ MICRO_PROFILE = """
 model: {generator: tiny, w_avg_samples: 16, estimate_steps: 4, estimate_lr: 0.01, occluded_steps: 2,
         pseudo_multiview_steps: 4, pseudo_multiview_lr: 0.01, lpips_resize: null, lambda_lpips: 0.0}
 data: {num_views: 2, pseudo_views: {poisson_iterations: 20}}
-outputs: {orbit_frames: 0, mesh_resolution: 0}
+outputs: {orbit_frames: 0, mesh_resolution: 0, grid_size: [2, 1]}
 evaluation: {every_n_steps: 0}
 trainer: {accelerator: cpu, log_every_n_steps: 4, callbacks: []}
 """
