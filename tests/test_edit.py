@@ -23,7 +23,11 @@ from tests.presets import data_args, model_args, shrunk_fit
 from tests.wandb_offline import read_offline_run
 
 RUN_ARGS = shrunk_fit(
-    "configs/logger/wandb.yaml", outputs__orbit_frames=4, outputs__mesh_resolution=24, evaluation__every_n_steps=None
+    "configs/logger/wandb.yaml",
+    outputs__orbit_frames=4,
+    outputs__mesh_resolution=24,
+    outputs__grid_size=None,
+    evaluation__every_n_steps=None,
 )
 """A short fit (3 + 2 + 3 steps) of the tiny generator on its own render, logged to an offline W&B run: what
 the edits need to run on."""
@@ -38,6 +42,7 @@ GEOMETRY_RUN_ARGS = shrunk_fit(
     outputs__mesh_resolution=24,
     evaluation__every_n_steps=None,
     model__lpips_resize=None,
+    outputs__grid_size=None,  # the paint check looks at the 5×3 grid
 )
 """A longer stage 1 (25 steps; stage 2 barely runs), which finds a geometry that a painted patch can stay
 on in new views. LPIPS sees the renders at their 128²: with the shrunk fits' 64², these 25
