@@ -25,10 +25,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)  ## create .venv and install hfgi3d with its dev tools and the editing extra
 
-# One worker process per CPU core (pytest-xdist), each test file in one worker (its module fixtures are built once);
-# tests/conftest.py gives each worker its share of the CPU threads.
+# One worker process per CPU core (pytest-xdist), each test file in one worker (its module fixtures are built once),
+# files handed out in collection order (tests/conftest.py puts the longest first; xdist's own order, by test count,
+# left a long one-test file to run alone at the end); tests/conftest.py gives each worker its share of the CPU threads.
 test: $(STAMP)  ## run the fast test suite (CPU, no downloads; one worker per core)
-	$(BIN)/pytest -m "not slow" -n auto --dist loadfile
+	$(BIN)/pytest -m "not slow" -n auto --dist loadfile --no-loadscope-reorder
 
 test-slow: $(STAMP)  ## run only the slow tests (real-size generator, several processes, long multi-fit runs)
 	$(BIN)/pytest -m slow -q -n auto --dist loadfile

@@ -33,9 +33,9 @@ LONGEST_FILES = (
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the longest files first. ``make test`` hands whole files to its workers in collection order,
-    so a long file collected last (the alphabet puts test_readme.py there) would leave one worker running
-    it alone at the end; longest first, the short files fill the gaps. The order within a file stays."""
+    """Run the longest files first. ``make test`` hands whole files to its workers in collection order
+    (``--no-loadscope-reorder``), so a long file handed out last would leave one worker running it alone at
+    the end; longest first, the short files fill the gaps. The order within a file stays."""
     rank = {name: index for index, name in enumerate(LONGEST_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
