@@ -65,6 +65,19 @@ def test_the_former_dash_spellings_are_still_read() -> None:
     ]  # fmt: skip
 
 
+def test_a_bad_command_line_gets_one_line_and_exit_code_2(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, message in (
+        (["synthetic"], "the following arguments are required: --output_dir"),
+        (["synthetic", "--output_dir", "x", "--methods", "nope"], "invalid choice: 'nope'"),
+        (["celeba", "--images", "many"], "invalid int value: 'many'"),
+    ):
+        with pytest.raises(SystemExit) as exited:
+            benchmarks_main(argv)
+        err = capsys.readouterr().err
+        assert exited.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+        assert "--help`)" in err and "usage:" not in err
+
+
 def test_shard_keeps_an_image_in_one_process() -> None:
     jobs = [Job(image, method) for image in "abcde" for method in ("x", "y")]
     shards = [shard(jobs, rank, 2) for rank in range(2)]

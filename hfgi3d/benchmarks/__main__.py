@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from hfgi3d.benchmarks.aggregate import CELEBA_COLUMNS, csv_table, markdown_table, summarize
 from hfgi3d.benchmarks.celeba import PAPER_IMAGES
@@ -148,7 +149,7 @@ def synthetic(args: argparse.Namespace) -> int:
 def aggregate(args: argparse.Namespace) -> int:
     folder = args.folder
     if not (folder / MERGED_FILE).is_file():
-        print(f"no {MERGED_FILE} in {folder}: run a benchmark first", file=sys.stderr)
+        print(f"error: no {MERGED_FILE} in {folder}: run a benchmark first", file=sys.stderr)
         return 2
     columns = args.columns or table_columns(args.table)
     print(write_summary(folder, columns, paper=args.table == CELEBA))
@@ -176,10 +177,19 @@ def current_spellings(argv: Sequence[str]) -> list[str]:
     return current
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """A parser (its subcommands' too) that reports a bad command line in one line, ``error: …`` with where
+    to look, and exit code 2, as ``python -m hfgi3d`` does, instead of argparse's usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hfgi3d.benchmarks", description=__doc__)
+    parser = _OneLineErrors(prog="python -m hfgi3d.benchmarks", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    parallel = argparse.ArgumentParser(add_help=False)
+    parallel = _OneLineErrors(add_help=False)
     parallel.add_argument("--accelerator", choices=("cpu", "gpu"), default="cpu")
     parallel.add_argument("--devices", type=int, default=1, help="processes per node (one per GPU, or CPU processes)")
     parallel.add_argument("--num_nodes", type=int, default=1, help="nodes the processes are spread over")
