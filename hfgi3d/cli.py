@@ -42,9 +42,10 @@ REQUIRED_OUTPUTS = {"preprocess": "--output_dir", "directions fit": "--output"}
 meant one is reported first, with the hint)."""
 
 
-class _Parser(argparse.ArgumentParser):
-    """An argument parser (every subcommand's too) whose errors are one line through :func:`main`
-    (``error: …``, exit code 2), not argparse's usage block."""
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser (every subcommand's too) whose errors are one line, not argparse's usage block:
+    it raises :class:`InputError` ("… (see `PROG --help`)"), which :func:`main` (and ``python -m
+    hfgi3d.benchmarks``) print as ``error: …`` with exit code 2."""
 
     def error(self, message: str) -> NoReturn:
         raise InputError(f"{message} (see `{self.prog} --help`)")
@@ -96,7 +97,7 @@ def parse_command(argv: list[str]) -> argparse.Namespace:
     without running it: ``args.run(args)`` does. Raises :class:`InputError` for a bad command line."""
     from hfgi3d.pose.registry import POSE_ESTIMATORS
 
-    parser = _Parser(
+    parser = OneLineErrorParser(
         prog="python -m hfgi3d",
         description="hfgi3d: invert a face photo into EG3D with pseudo-multi-view optimization, re-render it from "
         "new viewpoints and edit it. `python -m hfgi3d COMMAND --help` describes each command.",

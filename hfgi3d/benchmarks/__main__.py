@@ -7,12 +7,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 from hfgi3d.benchmarks.aggregate import CELEBA_COLUMNS, csv_table, markdown_table, summarize
 from hfgi3d.benchmarks.celeba import PAPER_IMAGES
 from hfgi3d.benchmarks.runner import Job, run
 from hfgi3d.benchmarks.store import MERGED_FILE, read_rows
+from hfgi3d.cli import OneLineErrorParser
+from hfgi3d.errors import InputError
 from hfgi3d.metrics.registry import CELEBA, SYNTHETIC, table_columns
 from hfgi3d.presets import preset_path
 
@@ -173,23 +174,14 @@ def current_spellings(argv: Sequence[str]) -> list[str]:
     current = []
     for word in argv:
         name, equals, value = word.partition("=")
-        current.append(FORMER_SPELLINGS.get(name, name) + equals + value if name in FORMER_SPELLINGS else word)
+        current.append(FORMER_SPELLINGS[name] + equals + value if name in FORMER_SPELLINGS else word)
     return current
 
 
-class _OneLineErrors(argparse.ArgumentParser):
-    """A parser (its subcommands' too) that reports a bad command line in one line, ``error: …`` with where
-    to look, and exit code 2, as ``python -m hfgi3d`` does, instead of argparse's usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        print(f"error: {message} (see `{self.prog} --help`)", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _OneLineErrors(prog="python -m hfgi3d.benchmarks", description=__doc__)
+    parser = OneLineErrorParser(prog="python -m hfgi3d.benchmarks", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    parallel = _OneLineErrors(add_help=False)
+    parallel = OneLineErrorParser(add_help=False)
     parallel.add_argument("--accelerator", choices=("cpu", "gpu"), default="cpu")
     parallel.add_argument("--devices", type=int, default=1, help="processes per node (one per GPU, or CPU processes)")
     parallel.add_argument("--num_nodes", type=int, default=1, help="nodes the processes are spread over")
@@ -253,7 +245,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     agg.add_argument("--columns", nargs="+", default=None, help="these metric keys instead of --table's columns")
     agg.set_defaults(run=aggregate)
 
-    args = parser.parse_args(current_spellings(sys.argv[1:] if argv is None else argv))
+    try:
+        args = parser.parse_args(current_spellings(sys.argv[1:] if argv is None else argv))
+    except InputError as error:  # a bad command line: one line, as python -m hfgi3d gives it
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if getattr(args, "profile", None) == "none":
         args.profile = None
     return int(args.run(args))
