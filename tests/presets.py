@@ -88,12 +88,12 @@ def shrunk_options(**options: Any) -> list[str]:
     return args
 
 
-def shrunk_fit(*configs: str, **options: Any) -> list[str]:
-    """``fit`` arguments: the paper's preset, the demo's, ``configs`` (more ``--config`` files), then
-    :func:`shrunk_options`."""
-    args = ["fit", "--config", str(preset_path("hfgi3d.yaml")), "--config", str(preset_path("demo.yaml"))]
-    for config in configs:
-        args += ["--config", config]
+def shrunk_fit(*presets: str, **options: Any) -> list[str]:
+    """``fit`` arguments: the paper's preset, the demo's, more ``presets`` (names as :func:`preset_path`
+    takes them, e.g. ``logger/wandb.yaml``), then :func:`shrunk_options`."""
+    args = ["fit"]
+    for preset in ("hfgi3d.yaml", "demo.yaml", *presets):
+        args += ["--config", str(preset_path(preset))]
     return args + shrunk_options(**options)
 
 

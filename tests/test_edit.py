@@ -22,27 +22,25 @@ from hfgi3d.inversion import InversionModule
 from tests.presets import data_args, model_args, shrunk_fit
 from tests.wandb_offline import read_offline_run
 
-RUN_ARGS = shrunk_fit(
-    "configs/logger/wandb.yaml",
-    outputs__orbit_frames=4,
-    outputs__mesh_resolution=24,
-    outputs__grid_size=None,
-    evaluation__every_n_steps=None,
-)
+RUN_OUTPUTS = {
+    "outputs__orbit_frames": 4,
+    "outputs__mesh_resolution": 24,
+    "outputs__grid_size": None,  # the presets' 5×3: edit's grid and the paint check read it
+    "evaluation__every_n_steps": None,
+}
+"""What the runs below write: an orbit, a mesh and the full novel-view grid, as ``edit`` reads them."""
+RUN_ARGS = shrunk_fit("logger/wandb.yaml", **RUN_OUTPUTS)
 """A short fit (3 + 2 + 3 steps) of the tiny generator on its own render, logged to an offline W&B run: what
 the edits need to run on."""
 GEOMETRY_RUN_ARGS = shrunk_fit(
-    "configs/logger/wandb.yaml",
+    "logger/wandb.yaml",
+    **RUN_OUTPUTS,
     model__estimate_steps=25,
     model__occluded_steps=3,
     model__pseudo_multiview_steps=2,
+    model__lpips_resize=None,
     data__num_views=8,
     data__pseudo_views__poisson_iterations=50,
-    outputs__orbit_frames=4,
-    outputs__mesh_resolution=24,
-    evaluation__every_n_steps=None,
-    model__lpips_resize=None,
-    outputs__grid_size=None,  # the paint check looks at the 5×3 grid
 )
 """A longer stage 1 (25 steps; stage 2 barely runs), which finds a geometry that a painted patch can stay
 on in new views. LPIPS sees the renders at their 128²: with the shrunk fits' 64², these 25
