@@ -73,14 +73,25 @@ def one_line(error: BaseException) -> str:
 def _run(argv: list[str]) -> int:
     if argv and argv[0] == "fit":
         from hfgi3d.fit_reference import check_option_names, stored_help
-        from hfgi3d.validation import check_fit_inputs, check_stage_lengths, fit_inputs_from_argv, only_describes
+        from hfgi3d.validation import (
+            check_fit_inputs,
+            check_stage_lengths,
+            config_from_argv,
+            fit_inputs_from_argv,
+            given_values,
+            only_describes,
+        )
 
         # Answered and checked before Lightning is even imported: a bad input is refused in about a second.
-        help_text = stored_help() if argv[1:] in (["--help"], ["-h"]) else None
+        check_option_names(argv[1:])
+        help_text = stored_help() if any(arg in ("-h", "--help") for arg in argv[1:]) else None
         if help_text is not None:
             print(help_text, end="")
+            values = given_values(config_from_argv(argv[1:]))
+            if values:
+                print("\nvalues given (by --config files, then options; they replace the defaults above):")
+                print("\n".join(f"  {line}" for line in values))
             return 0
-        check_option_names(argv[1:])
         if not only_describes(argv[1:]):
             inputs = fit_inputs_from_argv(argv[1:])
             check_stage_lengths(inputs)
@@ -442,6 +453,9 @@ def _edit_texture(args: argparse.Namespace) -> int:
 
 
 def _preprocess(args: argparse.Namespace) -> int:
+    from hfgi3d.io import list_inputs
+
+    list_inputs(Path(args.input))  # a missing input or an empty folder is refused before the models load
     from hfgi3d.faces import make_detector
     from hfgi3d.pose import PoseEstimator
     from hfgi3d.pose.registry import POSE_ESTIMATORS, EstimatorOptions, make_pose_estimator

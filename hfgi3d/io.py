@@ -1,6 +1,7 @@
-"""Writing result files atomically: a reader, or a crash, never sees half a file.
+"""Files: listing a command's inputs, and writing results atomically.
 
-Every file hfgi3d writes goes through :func:`atomic_path`: the content is written to a hidden
+This module imports only the standard library, so the command line can check its inputs before
+the models load. Every file hfgi3d writes goes through :func:`atomic_path`: the content is written to a hidden
 temporary sibling (same folder, so the final rename cannot cross file systems), which then
 replaces the target in one ``os.replace``. If writing fails the temporary file is removed and
 the target is left as it was.
@@ -16,6 +17,29 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from hfgi3d.errors import InputError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pnm")
+"""Extensions ``preprocess`` reads from an input folder (case-insensitive); a single file is always tried."""
+
+
+def list_inputs(input_path: Path) -> list[Path]:
+    """The photo, or the files of the folder (sorted, hidden files left out; not recursive).
+
+    Raises:
+        FileNotFoundError: ``input_path`` does not exist.
+        InputError: ``input_path`` is a folder without files.
+    """
+    if input_path.is_file():
+        return [input_path]
+    if not input_path.is_dir():
+        raise FileNotFoundError(f"input not found: {input_path}: pass a photo or a folder of photos")
+    files = sorted(path for path in input_path.iterdir() if path.is_file() and not path.name.startswith("."))
+    if not files:
+        suffixes = ", ".join(IMAGE_SUFFIXES)
+        raise InputError(f"{input_path} holds no files: pass a photo or a folder of photos ({suffixes})")
+    return files
 
 
 @contextmanager

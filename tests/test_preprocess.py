@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -574,13 +576,19 @@ def test_the_crop_is_cut_from_landmarks_truncated_as_eg3d_s() -> None:
     assert float((truncated - untruncated).abs().max()) > 0.1  # the half pixel moves the crop
 
 
-def test_an_empty_folder_is_refused_in_one_line_and_nothing_is_written(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_an_empty_folder_is_refused_in_one_line_before_the_detector_loads(tmp_path: Path) -> None:
+    """As a user runs it, in a process of its own: refused before MTCNN (facenet_pytorch) and
+    MediaPipe are imported, and nothing is written."""
     (tmp_path / "empty").mkdir()
-    assert main(["preprocess", str(tmp_path / "empty"), "--output_dir", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: {tmp_path / 'empty'} holds no files") and err.count("\n") == 1
+    probe = (
+        "import sys; from hfgi3d.cli import main; code = main(sys.argv[1:]); "
+        "print(sorted(m for m in ('facenet_pytorch', 'mediapipe') if m in sys.modules)); sys.exit(code)"
+    )
+    args = ["preprocess", str(tmp_path / "empty"), "--output_dir", str(tmp_path / "out")]
+    result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"error: {tmp_path / 'empty'} holds no files") and result.stderr.count("\n") == 1
+    assert result.stdout.strip() == "[]", result.stdout
     assert not (tmp_path / "out").exists()
 
 

@@ -42,9 +42,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from hfgi3d.cameras import yaw_pitch_of
-from hfgi3d.errors import InputError
 from hfgi3d.faces import make_detector
-from hfgi3d.io import write_bytes_atomic
+from hfgi3d.io import IMAGE_SUFFIXES, list_inputs, write_bytes_atomic
 from hfgi3d.pose import PoseEstimator
 from hfgi3d.pose.mediapipe import default_pose_estimator
 from hfgi3d.preprocess.check import check_page_name, contact_sheets, pose_tile
@@ -63,7 +62,7 @@ from hfgi3d.preprocess.crop import (
     transform_points,
     warp_photo,
 )
-from hfgi3d.preprocess.photos import IMAGE_SUFFIXES, MIN_PHOTO_SIDE_PX, Photo, list_inputs, load_photo
+from hfgi3d.preprocess.photos import MIN_PHOTO_SIDE_PX, Photo, load_photo
 from hfgi3d.preprocess.report import (
     DATASET_JSON,
     REPORT_JSON,
@@ -145,10 +144,6 @@ def preprocess(
     options = PreprocessOptions() if options is None else options
     input_path, output_dir = Path(input_path), Path(output_dir)
     inputs = list_inputs(input_path)
-    if not inputs:
-        raise InputError(
-            f"{input_path} holds no files: pass a photo or a folder of photos ({', '.join(IMAGE_SUFFIXES)})"
-        )
     _check_output_dir(input_path, output_dir)
     labels = read_labels(output_dir / DATASET_JSON)
     read_report(output_dir / REPORT_JSON)  # a stale file is refused now, not after the run

@@ -7,8 +7,9 @@ Policies:
     * Corrupt or truncated files and non-images are per-photo errors (:class:`PreprocessError`
       ``unreadable`` / ``not_an_image``). Photos smaller than :data:`MIN_PHOTO_SIDE_PX` are rejected
       before detection by :func:`hfgi3d.preprocess.preprocess`.
-    * In a folder (:func:`list_inputs`), only files with an image extension (:data:`IMAGE_SUFFIXES`)
-      are read; others are listed as skipped. A single file given as input is always tried.
+    * In a folder (:func:`hfgi3d.io.list_inputs`), only files with an image extension
+      (:data:`hfgi3d.io.IMAGE_SUFFIXES`) are read; others are listed as skipped. A single file given
+      as input is always tried.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from hfgi3d.preprocess.report import PreprocessError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pnm")
-"""Extensions read from an input folder (case-insensitive); a single file given as IN is always tried."""
 MIN_PHOTO_SIDE_PX = 64
 """Photos with a shorter side are rejected before detection: no usable face fits in them."""
 
@@ -39,15 +38,6 @@ class Photo(NamedTuple):
 
     pixels: np.ndarray
     notes: tuple[str, ...]
-
-
-def list_inputs(input_path: Path) -> list[Path]:
-    """The photo, or the files of the folder (sorted, hidden files left out; not recursive)."""
-    if input_path.is_file():
-        return [input_path]
-    if input_path.is_dir():
-        return sorted(path for path in input_path.iterdir() if path.is_file() and not path.name.startswith("."))
-    raise FileNotFoundError(f"input not found: {input_path}: pass a photo or a folder of photos")
 
 
 def load_photo(path: Path) -> Photo:
