@@ -9,6 +9,7 @@ anything (the authority, should a value come in a form this fast reader does not
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,6 @@ from hfgi3d.errors import InputError
 from hfgi3d.generator.checkpoint import generator_resolution
 from hfgi3d.run_folder import RESULT_FILES
 
-"""Files whose presence means a folder already holds results (guarded by ``--overwrite``)."""
 INTERRUPTED_CHECKPOINT = Path("checkpoints") / "interrupted.ckpt"
 """Where, inside its output folder, an interrupted fit leaves its resumable checkpoint."""
 
@@ -189,8 +189,17 @@ def only_describes(args: Sequence[str]) -> bool:
 
 
 def fit_inputs_from_argv(args: Sequence[str]) -> FitInputs:
-    """:class:`FitInputs` from ``fit``'s arguments (after the word ``fit``): the ``--config`` files
-    merged in order, then ``--key value`` / ``--key=value`` overrides of the keys checked here.
+    """:class:`FitInputs` from ``fit``'s arguments (after the word ``fit``), read by :func:`config_from_argv`.
+
+    Raises:
+        InputError: a config file is missing or not YAML.
+    """
+    return FitInputs.from_config(config_from_argv(args))
+
+
+def config_from_argv(args: Sequence[str]) -> dict[str, Any]:
+    """The nested config ``fit``'s arguments give (after the word ``fit``): the ``--config`` files
+    merged in order, then the ``--key value`` / ``--key=value`` overrides (values read as YAML).
 
     Raises:
         InputError: a config file is missing or not YAML.
@@ -229,7 +238,21 @@ def fit_inputs_from_argv(args: Sequence[str]) -> FitInputs:
         config["overwrite"] = False
     elif "overwrite" in overrides and overrides["overwrite"] == "":
         config["overwrite"] = True  # a bare --overwrite
-    return FitInputs.from_config(config)
+    for describing in ("help", "h", "print_config"):
+        config.pop(describing, None)
+    return config
+
+
+def given_values(config: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``--key value`` lines of a nested config, one per leaf (lists and class specs as JSON)."""
+    lines = []
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value and "class_path" not in value:
+            lines += given_values(value, f"{name}.")
+        else:
+            lines.append(f"--{name} {json.dumps(value, default=str)}")
+    return lines
 
 
 def _read_yaml(path: str) -> dict[str, Any]:
