@@ -73,8 +73,8 @@ def measure(args: argparse.Namespace, batch_size: int, scratch: Path) -> dict[st
     fit = [
         "fit", "--config", str(REPO / "configs" / "hfgi3d.yaml"),
         "--model.generator", _generator(args.generator, scratch),
-        "--model.estimate_steps", str(estimate), "--model.occluded_steps", str(occluded),
-        "--model.pseudo_multiview_steps", str(tuning), "--model.w_avg_samples", str(args.w_avg_samples),
+        "--model.estimate.steps", str(estimate), "--model.occluded.steps", str(occluded),
+        "--model.pseudo_multiview.steps", str(tuning), "--model.w_avg_samples", str(args.w_avg_samples),
         "--model.photos_per_call", str(args.photos_per_call),
         "--data.images", str(photos), "--data.batch_size", str(batch_size), "--data.num_views", str(args.num_views),
         "--data.pseudo_views.poisson_iterations", str(args.poisson_iterations),
@@ -84,7 +84,7 @@ def measure(args: argparse.Namespace, batch_size: int, scratch: Path) -> dict[st
         "--trainer.enable_progress_bar", "false", "--output_dir", str(out),
     ]  # fmt: skip
     if args.generator != "ffhq512":
-        fit += ["--model.lpips_resize", "null"]
+        fit += ["--model.loss.lpips_resize", "null"]
     report = scratch / f"peak_{batch_size}.json"
     started = time.perf_counter()
     log = scratch / f"fit_{batch_size}.log"

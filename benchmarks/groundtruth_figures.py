@@ -112,11 +112,14 @@ def stage_two_start(run: Path) -> int | None:
     """The first step of stage 2 in a run (estimate + occluded steps of its ``config.yaml``)."""
     import yaml
 
+    from hfgi3d.stages import upgrade_model_config
+
     path = run / "config.yaml"
     if not path.is_file():
         return None
     model = yaml.safe_load(path.read_text())["model"]
-    return int(model["estimate_steps"]) + int(model["occluded_steps"])
+    upgrade_model_config(model)  # a run written before the stage settings had their groups
+    return int(model["estimate"]["steps"]) + int(model["occluded"]["steps"])
 
 
 def draw_curves(folder: Path, methods: list[str], out: Path) -> bool:

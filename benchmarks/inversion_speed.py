@@ -69,10 +69,19 @@ def _build(args: argparse.Namespace, folder: str) -> tuple[Any, Any, list[Any]]:
         data = dm.PseudoViewDataModule(None, None, num_views=args.num_views, pseudo_views=views)
         return module, data, callbacks
     preset = load_preset("hfgi3d.yaml")
-    model = {**preset["model"], **overrides}
-    if "compile" in inspect.signature(inversion.InversionModule).parameters:
-        model["compile"] = args.compile
-    module = inversion.InversionModule(**model)
+    if hasattr(inversion.InversionModule, "from_config"):  # the stage settings in typed groups
+        model = preset["model"]
+        model.update(generator=args.generator, w_avg_samples=args.w_avg_samples, compile=args.compile)
+        model["estimate"]["steps"] = args.estimate_steps
+        model["occluded"]["steps"] = args.occluded_steps
+        model["pseudo_multiview"]["steps"] = args.pseudo_multiview_steps
+        model["loss"]["lpips_weights"] = args.lpips_weights_vgg
+        module = inversion.InversionModule.from_config(model)
+    else:
+        model = {**preset["model"], **overrides}
+        if "compile" in inspect.signature(inversion.InversionModule).parameters:
+            model["compile"] = args.compile
+        module = inversion.InversionModule(**model)
     views = PseudoViewConfig(**{**preset["data"]["pseudo_views"], "poisson_iterations": args.poisson_iterations})
     data_args = {key: value for key, value in preset["data"].items() if key != "pseudo_views"}
     data = dm.PseudoViewDataModule(
@@ -271,10 +280,10 @@ def _paper_schedule_s(run: dict[str, Any]) -> float | None:
         return None
     model = load_preset("hfgi3d.yaml")["model"]
     return (
-        model["estimate_steps"] * run["estimate_step_s"]
-        + model["occluded_steps"] * run["occluded_step_s"]
+        model["estimate"]["steps"] * run["estimate_step_s"]
+        + model["occluded"]["steps"] * run["occluded_step_s"]
         + run["pseudo_view_build_s"]
-        + model["pseudo_multiview_steps"] * run["pseudo_multiview_step_s"]
+        + model["pseudo_multiview"]["steps"] * run["pseudo_multiview_step_s"]
     )
 
 

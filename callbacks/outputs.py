@@ -14,7 +14,7 @@ Files: ``input.png``, ``reconstruction.png``, ``novel_views.png`` (yaw × pitch 
 ``generator.pt`` and ``config.yaml`` (:mod:`hfgi3d.editing.edit`).
 
 ``camera.json`` holds the input camera the results were rendered with (``c25``), the one the fit
-started from (``initial_c25``) and, with ``model.refine_camera``, the refined offsets
+started from (``initial_c25``) and, with ``model.camera.refine``, the refined offsets
 (``offsets_rad``: yaw, pitch, roll; ``translation``).
 
 ``latent.pt`` holds ``ws`` (the final latent, 1×num_ws×w_dim), ``ws_estimate`` (``w_e``, stage 1's

@@ -13,8 +13,9 @@ repository's ``callbacks/``, shipped as ``hfgi3d.callbacks``)::
     masks, warped photo (§5)    geometry.py: visibility_mask, backward_warp, upsample_depth
     pseudo views (§5)           data/pseudo_views.py: build_pseudo_views; geometry.py: poisson_blend, alpha_blend
     pseudo views as data (§5)   data/datamodule.py: PseudoViewDataModule
-    stage 2, tuning G (§6)      inversion.py: InversionModule._pseudo_multiview_step
-    L_rec (§4, §6)              inversion.py: InversionModule._terms; losses.py: mse_per_sample, LPIPS
+    stage 2, tuning G (§6)      inversion.py: InversionModule._pseudo_multiview_step, auxiliary_terms
+    L_rec, the weighted sum     objectives.py: reconstruction, weighted_sum; losses.py: mse_per_sample, LPIPS
+    each stage's settings       stages.py: EstimateConfig, OccludedConfig, PseudoMultiviewConfig, LossConfig
     outputs (§8)                callbacks/outputs.py: InversionOutputs; run_folder.py (file names)
     evaluation (§9)             callbacks/evaluation.py: Evaluation; metrics/evaluation.py
     editing                     editing/edit.py: edit, edit_texture; editing/direction_fit.py: fit_direction

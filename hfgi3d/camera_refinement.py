@@ -1,8 +1,8 @@
 """Camera refinement: each photo's input camera, adjusted in stage 1 and then frozen.
 
 A camera estimated from a photo is off by a few hundredths of a radian. With
-``model.refine_camera``, stage 1 optimizes per-photo yaw, pitch and roll offsets (radians, about
-EG3D's pivot; roll about the viewing axis) and, with ``model.refine_translation``, a shift of the
+``model.camera.refine``, stage 1 optimizes per-photo yaw, pitch and roll offsets (radians, about
+EG3D's pivot; roll about the viewing axis) and, with ``model.camera.refine_translation``, a shift of the
 camera centre (world units) together with the latent (:func:`hfgi3d.cameras.offset_c25`). At
 stage 1's last step the moved cameras are frozen: the occluded stage, the pseudo views, stage 2
 and every output use them. :class:`hfgi3d.inversion.InversionModule` holds one

@@ -284,7 +284,7 @@ def parse_command(argv: list[str]) -> argparse.Namespace:
         description="Paint on the run's aligned input (RUN_DIR/input.png) in any editor, then give the painted "
         "copy: the pseudo views are rebuilt from it on the run's stage-1 geometry (w_e, w_o, cameras, "
         "visibility) and stage 2 runs again. Writes a full run folder in RUN_DIR/texture_edits/<name>/. "
-        "Further fit options (e.g. --model.pseudo_multiview_steps 500) may follow.",
+        "Further fit options (e.g. --model.pseudo_multiview.steps 500) may follow.",
     )
     texture.add_argument("run_dir", type=Path, help="the output folder of a finished fit")
     texture.add_argument("--image", type=Path, required=True, help="the painted copy of RUN_DIR/input.png")

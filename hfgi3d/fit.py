@@ -51,6 +51,7 @@ from hfgi3d.data.inputs import read_photo, resolve_input
 from hfgi3d.errors import InputError
 from hfgi3d.inversion import InversionModule
 from hfgi3d.presets import LINKS
+from hfgi3d.stages import total_steps
 from hfgi3d.validation import (
     INTERRUPTED_CHECKPOINT,
     FitInputs,
@@ -67,11 +68,6 @@ CALLBACK_GROUPS = ("outputs", "evaluation", "media")
 CSV_LOGGER = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "."}}
 """The default logger: ``lightning_logs/version_<n>/metrics.csv`` under the output folder ("." is replaced by
 it; configs/logger/wandb.yaml swaps the logger)."""
-
-
-def _total_steps(estimate_steps: int, occluded_steps: int, pseudo_multiview_steps: int, use_pseudo_views: bool) -> int:
-    """The three stages' steps (no ``occluded`` stage without pseudo views)."""
-    return estimate_steps + (occluded_steps if use_pseudo_views else 0) + pseudo_multiview_steps
 
 
 def _photo_count(datamodule: PseudoViewDataModule) -> int:
@@ -209,10 +205,11 @@ class InversionCLI(LightningCLI):
             "--overwrite", action=ActionYesNo, default=False, help="replace existing results (--no_overwrite: refuse)"
         )
         parser.link_arguments(
-            ("model.estimate_steps", "model.occluded_steps", "model.pseudo_multiview_steps", "model.use_pseudo_views"),
+            ("model.estimate.steps", "model.occluded.steps", "model.pseudo_multiview.steps",
+             "model.pseudo_multiview.use_pseudo_views"),
             "trainer.max_steps",
-            compute_fn=_total_steps,
-        )
+            compute_fn=total_steps,
+        )  # fmt: skip
         parser.link_arguments("overwrite", "outputs.overwrite")
         # The model holds one set of weights per photo of the batch the DataModule read.
         parser.link_arguments("data", "model.photos", compute_fn=_photo_count, apply_on="instantiate")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from hfgi3d.errors import InputError
+from hfgi3d.stages import FORMER_KEYS
 
 REFERENCE_FILE = Path(__file__).parent / "assets" / "fit_reference.json"
 HELP_COLUMNS = 100
@@ -104,6 +105,9 @@ def check_option_names(args: Sequence[str]) -> None:
         if name in options or name in DESCRIBE or any(name.startswith(f"{option}.") for option in open_ended):
             continue
         target = name[2:]
+        group, _, key = target.partition(".")
+        if group == "model" and key in FORMER_KEYS:
+            raise InputError(f"{name} is now --model.{FORMER_KEYS[key]}")
         if target in links:
             sources = ", ".join(f"--{source}" for source in links[target])
             raise InputError(f"{name} cannot be given: fit sets it from {sources}")

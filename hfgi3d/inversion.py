@@ -11,23 +11,26 @@ non-finite loss stops the fit, as there is nothing left to go on with.
 Three scheduled stages, with manual optimization, each with its own optimizer, logs and
 progress bar:
 
-* ``estimate`` (``estimate_steps``): G frozen; the latent (``w`` or ``W+``) starts at ``w_avg``
+* ``estimate`` (``model.estimate``): G frozen; the latent (``w`` or ``W+``) starts at ``w_avg``
   and is fitted to the input view with LPIPS + L2. The result is ``w_e``.
-* ``occluded`` (``occluded_steps``; none without pseudo views): ``w_o``, from ``w_e``, is fitted
+* ``occluded`` (``model.occluded``; none without pseudo views): ``w_o``, from ``w_e``, is fitted
   to the in-distribution part of the input (``D = ‖x − G(w_e, p0)‖₂ ≤ θ``), G frozen.
-* ``pseudo_multiview`` (``pseudo_multiview_steps``): on entering it, the module hands the
+* ``pseudo_multiview`` (``model.pseudo_multiview``): on entering it, the module hands the
   DataModule ``w_e``, ``w_o``, a frozen copy of the stage-1 generator and the (refined) input
   cameras, and the DataModule builds the pseudo views from them; then G is
   tuned (PTI-style, latent optionally frozen) on the input view plus ``aux_views_per_step``
-  auxiliary views per step. ``aux_target`` picks what an auxiliary render is compared with:
-  ``masked`` (the paper's Eq. 5: ``O_i`` where ``M_o`` plus ``V_i`` where ``M_v``) or
-  ``blended`` (the blended pseudo view ``v_i``, no masks, as the authors' release trains).
-  ``use_pseudo_views=False`` gives the PTI baseline.
+  auxiliary views per step. ``pseudo_multiview.aux_target`` picks what an auxiliary render is
+  compared with: ``masked`` (the paper's Eq. 5: ``O_i`` where ``M_o`` plus ``V_i`` where ``M_v``)
+  or ``blended`` (the blended pseudo view ``v_i``, no masks, as the authors' release trains).
+  ``pseudo_multiview.use_pseudo_views=False`` gives the PTI baseline.
+
+Each stage's settings are a typed group (:mod:`hfgi3d.stages`); the loss terms are the functions
+of :mod:`hfgi3d.objectives`, weighted by ``model.loss``.
 
 Work done once, not per step: the tri-planes of a latent are computed once per step and every
 camera of the step (the input and the auxiliary views) is rendered in one batched call; the
 LPIPS features of fixed targets (the photo, each pre-built pseudo view with its mask) are
-computed when a stage starts, so only renders go through VGG. With ``aux_target=masked`` the
+computed when a stage starts, so only renders go through VGG. With the ``masked`` target the
 occluded and visible terms share one VGG pass of the doubly masked render batch; the masked
 terms stay exact because LPIPS masks its inputs before the network (``M·x``), so a masked
 target's features depend on the target and the mask only.
@@ -48,7 +51,8 @@ Log keys are slash-namespaced by stage (``estimate/loss_lpips``, ``occluded/loss
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, is_dataclass
 from typing import Any, Literal
 
 import lightning as L
@@ -64,15 +68,30 @@ from hfgi3d.data.pseudo_views import PseudoViews
 from hfgi3d.generator import TriPlaneGenerator, open_generator, round_weights
 from hfgi3d.generator.stacked import StackedGenerator
 from hfgi3d.geometry import difference_mask
-from hfgi3d.losses import LPIPS, LpipsTarget, mse_per_sample, weighted_reconstruction
+from hfgi3d.losses import LPIPS, LpipsTarget, mse_per_sample
+from hfgi3d.objectives import reconstruction, weighted_sum
+from hfgi3d.stages import (
+    ESTIMATE,
+    OCCLUDED,
+    PSEUDO_MULTIVIEW,
+    STAGES,
+    CameraConfig,
+    EstimateConfig,
+    LossConfig,
+    OccludedConfig,
+    PseudoMultiviewConfig,
+    stage_lengths,
+    stage_spans,
+)
 
-ESTIMATE = "estimate"
-OCCLUDED = "occluded"
-PSEUDO_MULTIVIEW = "pseudo_multiview"
-STAGES = (ESTIMATE, OCCLUDED, PSEUDO_MULTIVIEW)
-
-AuxTarget = Literal["masked", "blended"]
-AuxNormalization = Literal["mask", "image"]
+CONFIG_GROUPS = {
+    "estimate": EstimateConfig,
+    "occluded": OccludedConfig,
+    "pseudo_multiview": PseudoMultiviewConfig,
+    "loss": LossConfig,
+    "camera": CameraConfig,
+}
+"""The module's typed argument groups (``model.<name>.*``) and their dataclasses."""
 CompileMode = Literal["none", "default", "reduce-overhead", "max-autotune"]
 RNG_KEY = "hfgi3d_rng_state"
 """Checkpoint entry with the global RNG state (CPU and CUDA) of the step to run next."""
@@ -118,50 +137,27 @@ class InversionModule(L.LightningModule):
     """Invert a batch of photos into EG3D with pseudo-multi-view optimization.
 
     The values of the paper and of the authors' release live in ``configs/hfgi3d.yaml`` and
-    ``configs/hfgi3d_official.yaml``; every argument is a config entry (``model.*``).
+    ``configs/hfgi3d_official.yaml``; every argument is a config entry (``model.*``), and the
+    stages, the loss and the camera refinement are typed groups (:mod:`hfgi3d.stages`).
+    :meth:`from_config` builds the module from a plain nested config.
 
     Args:
         generator: EG3D ``.pkl``, hfgi3d ``.pt``, GeneratorConfig ``.yaml`` or ``tiny`` (the small
             random generator of ``configs/demo.yaml``).
         latent_space: ``w`` (one 512-d vector) or ``w+`` (one per layer).
         w_avg_samples: samples for the starting latent and its spread (frontal camera).
-        estimate_steps, estimate_lr: stage-1 length and peak learning rate.
-        estimate_lr_rampup, estimate_lr_rampdown: fractions of stage 1 for the lr ramps.
-        estimate_noise, estimate_noise_ramp: latent noise ``w_std·noise`` decaying to 0 over
-            that fraction of stage 1 (quadratically, as the PTI projector).
-        occluded_steps, occluded_lr: the ``occluded`` stage: optimization of ``w_o`` (G frozen,
-            from ``w_e``); 0 skips it (the ``no_occluded`` ablation needs no ``w_o``).
-        difference_threshold: θ of the in-distribution mask, per-pixel RGB L2 in [-1, 1] units.
-        pseudo_multiview_steps, pseudo_multiview_lr: stage-2 length and Adam learning rate.
-        pseudo_multiview_lr_rampdown: fraction of stage 2 over which its lr ramps down (cosine; 0: constant).
-        pseudo_multiview_latent_lr: the latent's own stage-2 lr when it is tuned (None: ``pseudo_multiview_lr``).
-        freeze_latent: keep the latent fixed in stage 2 (the authors' release).
-        use_pseudo_views: False gives the PTI baseline (input view only).
-        aux_target: ``masked`` (Eq. 5: ``O_i`` on ``M_o`` and ``V_i`` on ``M_v``) or
-            ``blended`` (``v_i``, unmasked).
-        lambda_l2, lambda_lpips: weights of ``L_rec``'s terms.
-        lambda_occluded, lambda_visible: weights of the two masked auxiliary terms.
-        lambda_pseudo: weight of the blended auxiliary term.
-        aux_normalization: what the masked terms are means over: ``mask`` (the pixels of their
-            mask, so a small region weighs as much as a large one; visible + occluded then weigh
-            twice the input view) or ``image`` (every pixel, as Eq. 5 is written: ``M_o·G`` against
-            ``M_o·O_i``; the two terms together weigh one full view).
-        lpips_resize: LPIPS input size (the projectors use 256); None keeps the render size.
+        estimate: stage 1 (``model.estimate.*``).
+        occluded: the ``occluded`` stage, ``w_o`` (``model.occluded.*``).
+        pseudo_multiview: stage 2 (``model.pseudo_multiview.*``).
+        loss: the objectives' weights and LPIPS (``model.loss.*``).
+        camera: camera refinement in stage 1 (``model.camera.*``; see :meth:`stage_one_camera`).
         seed: generator init (random architectures) and latent sampling.
-        lpips_weights: explicit LPIPS weights file (see :mod:`hfgi3d.losses`); None searches.
         neural_rendering_resolution: override of the generator's (None keeps it).
         compile: ``torch.compile`` mode for the step's rendering and LPIPS (``none``: eager); a
             model that cannot compile runs eagerly, with one line saying why.
         render_batch: cameras rendered per call in a step (see :attr:`render_batch`; 0: by device).
-        refine_camera: optimize the input camera in stage 1 with the latent (:meth:`stage_one_camera`):
-            yaw, pitch and roll offsets (radians, about the pivot; roll about the viewing axis), and
-            with ``refine_translation`` a shift of the camera centre. Frozen when stage 1 ends: the
-            occluded stage, the pseudo views, stage 2 and the outputs use the refined camera.
-        camera_lr, camera_lr_rampup: the camera's own Adam: peak lr and linear warm-up fraction of stage 1.
-        camera_warmup_steps: first steps of stage 1 that move the camera only (the latent waits).
-        refine_translation: also refine the camera centre (world units).
         stage_one_from: a finished run's ``latent.pt``: skip stage 1 and take its ``w_e`` and ``w_o``
-            (``estimate_steps`` and ``occluded_steps`` must be 0). ``edit-texture`` uses it to rebuild
+            (``estimate.steps`` and ``occluded.steps`` must be 0). ``edit-texture`` uses it to rebuild
             the pseudo views of an edited photo on the run's geometry and rerun stage 2.
         photos: N, photos inverted together (``fit`` takes it from the DataModule's batch).
         photos_per_call: photos whose generators run in one batched call
@@ -183,56 +179,41 @@ class InversionModule(L.LightningModule):
         generator: str,
         latent_space: Literal["w", "w+"],
         w_avg_samples: int,
-        estimate_steps: int,
-        estimate_lr: float,
-        estimate_lr_rampup: float,
-        estimate_lr_rampdown: float,
-        estimate_noise: float,
-        estimate_noise_ramp: float,
-        occluded_steps: int,
-        occluded_lr: float,
-        difference_threshold: float,
-        pseudo_multiview_steps: int,
-        pseudo_multiview_lr: float,
-        freeze_latent: bool,
-        use_pseudo_views: bool,
-        aux_target: AuxTarget,
-        lambda_l2: float,
-        lambda_lpips: float,
-        lambda_occluded: float,
-        lambda_visible: float,
-        lambda_pseudo: float,
-        lpips_resize: int | None,
+        estimate: EstimateConfig,
+        occluded: OccludedConfig,
+        pseudo_multiview: PseudoMultiviewConfig,
+        loss: LossConfig,
+        camera: CameraConfig,
         seed: int,
-        lpips_weights: str | None = None,
         neural_rendering_resolution: int | None = None,
         compile: CompileMode = "none",
         render_batch: int = 0,
-        refine_camera: bool = False,
-        camera_lr: float = 0.0,
-        camera_lr_rampup: float = 0.0,
-        camera_warmup_steps: int = 0,
-        refine_translation: bool = False,
         stage_one_from: str | None = None,
-        pseudo_multiview_lr_rampdown: float = 0.0,
-        pseudo_multiview_latent_lr: float | None = None,
         photos: int = 1,
         photos_per_call: int = 0,
-        aux_normalization: AuxNormalization = "mask",
     ) -> None:
+        arguments = {name: value for name, value in dict(locals()).items() if name not in ("self", "__class__")}
         super().__init__()
-        if stage_one_from is not None and (estimate_steps or occluded_steps):
+        if stage_one_from is not None and (estimate.steps or occluded.steps):
             raise ValueError(
                 "model.stage_one_from takes w_e and w_o from a finished run: "
-                "set model.estimate_steps and model.occluded_steps to 0"
+                "set model.estimate.steps and model.occluded.steps to 0"
             )
-        self.save_hyperparameters()
+        self.estimate, self.occluded, self.pseudo_multiview = estimate, occluded, pseudo_multiview
+        self.loss, self.camera_config = loss, camera
+        self.generator_source, self.seed, self.w_avg_samples = generator, seed, w_avg_samples
+        self.neural_rendering_resolution, self.compile_mode = neural_rendering_resolution, compile
+        self.stage_one_from, self.render_batch_setting = stage_one_from, render_batch
+        # The hyperparameters as plain values (checkpoints, loggers): each group a dict.
+        self.save_hyperparameters(
+            {name: asdict(value) if is_dataclass(value) else value for name, value in arguments.items()}  # type: ignore[arg-type]
+        )
         self.automatic_optimization = False
         self.G = StackedGenerator(open_generator(generator, seed), photos, photos_per_call)
         self.G.requires_grad_(False)
         # Held in a tuple so that the frozen VGG16 is not a submodule: it stays out of
         # checkpoints (its weights come from the LPIPS sources) and is moved in on_fit_start.
-        self._lpips = (LPIPS(resize_to=lpips_resize, weights=lpips_weights),)
+        self._lpips = (LPIPS(resize_to=loss.lpips_resize, weights=loss.lpips_weights),)
         num_ws = 1 if latent_space == "w" else self.G.num_ws
         w_shape = (photos, self.G.num_ws, self.G.config.w_dim)
         self.latent = nn.Parameter(torch.zeros(photos, num_ws, self.G.config.w_dim))
@@ -249,7 +230,7 @@ class InversionModule(L.LightningModule):
         self.register_buffer("stage_entered", torch.zeros((), dtype=torch.long))
         # Camera refinement: offsets optimized in stage 1, then frozen into the cameras that replace
         # the DataModule's input cameras.
-        self.camera = CameraRefinement(photos, translate=refine_translation)
+        self.camera = CameraRefinement(photos, translate=camera.refine_translation)
         # Photos still being inverted; a non-finite loss drops one (its reason in `failures`).
         self.register_buffer("alive", torch.ones(photos, dtype=torch.bool))
         self.failures: dict[int, str] = {}
@@ -264,10 +245,12 @@ class InversionModule(L.LightningModule):
 
     # Stages and helpers ---------------------------------------------------------------------
 
-    @property
-    def hp(self) -> Any:
-        """The constructor arguments (``self.hparams``, typed loosely for attribute access)."""
-        return self.hparams
+    @classmethod
+    def from_config(cls, model: Mapping[str, Any]) -> InversionModule:
+        """The module from a plain nested ``model`` config (a preset's, as :func:`hfgi3d.presets.load_preset`
+        gives it), each group's dict made its dataclass."""
+        groups = {name: kind(**model[name]) for name, kind in CONFIG_GROUPS.items() if name in model}
+        return cls(**{**model, **groups})
 
     @property
     def _data(self) -> PseudoViewSource:
@@ -298,23 +281,22 @@ class InversionModule(L.LightningModule):
         return self.G.generator(photo)
 
     @property
-    def occluded_steps(self) -> int:
-        """Steps of the ``occluded`` stage: none without pseudo views."""
-        return self.hp.occluded_steps if self.hp.use_pseudo_views else 0
+    def stage_lengths(self) -> tuple[int, int, int]:
+        """Steps of each stage (no ``occluded`` stage without pseudo views)."""
+        return stage_lengths(
+            self.estimate.steps,
+            self.occluded.steps,
+            self.pseudo_multiview.steps,
+            self.pseudo_multiview.use_pseudo_views,
+        )
 
     @property
     def total_steps(self) -> int:
-        return self.hp.estimate_steps + self.occluded_steps + self.hp.pseudo_multiview_steps
+        return sum(self.stage_lengths)
 
     def stage_spans(self) -> list[tuple[str, int, int]]:
         """``(stage, first step, end step)`` of each stage with steps, in order."""
-        lengths = (self.hp.estimate_steps, self.occluded_steps, self.hp.pseudo_multiview_steps)
-        spans, first = [], 0
-        for stage, length in zip(STAGES, lengths, strict=True):
-            if length > 0:
-                spans.append((stage, first, first + length))
-            first += length
-        return spans
+        return stage_spans(self.stage_lengths)
 
     def stage_at(self, step: int) -> str:
         spans = self.stage_spans()
@@ -333,7 +315,7 @@ class InversionModule(L.LightningModule):
         """Images ``N×K×3×H×W`` of each photo's latent (``ws``: ``N×num_ws×w_dim``) from its ``K``
         cameras (``N×K×25``): the tri-planes once, then the neural rendering and super-resolution
         of the cameras in batches of :attr:`render_batch`."""
-        rendered = self.G.synthesis_cameras(ws, cameras, self.render_batch, self.hp.neural_rendering_resolution)
+        rendered = self.G.synthesis_cameras(ws, cameras, self.render_batch, self.neural_rendering_resolution)
         return rendered["image"]
 
     @property
@@ -343,8 +325,8 @@ class InversionModule(L.LightningModule):
         architecture: on the development machine's 2-core CPU rendering 2 cameras at once (forward
         and backward) takes 2.6× one camera, so one by one is faster; on an H100 a batch of 4 takes
         2.9× a batch of 1 (benchmarks/README.md), so batching pays."""
-        if self.hp.render_batch > 0:
-            return int(self.hp.render_batch)
+        if self.render_batch_setting > 0:
+            return int(self.render_batch_setting)
         return 1 if self.device.type == "cpu" else 2**31
 
     @property
@@ -361,7 +343,7 @@ class InversionModule(L.LightningModule):
     @property
     def uses_lpips(self) -> bool:
         """Whether ``L_rec`` has an LPIPS term: with ``lambda_lpips`` 0 no VGG pass is made at all."""
-        return self.hp.lambda_lpips != 0
+        return self.loss.lambda_lpips != 0
 
     def _terms(
         self, pred: Tensor, image: Tensor, mask: Tensor | None, target: Callable[[], LpipsTarget]
@@ -369,13 +351,11 @@ class InversionModule(L.LightningModule):
         """``L_rec`` of renders against a target whose LPIPS features ``target()`` gives (asked only when
         LPIPS counts): ``{loss, loss_l2[, loss_lpips]}``, each ``N``: a photo's mean over its images
         (``pred`` photo-major)."""
-        hp = self.hp
         loss_l2 = self._per_photo(mse_per_sample(pred, image, mask))
         if not self.uses_lpips:
-            return {"loss": weighted_reconstruction(loss_l2, None, hp.lambda_l2, hp.lambda_lpips), "loss_l2": loss_l2}
+            return {"loss": reconstruction(loss_l2, None, self.loss), "loss_l2": loss_l2}
         loss_lpips = self._per_photo(self._lpips_distance(pred, target()))
-        loss = weighted_reconstruction(loss_l2, loss_lpips, hp.lambda_l2, hp.lambda_lpips)
-        return {"loss": loss, "loss_l2": loss_l2, "loss_lpips": loss_lpips}
+        return {"loss": reconstruction(loss_l2, loss_lpips, self.loss), "loss_l2": loss_l2, "loss_lpips": loss_lpips}
 
     def _target(self, key: str, image: Tensor, mask: Tensor | None = None) -> LpipsTarget:
         """The prepared LPIPS target ``key`` (computed on first use in a stage, then reused)."""
@@ -408,16 +388,16 @@ class InversionModule(L.LightningModule):
         self.occluded_mask = self.occluded_mask.new_zeros(0)  # D: computed at the occluded stage's first step
         self._set_up_compile()
         if not bool(self.latent_ready):
-            if self.hp.stage_one_from is None:
+            if self.stage_one_from is None:
                 self._init_latent()
             else:
-                self._load_stage_one(self.hp.stage_one_from)
+                self._load_stage_one(self.stage_one_from)
 
     @torch.no_grad()
     def _init_latent(self) -> None:
         """``latent = w_avg`` of ``w_avg_samples`` mappings under the frontal camera."""
-        generator = torch.Generator(device="cpu").manual_seed(self.hp.seed)
-        z = torch.randn(self.hp.w_avg_samples, self.G.config.z_dim, generator=generator).to(self.device)
+        generator = torch.Generator(device="cpu").manual_seed(self.seed)
+        z = torch.randn(self.w_avg_samples, self.G.config.z_dim, generator=generator).to(self.device)
         c = frontal_c25().to(self.device).expand(len(z), -1)
         w = self.G.mapping(z, c)[:, 0]  # S×w_dim (every photo starts from the same w_avg)
         w_avg = w.mean(0)
@@ -443,29 +423,33 @@ class InversionModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         """One Adam per stage (fused where available), each with a ``LambdaLR`` stepped once per step of its stage."""
-        hp = self.hp
-        latent_opt = _adam([self.latent], hp.estimate_lr)
-        occluded_opt = _adam([self.occluded_latent], hp.occluded_lr)
-        own_latent_lr = not hp.freeze_latent and hp.pseudo_multiview_latent_lr is not None
-        params = list(self.G.parameters()) + ([] if hp.freeze_latent or own_latent_lr else [self.latent])
-        tune_opt = _adam(params, hp.pseudo_multiview_lr)
+        latent_opt = _adam([self.latent], self.estimate.lr)
+        occluded_opt = _adam([self.occluded_latent], self.occluded.lr)
+        own_latent_lr = not self.pseudo_multiview.freeze_latent and self.pseudo_multiview.latent_lr is not None
+        params = list(self.G.parameters()) + (
+            [] if self.pseudo_multiview.freeze_latent or own_latent_lr else [self.latent]
+        )
+        tune_opt = _adam(params, self.pseudo_multiview.lr)
         if own_latent_lr:
-            tune_opt.add_param_group({"params": [self.latent], "lr": hp.pseudo_multiview_latent_lr})
+            tune_opt.add_param_group({"params": [self.latent], "lr": self.pseudo_multiview.latent_lr})
 
         def estimate_factor(step: int) -> float:
-            return lr_factor(step, hp.estimate_steps, hp.estimate_lr_rampup, hp.estimate_lr_rampdown)
+            return lr_factor(step, self.estimate.steps, self.estimate.lr_rampup, self.estimate.lr_rampdown)
 
         def tune_factor(step: int) -> float:
-            return lr_factor(step, hp.pseudo_multiview_steps, 0.0, hp.pseudo_multiview_lr_rampdown)
+            return lr_factor(step, self.pseudo_multiview.steps, 0.0, self.pseudo_multiview.lr_rampdown)
 
         optimizers = [latent_opt, occluded_opt, tune_opt]
         factors: list[Any] = [estimate_factor, lambda step: 1.0, tune_factor]
-        if hp.refine_camera:
+        if self.camera_config.refine:
             # The camera joins stage 1's Adam as a second parameter group (its own lr and ramp): a second
             # optimizer would count twice in Lightning's global_step, which the stages are scheduled on.
             latent_opt.param_groups[0]["name"] = "latent"
-            latent_opt.add_param_group({"params": self.camera.trained(), "lr": hp.camera_lr, "name": "camera"})
-            factors[0] = [estimate_factor, lambda step: lr_factor(step, hp.estimate_steps, hp.camera_lr_rampup, 0.0)]
+            latent_opt.add_param_group({"params": self.camera.trained(), "lr": self.camera_config.lr, "name": "camera"})
+            factors[0] = [
+                estimate_factor,
+                lambda step: lr_factor(step, self.estimate.steps, self.camera_config.lr_rampup, 0.0),
+            ]
         schedulers = [
             {"scheduler": LambdaLR(optimizer, factor), "name": f"{stage}/lr", "interval": "step"}
             for stage, optimizer, factor in zip(STAGES, optimizers, factors, strict=True)
@@ -474,7 +458,7 @@ class InversionModule(L.LightningModule):
 
     def _set_up_compile(self) -> None:
         """``torch.compile`` the step's rendering and the LPIPS trunk (``model.compile``)."""
-        mode = None if self.hp.compile == "none" else self.hp.compile
+        mode = None if self.compile_mode == "none" else self.compile_mode
         self._render_fn = torch.compile(self._render_images, mode=mode) if mode else self._render_images
         self.lpips.compile_trunk(mode)
 
@@ -486,7 +470,7 @@ class InversionModule(L.LightningModule):
             if self._render_fn is self._render_images:
                 raise
             rank_zero_warn(
-                f"model.compile={self.hp.compile!r} failed ({type(error).__name__}: {str(error).splitlines()[0]}); "
+                f"model.compile={self.compile_mode!r} failed ({type(error).__name__}: {str(error).splitlines()[0]}); "
                 "running eagerly"
             )
             self._render_fn = self._render_images
@@ -540,26 +524,25 @@ class InversionModule(L.LightningModule):
         return self._pseudo_multiview_step(batch, step)
 
     def _estimate_step(self, batch: dict[str, Tensor], step: int) -> Tensor:
-        hp = self.hp
         ws = self.ws()
-        if hp.estimate_noise > 0:
-            fade = max(0.0, 1.0 - step / (hp.estimate_noise_ramp * hp.estimate_steps))
+        if self.estimate.noise > 0:
+            fade = max(0.0, 1.0 - step / (self.estimate.noise_ramp * self.estimate.steps))
             # One draw for every photo: the noise a single-photo run from the same seed adds.
-            ws = ws + torch.randn_like(ws[:1]) * self.w_std * hp.estimate_noise * fade**2
+            ws = ws + torch.randn_like(ws[:1]) * self.w_std * self.estimate.noise * fade**2
         refining = self.refines_camera  # (the camera is frozen at the end of stage 1's last step)
         c25 = self.stage_one_camera(batch["c25"]) if refining else batch["c25"]
         render = self._render(ws, c25[:, None])[:, 0]  # N×3×H×W
         losses = self._terms(render, batch["image"], None, lambda: self._target("input", batch["image"]))
-        camera_only = refining and step < hp.camera_warmup_steps  # the latent waits (Adam skips it: no grad)
+        camera_only = refining and step < self.camera_config.warmup_steps  # the latent waits (Adam skips it: no grad)
         self._optimize(
             STAGES.index(ESTIMATE), losses["loss"], ESTIMATE, step, frozen=(self.latent,) if camera_only else ()
         )
         if refining:
             yaw, pitch, roll = self.camera.angles.detach().unbind(1)
             losses = {**losses, "camera_yaw_rad": yaw, "camera_pitch_rad": pitch, "camera_roll_rad": roll}
-            if hp.refine_translation:
+            if self.camera_config.refine_translation:
                 losses["camera_translation"] = self.camera.translation.detach().norm(dim=1)
-            if step == hp.estimate_steps - 1:
+            if step == self.estimate.steps - 1:
                 self.camera.freeze(batch["c25"])  # the later stages, the pseudo views and the outputs use these
         self._log(ESTIMATE, losses)
         return losses["loss"]
@@ -570,9 +553,9 @@ class InversionModule(L.LightningModule):
 
     @property
     def refines_camera(self) -> bool:
-        """Whether stage 1 refines the input cameras (``model.refine_camera`` with stage-1 steps; a
+        """Whether stage 1 refines the input cameras (``model.camera.refine`` with stage-1 steps; a
         texture edit, which starts after stage 1, keeps the cameras it is given)."""
-        return bool(self.hp.refine_camera) and self.hp.estimate_steps > 0
+        return bool(self.camera_config.refine) and self.estimate.steps > 0
 
     def _frozen_camera(self, c25: Tensor) -> Tensor:
         """The input cameras after stage 1 (``c25``: the batch's): the refined ones when stage 1
@@ -597,10 +580,10 @@ class InversionModule(L.LightningModule):
         if self.occluded_mask.numel() == 0:  # the stage's first step (or the first after resuming)
             with torch.no_grad():
                 rendered = self.G.synthesis(
-                    self.ws_estimate, c25[:, None], self.hp.neural_rendering_resolution, deterministic=True
+                    self.ws_estimate, c25[:, None], self.neural_rendering_resolution, deterministic=True
                 )
             self.occluded_mask = difference_mask(
-                batch["image"], rendered["image"][:, 0].float(), self.hp.difference_threshold
+                batch["image"], rendered["image"][:, 0].float(), self.occluded.difference_threshold
             )
         mask = self.occluded_mask
         render = self._render(self.occluded_latent, c25[:, None])[:, 0]
@@ -613,32 +596,32 @@ class InversionModule(L.LightningModule):
     def _pseudo_multiview_step(self, batch: dict[str, Tensor], step: int) -> Tensor:
         ws = self.ws()
         cameras = self._frozen_camera(batch["c25"])[:, None]  # N×1×25
-        if self.hp.use_pseudo_views:  # each photo's input view, then its auxiliary views
+        if self.pseudo_multiview.use_pseudo_views:  # each photo's input view, then its auxiliary views
             cameras = torch.cat([cameras, batch["aux_c25"].reshape(self.photo_count, -1, 25)], dim=1)
         renders = self._render(ws, cameras)  # N×(1+A)×3×H×W: one generator call for every camera of the step
         input_losses = self._terms(renders[:, 0], batch["image"], None, lambda: self._target("input", batch["image"]))
         losses = {name.replace("loss", "loss_input", 1): value for name, value in input_losses.items()}
-        loss = losses["loss_input"]
-        if self.hp.use_pseudo_views:
-            aux_loss, aux_losses = self.auxiliary_loss(renders[:, 1:].flatten(0, 1), batch)
-            losses.update(aux_losses)
-            loss = loss + aux_loss
+        terms = {}
+        if self.pseudo_multiview.use_pseudo_views:
+            terms = self.auxiliary_terms(renders[:, 1:].flatten(0, 1), batch)
+            losses.update({f"loss_{name}": value for name, value in terms.items()})
+        loss = weighted_sum({**terms, "input": losses["loss_input"]}, self.loss)
         losses["loss"] = loss
         self._optimize(STAGES.index(PSEUDO_MULTIVIEW), loss, PSEUDO_MULTIVIEW, step)
         self._log(PSEUDO_MULTIVIEW, losses)
         return loss
 
-    def auxiliary_loss(self, render: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        """The auxiliary views' weighted loss and its unweighted terms (see ``aux_target``), per photo (``N``).
+    def auxiliary_terms(self, render: Tensor, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The auxiliary views' unweighted terms (see ``pseudo_multiview.aux_target``), each per photo (``N``),
+        weighted by :func:`~hfgi3d.objectives.weighted_sum`.
 
-        ``masked``: ``λ_o·L_rec(M_o·G(w, p_i), M_o·O_i) + λ_v·L_rec(M_v·G(w, p_i), M_v·V_i)``;
-        ``blended``: ``λ_p·L_rec(G(w, p_i), v_i)``; means over each photo's ``A`` views in ``render``
+        ``masked``: ``occluded = L_rec(M_o·G(w, p_i), M_o·O_i)`` and ``visible = L_rec(M_v·G(w, p_i), M_v·V_i)``;
+        ``blended``: ``pseudo = L_rec(G(w, p_i), v_i)``; means over each photo's ``A`` views in ``render``
         (``N·A×3×H×W``, photo-major). The targets' LPIPS features come prepared (pre-built views, by
         ``aux_index``) or are computed here (views built on the fly).
         """
-        hp = self.hp
         count = len(render)
-        if hp.aux_target == "masked":
+        if self.pseudo_multiview.aux_target == "masked":
             occluded_l2 = mse_per_sample(render, batch["aux_occluded"], batch["aux_mask_occluded"])  # N·A
             visible_l2 = mse_per_sample(render, batch["aux_visible"], batch["aux_mask_visible"])
             occluded_lpips = visible_lpips = None
@@ -649,22 +632,19 @@ class InversionModule(L.LightningModule):
                     torch.cat([render, render]), LpipsTarget.cat([occluded_target, visible_target])
                 )
                 occluded_lpips, visible_lpips = distances[:count], distances[count:]
-            occluded = weighted_reconstruction(occluded_l2, occluded_lpips, hp.lambda_l2, hp.lambda_lpips)
-            visible = weighted_reconstruction(visible_l2, visible_lpips, hp.lambda_l2, hp.lambda_lpips)
-            if hp.aux_normalization == "image":  # a mean over the mask times its share is the mean over the image
+            occluded = reconstruction(occluded_l2, occluded_lpips, self.loss)
+            visible = reconstruction(visible_l2, visible_lpips, self.loss)
+            if self.pseudo_multiview.aux_normalization == "image":  # a mask's mean times its share: the image's mean
                 occluded = occluded * batch["aux_mask_occluded"].mean(dim=(1, 2, 3))
                 visible = visible * batch["aux_mask_visible"].mean(dim=(1, 2, 3))
-            occluded, visible = self._per_photo(occluded), self._per_photo(visible)
-            total = hp.lambda_occluded * occluded + hp.lambda_visible * visible
-            return total, {"loss_occluded": occluded, "loss_visible": visible}
-        if hp.aux_target == "blended":
+            return {"occluded": self._per_photo(occluded), "visible": self._per_photo(visible)}
+        if self.pseudo_multiview.aux_target == "blended":
 
             def pseudo_target() -> LpipsTarget:
                 return self._aux_targets(batch, ("pseudo",))[0]
 
-            pseudo = self._terms(render, batch["aux_pseudo"], None, pseudo_target)["loss"]
-            return hp.lambda_pseudo * pseudo, {"loss_pseudo": pseudo}
-        raise ValueError(f"aux_target must be 'masked' or 'blended', got {hp.aux_target!r}")
+            return {"pseudo": self._terms(render, batch["aux_pseudo"], None, pseudo_target)["loss"]}
+        raise ValueError(f"aux_target must be 'masked' or 'blended', got {self.pseudo_multiview.aux_target!r}")
 
     def _aux_targets(self, batch: dict[str, Tensor], kinds: tuple[str, ...]) -> list[LpipsTarget]:
         """Prepared LPIPS targets of the batch's auxiliary views, one per kind."""
@@ -779,7 +759,7 @@ class InversionModule(L.LightningModule):
             self._keep_estimate()  # no occluded stage: w_o stays w_e
             self.occluded_latent.data.copy_(self.ws_estimate)
         self._targets = {}
-        if self.hp.use_pseudo_views:
+        if self.pseudo_multiview.use_pseudo_views:
             refined = self.camera.refined if self.refines_camera else None
             stage_one = StageOne(
                 lambda: self._stage_one_generator(resumed), self.ws_estimate, self.ws_occluded, refined
@@ -790,7 +770,7 @@ class InversionModule(L.LightningModule):
         self.stage_entered.fill_(STAGES.index(PSEUDO_MULTIVIEW))
         self.G.requires_grad_(True)
         self.G.eval()  # modulated kernels, not activations: see on_fit_start
-        if self.hp.freeze_latent:
+        if self.pseudo_multiview.freeze_latent:
             self.latent.requires_grad_(False)
 
     @torch.no_grad()
@@ -798,7 +778,7 @@ class InversionModule(L.LightningModule):
         """LPIPS features of every pre-built view's targets, computed once for the whole stage
         (steps pick theirs by the batch's ``aux_index``)."""
         kinds: dict[str, tuple[Tensor, Tensor | None]] = {"pseudo": (views.pseudo, None)}
-        if self.hp.aux_target == "masked":
+        if self.pseudo_multiview.aux_target == "masked":
             kinds = {"occluded": (views.occluded, views.mask_occluded), "visible": (views.visible, views.mask_visible)}
         for kind, (images, masks) in kinds.items():
             parts = []
@@ -816,7 +796,7 @@ class InversionModule(L.LightningModule):
         in stage 2 (G is tuned by then).
         """
         if resumed:
-            stage_one = open_generator(self.hp.generator, self.hp.seed).to(self.device)
+            stage_one = open_generator(self.generator_source, self.seed).to(self.device)
         else:
             stage_one = self.G.generator(0)  # every photo's copy is still the pretrained one
         return stage_one.eval().requires_grad_(False)

@@ -1,8 +1,8 @@
-"""Reconstruction losses of the inversion: masked MSE and (masked) LPIPS with a VGG16 or AlexNet trunk.
+"""The distances of the inversion's losses: masked MSE and (masked) LPIPS with a VGG16 or AlexNet trunk.
 
 The inversion minimises ``L_rec = λ_l2 · MSE + λ_lpips · LPIPS`` between a render ``G(w, p)``
 and its target, and, for pseudo views, between ``M · G(w, p)`` and ``M · target`` with a
-visibility mask ``M`` (see :func:`reconstruction_loss`).
+visibility mask ``M``; the weighting is :mod:`hfgi3d.objectives`'.
 
 Convention:
     Images are ``B×3×H×W`` floats in ``[-1, 1]`` (EG3D's ``image`` range, RGB). Masks are
@@ -464,39 +464,3 @@ class LpipsTarget:
         if any(m is None for m in masks) and not all(m is None for m in masks):
             raise ValueError("cannot stack masked and unmasked LPIPS targets")
         return LpipsTarget(features, None if masks[0] is None else torch.cat(masks))  # type: ignore[arg-type]
-
-
-def weighted_reconstruction(l2: Tensor, lpips: Tensor | None, lambda_l2: float, lambda_lpips: float) -> Tensor:
-    """``L_rec = λ_l2 · MSE + λ_lpips · LPIPS`` from its unweighted terms (``lpips`` ``None``: no LPIPS
-    term, as with ``λ_lpips = 0``). The one place the two terms are weighted: :func:`reconstruction_loss`
-    and the inversion's stages (which reduce and cache the terms their own way) both call it."""
-    return lambda_l2 * l2 if lpips is None else lambda_l2 * l2 + lambda_lpips * lpips
-
-
-def reconstruction_loss(
-    pred: Tensor,
-    target: Tensor,
-    mask: Tensor | None = None,
-    lpips: LPIPS | None = None,
-    lambda_l2: float = 1.0,
-    lambda_lpips: float = 1.0,
-) -> dict[str, Tensor]:
-    """``L_rec = λ_l2 · MSE + λ_lpips · LPIPS`` between a render and its target, optionally masked.
-
-    Args:
-        pred, target: ``B×3×H×W`` images in ``[-1, 1]``.
-        mask: optional ``B×1×H×W`` visibility weights in ``[0, 1]`` (see :func:`masked_mse` and
-            :class:`LPIPS` for the masked, area-normalised definitions).
-        lpips: the LPIPS module; may be ``None`` only with ``lambda_lpips == 0`` (the term is then 0).
-        lambda_l2, lambda_lpips: term weights (paper values live in ``configs/``).
-
-    Returns:
-        ``{"loss", "loss_l2", "loss_lpips"}`` scalars; the terms are unweighted. Non-finite values
-        are passed through for the caller to detect.
-    """
-    if lpips is None and lambda_lpips != 0:
-        raise ValueError(f"lambda_lpips={lambda_lpips} needs an LPIPS module: pass lpips=LPIPS(...) or lambda_lpips=0")
-    loss_l2 = masked_mse(pred, target, mask)
-    loss_lpips = lpips(pred, target, mask).mean() if lpips is not None else torch.zeros_like(loss_l2)
-    loss = weighted_reconstruction(loss_l2, loss_lpips, lambda_l2, lambda_lpips)
-    return {"loss": loss, "loss_l2": loss_l2, "loss_lpips": loss_lpips}

@@ -14,8 +14,8 @@ from typing import Any
 import yaml
 
 LINKS = (
-    ("model.lpips_resize", "evaluation.metrics.lpips_resize"),
-    ("model.lpips_weights", "evaluation.metrics.lpips_weights_vgg"),
+    ("model.loss.lpips_resize", "evaluation.metrics.lpips_resize"),
+    ("model.loss.lpips_weights", "evaluation.metrics.lpips_weights_vgg"),
     ("data.pseudo_views.yaw_range_rad", "evaluation.metrics.novel_yaw_rad"),
     ("data.pseudo_views.pitch_range_rad", "evaluation.metrics.novel_pitch_rad"),
     ("data.pseudo_views.yaw_range_rad", "outputs.grid_yaw_rad"),

@@ -23,7 +23,7 @@ INPUT = "input.png"
 RECONSTRUCTION = "reconstruction.png"
 """The tuned generator's render from the input camera."""
 CAMERA = "camera.json"
-"""The input camera: the one given and, with ``model.refine_camera``, the refined one."""
+"""The input camera: the one given and, with ``model.camera.refine``, the refined one."""
 FAILED = "failed.json"
 """Instead of results: the photo's id and why it was dropped from its batch."""
 RESULT_FILES = (METRICS, RECONSTRUCTION)

@@ -21,14 +21,15 @@ from hfgi3d.data.inputs import SAMPLE, list_photos, load_camera, read_photo, res
 from hfgi3d.errors import InputError
 from hfgi3d.generator.checkpoint import generator_resolution
 from hfgi3d.run_folder import RESULT_FILES
+from hfgi3d.stages import FORMER_KEYS, STAGES
 
 INTERRUPTED_CHECKPOINT = Path("checkpoints") / "interrupted.ckpt"
 """Where, inside its output folder, an interrupted fit leaves its resumable checkpoint."""
 
 COUNT_MINIMUM = {
-    "model.estimate_steps": 0,
-    "model.pseudo_multiview_steps": 0,
-    "model.occluded_steps": 0,
+    "model.estimate.steps": 0,
+    "model.pseudo_multiview.steps": 0,
+    "model.occluded.steps": 0,
     "model.w_avg_samples": 1,
     "data.num_views": 1,
 }
@@ -104,9 +105,9 @@ def check_fit_inputs(inputs: FitInputs) -> list[str]:
     for key, value in inputs.counts.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < COUNT_MINIMUM[key]:
             raise InputError(f"--{key} must be a whole number ≥ {COUNT_MINIMUM[key]}, got {value!r}")
-    stages = [inputs.counts.get(key) for key in ("model.estimate_steps", "model.pseudo_multiview_steps")]
+    stages = [inputs.counts.get(key) for key in ("model.estimate.steps", "model.pseudo_multiview.steps")]
     if stages == [0, 0]:
-        raise InputError("--model.estimate_steps and --model.pseudo_multiview_steps are both 0: nothing to fit")
+        raise InputError("--model.estimate.steps and --model.pseudo_multiview.steps are both 0: nothing to fit")
     resolution = None if inputs.generator is None else generator_resolution(inputs.generator)
     notes: list[str] = []
     if inputs.image is not None and inputs.images is not None:
@@ -137,7 +138,7 @@ def check_fit_inputs(inputs: FitInputs) -> list[str]:
     return notes
 
 
-STAGE_LENGTHS = ("model.estimate_steps", "model.occluded_steps", "model.pseudo_multiview_steps")
+STAGE_LENGTHS = tuple(f"model.{stage}.steps" for stage in STAGES)
 
 
 def check_stage_lengths(inputs: FitInputs) -> None:
@@ -221,7 +222,12 @@ def config_from_argv(args: Sequence[str]) -> dict[str, Any]:
             value = tokens[index] if follows else ""
             index += follows
         if key in ("config", "c"):
-            config = merged(config, _read_yaml(value))
+            content = _read_yaml(value)
+            former = [key for key in FORMER_KEYS if key in (content.get("model") or {})]
+            if former:
+                renames = ", ".join(f"model.{key} → model.{FORMER_KEYS[key]}" for key in former)
+                raise InputError(f"{value} uses the former names of stage settings: rename {renames}")
+            config = merged(config, content)
         else:
             overrides[key] = value
     for key, value in overrides.items():

@@ -15,16 +15,30 @@ from PIL import Image
 from hfgi3d.cameras import orbit_c25
 from hfgi3d.data.pseudo_views import PseudoViewConfig
 from hfgi3d.generator import open_generator
+from hfgi3d.inversion import InversionModule
 from hfgi3d.metrics.evaluation import EvaluationConfig
-from hfgi3d.presets import load_preset, preset_path
+from hfgi3d.presets import load_preset, merged, preset_path
 
 PAPER = ("hfgi3d.yaml",)
 OFFICIAL = ("hfgi3d.yaml", "hfgi3d_official.yaml")
 
 
-def model_args(**overrides: Any) -> dict[str, Any]:
-    """``InversionModule`` arguments: the paper's, then ``overrides``."""
-    return {**load_preset(*PAPER)["model"], **overrides}
+def with_overrides(config: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    """``config`` with ``overrides`` merged in; ``group__field`` names a nested key (``loss__lambda_lpips=0``)."""
+    nested: dict[str, Any] = {}
+    for name, value in overrides.items():
+        *groups, key = name.split("__")
+        node = nested
+        for group in groups:
+            node = node.setdefault(group, {})
+        node[key] = value
+    return merged(config, nested)
+
+
+def model_config(**overrides: Any) -> dict[str, Any]:
+    """The paper's ``model`` config (nested, as :meth:`InversionModule.from_config` takes it), then
+    ``overrides`` (:func:`with_overrides`)."""
+    return with_overrides(load_preset(*PAPER)["model"], **overrides)
 
 
 def pseudo_view_config(**overrides: Any) -> PseudoViewConfig:
@@ -60,15 +74,21 @@ TEST_LPIPS_SIZE = 64
 """LPIPS input size of the shrunk fits: VGG16 on 64² instead of the tiny generator's 128² renders takes
 a 8-step fit from 8.7 s to 5.3 s on one CPU thread (the network and its masking are the same)."""
 
-FAST_MODEL = model_args(
-    generator="tiny", w_avg_samples=16, estimate_steps=3, occluded_steps=2, pseudo_multiview_steps=3,
-    estimate_lr=0.01, pseudo_multiview_lr=1e-3, lpips_resize=TEST_LPIPS_SIZE,
+FAST_MODEL = model_config(
+    generator="tiny", w_avg_samples=16, estimate__steps=3, occluded__steps=2, pseudo_multiview__steps=3,
+    estimate__lr=0.01, pseudo_multiview__lr=1e-3, loss__lpips_resize=TEST_LPIPS_SIZE,
 )  # fmt: skip
-"""The paper's model arguments shrunk for the tiny generator: 3 + 2 + 3 steps."""
+"""The paper's model config shrunk for the tiny generator: 3 + 2 + 3 steps."""
+
+
+def fast_module(model: dict[str, Any] = FAST_MODEL, **overrides: Any) -> InversionModule:
+    """An ``InversionModule`` of ``model`` (default :data:`FAST_MODEL`) with ``overrides`` (:func:`with_overrides`)."""
+    return InversionModule.from_config(with_overrides(model, **overrides))
+
 
 SHRUNK_FIT: dict[str, Any] = {
-    "model.w_avg_samples": 16, "model.estimate_steps": 3, "model.occluded_steps": 2,
-    "model.pseudo_multiview_steps": 3, "model.lpips_resize": TEST_LPIPS_SIZE, "data.num_views": 2,
+    "model.w_avg_samples": 16, "model.estimate.steps": 3, "model.occluded.steps": 2,
+    "model.pseudo_multiview.steps": 3, "model.loss.lpips_resize": TEST_LPIPS_SIZE, "data.num_views": 2,
     "data.pseudo_views.poisson_iterations": 20, "outputs.orbit_frames": 0, "outputs.mesh_resolution": 0,
     "outputs.grid_size": "[2, 1]",
     "evaluation.every_n_steps": 0, "evaluation.metrics.pose_accuracy": False, "trainer.enable_progress_bar": False,
@@ -78,8 +98,8 @@ views, two novel views in ``novel_views.png`` (not 15), no orbit, mesh or pose c
 
 
 def shrunk_options(**options: Any) -> list[str]:
-    """:data:`SHRUNK_FIT` with ``options`` over it, as command-line arguments (``model__estimate_steps=6``
-    for ``--model.estimate_steps 6``; ``None`` drops an option, leaving the presets' value)."""
+    """:data:`SHRUNK_FIT` with ``options`` over it, as command-line arguments (``model__estimate__steps=6``
+    for ``--model.estimate.steps 6``; ``None`` drops an option, leaving the presets' value)."""
     chosen = {**SHRUNK_FIT, **{name.replace("__", "."): value for name, value in options.items()}}
     args = []
     for name, value in chosen.items():

@@ -23,10 +23,19 @@ from hfgi3d.errors import InputError
 from hfgi3d.generator import open_generator
 from hfgi3d.inversion import InversionModule
 from tests.interruptions import Killed, StopAt
-from tests.presets import FAST_MODEL, FAST_VIEWS, cpu_trainer, data_args, shrunk_fit, write_tiny_photos
+from tests.presets import (
+    FAST_MODEL,
+    FAST_VIEWS,
+    cpu_trainer,
+    data_args,
+    fast_module,
+    shrunk_fit,
+    with_overrides,
+    write_tiny_photos,
+)
 
 NAMES = ("a", "b", "c")
-EXACT_MODEL = {**FAST_MODEL, "lpips_resize": None}
+EXACT_MODEL = with_overrides(FAST_MODEL, loss__lpips_resize=None)
 """LPIPS on the renders as they are: resized to 64², a batch of photos rounds differently from one photo
 in stage 1, which the comparisons of this file keep bit for bit."""
 
@@ -99,12 +108,12 @@ class Fits:
 def fits(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Fits:
     folder = tmp_path_factory.mktemp("fits")
     with _one_thread():
-        batch = InversionModule(**{**EXACT_MODEL, "photos": 3, "photos_per_call": 1})
+        batch = fast_module(EXACT_MODEL, photos=3, photos_per_call=1)
         datamodule = _data(images=str(photos), batch_size=3)
         batch_losses = torch.stack(_fit(batch, datamodule, folder).losses)
         singles = []
         for name in NAMES:
-            single = InversionModule(**EXACT_MODEL)
+            single = fast_module(EXACT_MODEL)
             data = _data(image=str(photos / f"{name}.png"), camera=str(photos / f"{name}.json"))
             singles.append((single, torch.cat(_fit(single, data, folder).losses)))  # all three stages
     assert datamodule.views is not None
@@ -119,7 +128,7 @@ def test_a_batch_of_three_equals_three_single_photo_fits(fits: Fits) -> None:
     to 0.04 % of how far tuning moved them (measured; bound 1 %). On one thread: with two, a sum over
     one image is split by the batch's size, which rounds differently from stage 1 on."""
     batch = fits.batch
-    stage_two = FAST_MODEL["estimate_steps"] + FAST_MODEL["occluded_steps"]
+    stage_two = FAST_MODEL["estimate"]["steps"] + FAST_MODEL["occluded"]["steps"]
     for index, (single, losses) in enumerate(fits.singles):
         assert torch.equal(fits.batch_losses[:stage_two, index], losses[:stage_two])
         assert torch.equal(batch.ws_estimate[index], single.ws_estimate[0])
@@ -155,7 +164,7 @@ def test_one_batched_generator_call_follows_the_single_photo_fits(fits: Fits, ph
     element by about its learning rate whatever the gradient's size (a near-zero gradient whose sign
     flips moves the other way) and the in-distribution mask D thresholds the render. Measured after 8
     steps: 1.8 % on the last loss, tuned weights 7 % of tuning's move apart (bounds 5 % and 20 %)."""
-    batch = InversionModule(**{**EXACT_MODEL, "photos": 3, "photos_per_call": 3})
+    batch = fast_module(EXACT_MODEL, photos=3, photos_per_call=3)
     batch_losses = torch.stack(_fit(batch, _data(images=str(photos), batch_size=3), tmp_path).losses)
     firsts = torch.stack([losses[0] for _, losses in fits.singles])
     apart = (firsts[:, None] - firsts[None, :]).abs() / firsts[None, :]  # photo i's first loss against j's
@@ -171,14 +180,14 @@ def test_camera_refinement_in_a_batch_equals_single_photo_refinement(photos: Pat
     """Each photo of a batch refines its own camera offsets, exactly as alone: stage 1's losses, the
     refined cameras and the pseudo views' cameras (built around them) are bit for bit those of single
     fits, and the data keeps the cameras the photos came with."""
-    model = {**EXACT_MODEL, "refine_camera": True, "camera_warmup_steps": 1, "pseudo_multiview_steps": 1}
-    stage_two = model["estimate_steps"] + model["occluded_steps"]
+    model = with_overrides(EXACT_MODEL, camera__refine=True, camera__warmup_steps=1, pseudo_multiview__steps=1)
+    stage_two = model["estimate"]["steps"] + model["occluded"]["steps"]
     with _one_thread():
-        batch = InversionModule(**{**model, "photos": 2, "photos_per_call": 1})
+        batch = fast_module(model, photos=2, photos_per_call=1)
         batch_data = _data(images=str(photos), batch_size=2)
         batch_losses = torch.stack(_fit(batch, batch_data, tmp_path).losses)
         for index, name in enumerate(NAMES[:2]):
-            single = InversionModule(**model)
+            single = fast_module(model)
             data = _data(image=str(photos / f"{name}.png"), camera=str(photos / f"{name}.json"))
             losses = torch.cat(_fit(single, data, tmp_path).losses)
             assert torch.equal(batch_losses[:stage_two, index], losses[:stage_two])
@@ -198,9 +207,9 @@ def test_a_batch_resumes_from_its_last_checkpoint_with_every_photos_state(
     """Killed in stage 2 (pseudo views built, G being tuned), resumed from the periodic ``last.ckpt``:
     every photo ends where the uninterrupted batch (the fixture's) ended, bit for bit."""
 
-    model = {**EXACT_MODEL, "photos": 3, "photos_per_call": 1}
+    model = with_overrides(EXACT_MODEL, photos=3, photos_per_call=1)
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True)
-    first, second = InversionModule(**model), InversionModule(**model)
+    first, second = fast_module(model), fast_module(model)
     torch.manual_seed(0)
     with _one_thread(), pytest.raises(Killed):
         cpu_trainer(tmp_path, first.total_steps, [checkpoint, StopAt(6)]).fit(

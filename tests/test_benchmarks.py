@@ -23,8 +23,8 @@ from hfgi3d.benchmarks.store import MERGED_FILE, append_row, finished, merge, re
 
 REPO = Path(__file__).resolve().parents[1]
 MICRO_PROFILE = """
-model: {generator: tiny, w_avg_samples: 16, estimate_steps: 4, estimate_lr: 0.01, occluded_steps: 2,
-        pseudo_multiview_steps: 4, pseudo_multiview_lr: 0.01, lpips_resize: null, lambda_lpips: 0.0}
+model: {generator: tiny, w_avg_samples: 16, estimate: {steps: 4, lr: 0.01}, occluded: {steps: 2, lr: 0.01},
+        pseudo_multiview: {steps: 4, lr: 0.01}, loss: {lpips_resize: null, lambda_lpips: 0.0}}
 data: {num_views: 2, pseudo_views: {poisson_iterations: 20}}
 outputs: {orbit_frames: 0, mesh_resolution: 0, grid_size: [2, 1]}
 evaluation: {every_n_steps: 0}

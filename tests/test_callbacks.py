@@ -26,8 +26,8 @@ from tests.wandb_offline import read_offline_run
 REPO = Path(__file__).resolve().parents[1]
 
 TINY_FIT = shrunk_fit(
-    model__estimate_steps=6,
-    model__pseudo_multiview_steps=6,
+    model__estimate__steps=6,
+    model__pseudo_multiview__steps=6,
     outputs__orbit_frames=4,
     outputs__mesh_resolution=24,
     evaluation__every_n_steps=4,
@@ -209,7 +209,7 @@ def test_the_progress_bar_draws_each_step_once_per_stage_and_ends_before_the_out
 ) -> None:
     """Written to a log (not a terminal), every redraw is a line: each stage's bar shows each step
     once, named after the stage, and the last stage's final line comes before the outputs' lines."""
-    args = shrunk_fit(model__lambda_lpips=0, trainer__enable_progress_bar=None, output_dir=tmp_path / "run")
+    args = shrunk_fit(model__loss__lambda_lpips=0, trainer__enable_progress_bar=None, output_dir=tmp_path / "run")
     assert main(args) == 0
     captured = capsys.readouterr()
     draws = [line.strip() for line in captured.out.replace("\r", "\n").splitlines() if "|" in line]
@@ -230,3 +230,4 @@ def test_callbacks_refuse_a_module_that_is_not_an_inversion() -> None:
         inversion_of(L.LightningModule())
     with pytest.raises(TypeError, match="need a PseudoViewDataModule, not NoneType"):
         photos_of(L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False))
+

@@ -27,7 +27,7 @@ from tests.presets import shrunk_options
 REPO = Path(__file__).resolve().parents[1]
 ERROR_SECONDS = 5.0  # the bound for answering a bad input in-process (Lightning already imported)
 SHRUNK = shrunk_options(
-    model__estimate_steps=4, model__pseudo_multiview_steps=6, evaluation__metrics__pose_accuracy=None
+    model__estimate__steps=4, model__pseudo_multiview__steps=6, evaluation__metrics__pose_accuracy=None
 )
 
 
@@ -107,18 +107,26 @@ BAD_INPUTS: list[tuple[str, Callable[[Path], dict[str, Path]], list[str], str]] 
         "checkpoint to resume from not found: none.ckpt",
     ),
     ("missing generator", lambda f: {}, ["--model.generator", "nowhere.pkl"], "generator file not found: nowhere.pkl"),
-    ("negative steps", lambda f: {}, ["--model.estimate_steps", "-3"], "estimate_steps must be a whole number ≥ 0"),
+    ("negative steps", lambda f: {}, ["--model.estimate.steps", "-3"], "estimate.steps must be a whole number ≥ 0"),
     (
         "abbreviated option",
         lambda f: {},
-        ["--model.estimate_step", "5"],
+        ["--model.estimate.step", "5"],
         # From the stored reference (before Lightning is imported), else from LightningCLI.
-        "unknown option --model.estimate_step: did you mean --model.estimate_steps?"
+        "unknown option --model.estimate.step: did you mean --model.estimate.steps?"
         if fit_reference.stored() is not None
-        else "unrecognized arguments: --model.estimate_step",
+        else "--model.estimate.step",
     ),
-    ("a count that is no number", lambda f: {}, ["--model.estimate_steps", "many"], "whole number ≥ 0, got 'many'"),
-    ("a value of the wrong type", lambda f: {}, ["--model.estimate_lr", "fast"], "Expected a <class 'float'>"),
+    (
+        "a former option name",
+        lambda f: {},
+        ["--model.estimate_steps", "5"],
+        "--model.estimate_steps is now --model.estimate.steps"
+        if fit_reference.stored() is not None
+        else "--model.estimate_steps",
+    ),
+    ("a count that is no number", lambda f: {}, ["--model.estimate.steps", "many"], "whole number ≥ 0, got 'many'"),
+    ("a value of the wrong type", lambda f: {}, ["--model.estimate.lr", "fast"], "Expected a <class 'float'>"),
 ]
 
 
@@ -170,7 +178,7 @@ def test_an_overlay_without_its_preset_says_to_give_the_preset_first(
             str(good[0]), "--data.camera", str(good[1]), "--output_dir", str(tmp_path / "out")]  # fmt: skip
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: model.estimate_steps, model.occluded_steps, model.pseudo_multiview_steps not set")
+    assert err.startswith("error: model.estimate.steps, model.occluded.steps, model.pseudo_multiview.steps not set")
     assert "--config configs/hfgi3d.yaml" in err and "\n" not in err and not (tmp_path / "out").exists()
 
 
@@ -194,7 +202,7 @@ def test_fit_help_and_print_config_need_no_photo(capsys: pytest.CaptureFixture[s
     assert "usage: python -m hfgi3d [options] fit" in help_text and "``" not in help_text and ":class:" not in help_text
     with pytest.raises(SystemExit) as exited:
         main(["fit", "--config", str(preset_path("hfgi3d.yaml")), "--print_config"])
-    assert exited.value.code == 0 and "pseudo_multiview_steps: 3000" in capsys.readouterr().out
+    assert exited.value.code == 0 and "pseudo_multiview:\n    steps: 3000" in capsys.readouterr().out
 
 
 def test_the_stored_fit_reference_is_that_of_the_parser() -> None:
@@ -228,15 +236,15 @@ def test_fit_help_and_misspelt_options_are_answered_without_lightning(tmp_path: 
     shown = run("fit", "--help")
     assert shown.returncode == 0 and shown.stdout == f"{fit_reference.stored_help()}imported: []\n"
     preset = str(preset_path("hfgi3d.yaml"))
-    with_values = run("fit", "--config", preset, "--model.estimate_steps", "7", "--help")
+    with_values = run("fit", "--config", preset, "--model.estimate.steps", "7", "--help")
     assert with_values.returncode == 0 and with_values.stdout.startswith(str(fit_reference.stored_help()))
     given = with_values.stdout.split("values given")[1]
-    assert "\n  --model.pseudo_multiview_steps 3000\n" in given and "\n  --model.estimate_steps 7\n" in given
+    assert "\n  --model.pseudo_multiview.steps 3000\n" in given and "\n  --model.estimate.steps 7\n" in given
     assert with_values.stdout.endswith("imported: []\n")
     for args, message in [
-        (["--model.estimate_step", "3"], "unknown option --model.estimate_step: did you mean --model.estimate_steps?"),
+        (["--model.estimate.step", "3"], "unknown option --model.estimate.step: did you mean --model.estimate.steps?"),
         (["--data.imge=face.png"], "unknown option --data.imge: did you mean --data.image?"),
-        (["--trainer.max_steps", "9"], "--trainer.max_steps cannot be given: fit sets it from --model.estimate_steps"),
+        (["--trainer.max_steps", "9"], "--trainer.max_steps cannot be given: fit sets it from --model.estimate.steps"),
     ]:
         refused = run("fit", "--config", preset, *args)
         assert refused.returncode == 2 and refused.stderr.startswith(f"error: {message}"), refused.stderr
@@ -251,8 +259,8 @@ def test_options_inside_a_class_valued_option_are_left_to_lightning() -> None:
         ["--trainer.callbacks+=hfgi3d.callbacks.groundtruth.GroundTruthCurves", "--trainer.callbacks.every_n_steps=5",
          "--trainer.logger.init_args.project", "p", "--print_config=skip_null", "--no_overwrite"]
     )  # fmt: skip
-    with pytest.raises(InputError, match=r"unknown option --model\.estimate_steps\.x"):
-        fit_reference.check_option_names(["--model.estimate_steps.x", "3"])
+    with pytest.raises(InputError, match=r"unknown option --model\.estimate\.steps\.x"):
+        fit_reference.check_option_names(["--model.estimate.steps.x", "3"])
 
 
 def test_debug_shows_the_traceback(good: tuple[Path, Path], tmp_path: Path) -> None:

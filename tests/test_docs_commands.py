@@ -84,3 +84,21 @@ def test_a_misspelt_option_would_be_caught(capsys: pytest.CaptureFixture[str]) -
     assert misspelt in capsys.readouterr().err
     with pytest.raises(InputError, match="unrecognized arguments: --seed 1"):
         parse_command(["render", "--generator", "tiny", "--seed", "1"])
+
+
+def test_the_package_docstrings_map_names_what_is_there() -> None:
+    """Each ``file.py: name, Class.method`` of the step map in ``hfgi3d/__init__.py`` exists."""
+    import hfgi3d
+
+    assert hfgi3d.__doc__ is not None
+    rows = [line for line in hfgi3d.__doc__.split("::\n", 1)[1].split("\n\n", 1)[0].splitlines() if line.strip()]
+    assert len(rows) > 10
+    for row in rows:
+        places = re.split(r"\s{2,}", row.strip(), maxsplit=1)[1]
+        for place in re.sub(r"\s*\(.*?\)", "", places).split("; "):
+            file, _, names = place.partition(": ")
+            path = REPO / file if file.startswith("callbacks/") else REPO / "hfgi3d" / file
+            text = path.read_text()
+            for name in filter(None, names.split(", ")):
+                for part in name.strip().split("."):
+                    assert re.search(rf"(def|class) {part}\b|^{part}\b.*=", text, re.MULTILINE), (row, part)

@@ -17,9 +17,11 @@ from PIL import Image
 from hfgi3d.cameras import orbit_c25, split_c25, yaw_pitch_of
 from hfgi3d.cli import main
 from hfgi3d.data.datamodule import PseudoViewDataModule
+from hfgi3d.editing.edit import open_run
 from hfgi3d.generator import open_generator, save_generator
 from hfgi3d.inversion import InversionModule
-from tests.presets import data_args, model_args, shrunk_fit
+from hfgi3d.stages import FORMER_KEYS
+from tests.presets import data_args, model_config, shrunk_fit
 from tests.wandb_offline import read_offline_run
 
 RUN_OUTPUTS = {
@@ -35,10 +37,10 @@ the edits need to run on."""
 GEOMETRY_RUN_ARGS = shrunk_fit(
     "logger/wandb.yaml",
     **RUN_OUTPUTS,
-    model__estimate_steps=25,
-    model__occluded_steps=3,
-    model__pseudo_multiview_steps=2,
-    model__lpips_resize=None,
+    model__estimate__steps=25,
+    model__occluded__steps=3,
+    model__pseudo_multiview__steps=2,
+    model__loss__lpips_resize=None,
     data__num_views=8,
     data__pseudo_views__poisson_iterations=50,
 )
@@ -192,7 +194,8 @@ def texture_run(geometry_run: Path) -> Path:
     Image.fromarray(painted).save(run.parent / "tattoo.png")
     args = [
         "edit-texture", str(run), "--image", str(run.parent / "tattoo.png"),
-        "--model.pseudo_multiview_steps", "100", "--model.pseudo_multiview_lr", "0.02", "--model.lambda_lpips", "0",
+        "--model.pseudo_multiview.steps", "100", "--model.pseudo_multiview.lr", "0.02",
+        "--model.loss.lambda_lpips", "0",
     ]  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("WANDB_MODE", "disabled")
@@ -220,7 +223,7 @@ def test_a_painted_patch_lands_where_the_geometry_carries_it(geometry_run: Path,
 
 @pytest.mark.slow  # needs the texture edit above (its patch makes renders depend on the camera) and 150 steps
 def test_camera_refinement_recovers_a_known_camera(texture_run: Path, tmp_path: Path) -> None:
-    """Stage 1 with ``model.refine_camera`` against a ground truth: the texture-edited tiny generator
+    """Stage 1 with ``model.camera.refine`` against a ground truth: the texture-edited tiny generator
     (its patch makes renders depend on the camera: 0.1 rad moves one by 20 dB), a target rendered
     from its latent at a known camera, and a start camera 0.1 rad off in yaw and in pitch."""
     generator_path = str(texture_run / "generator.pt")
@@ -231,10 +234,10 @@ def test_camera_refinement_recovers_a_known_camera(texture_run: Path, tmp_path: 
         target = generator.synthesis(ws, true, deterministic=True)["image"].clamp(-1, 1)
     Image.fromarray(((target[0].permute(1, 2, 0) + 1) * 127.5).round().byte().numpy()).save(tmp_path / "target.png")
     (tmp_path / "start.json").write_text(json.dumps(start[0].tolist()))
-    module = InversionModule(**model_args(
-        generator=generator_path, w_avg_samples=64, estimate_steps=REFINE_STEPS, occluded_steps=0,
-        pseudo_multiview_steps=0, estimate_lr=0.01, lpips_resize=None, lambda_lpips=0.0, use_pseudo_views=False,
-        refine_camera=True, camera_lr=0.01, camera_warmup_steps=30,
+    module = InversionModule.from_config(model_config(
+        generator=generator_path, w_avg_samples=64, estimate__steps=REFINE_STEPS, occluded__steps=0,
+        pseudo_multiview__steps=0, estimate__lr=0.01, loss__lpips_resize=None, loss__lambda_lpips=0.0,
+        pseudo_multiview__use_pseudo_views=False, camera__refine=True, camera__lr=0.01, camera__warmup_steps=30,
     ))  # fmt: skip
     datamodule = PseudoViewDataModule(
         image=str(tmp_path / "target.png"), camera=str(tmp_path / "start.json"), **data_args(num_views=1)
@@ -265,4 +268,28 @@ def test_texture_edit_refuses_a_photo_of_another_size(
 def test_stage_one_from_needs_the_stage_one_steps_at_zero(run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = [*RUN_ARGS, "--data.image", "sample", "--model.stage_one_from", str(run / "latent.pt")]
     assert main([*args, "--output_dir", str(run.parent / "never")]) == 2
-    assert "set model.estimate_steps and model.occluded_steps to 0" in capsys.readouterr().err
+    assert "set model.estimate.steps and model.occluded.steps to 0" in capsys.readouterr().err
+
+
+def test_a_run_written_with_the_former_setting_names_is_still_edited(run: Path, tmp_path: Path) -> None:
+    """A run folder from before the stage settings had their groups (``model.estimate_steps``, …):
+    ``edit-texture`` reads its config with the current names and reruns stage 2 on it."""
+    former = tmp_path / "former"
+    shutil.copytree(run, former, ignore=shutil.ignore_patterns("texture_edits", "edits", "wandb"))
+    config = yaml.safe_load((former / "config.yaml").read_text())
+    model = config["model"]
+    for old, current in FORMER_KEYS.items():
+        group, field = current.split(".")
+        model[old] = model[group].pop(field)
+    del model["loss"]["lambda_input"]  # newer than the former names: its default (1) applies
+    for group in {current.split(".")[0] for current in FORMER_KEYS.values()}:
+        assert not model.pop(group), group  # every other field of the group had a former name
+    (former / "config.yaml").write_text(yaml.safe_dump(config))
+    assert open_run(former).upgraded and open_run(former).setting("model.loss.lpips_resize") == 64
+    Image.open(former / "input.png").save(tmp_path / "same.png")
+    args = ["edit-texture", str(former), "--image", str(tmp_path / "same.png"), "--model.pseudo_multiview.steps", "2"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WANDB_MODE", "disabled")
+        assert main(args) == 0
+    assert json.loads((former / "texture_edits" / "same" / "metrics.json").read_text())["steps"] == 2
+    assert "estimate_steps" in (former / "config.yaml").read_text()  # the run's own file is left as it was

