@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast, get_args
 
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 
+from hfgi3d.errors import InputError
 from hfgi3d.run_folder import INPUT, RECONSTRUCTION
 
 from .protocols import photos_of
@@ -30,9 +31,21 @@ WandbMode = Literal["offline", "online", "disabled"]
 DEFAULT_MODE: WandbMode = "offline"
 
 
-def resolve_mode(mode: str | None) -> str:
-    """``mode`` if given, else ``$WANDB_MODE``, else offline (nothing leaves the machine by default)."""
-    return mode or os.environ.get("WANDB_MODE") or DEFAULT_MODE
+WANDB_ALIASES: dict[str, WandbMode] = {"dryrun": "offline", "run": "online"}
+"""wandb's older names of the modes, still read from ``$WANDB_MODE``."""
+
+
+def resolve_mode(mode: str | None) -> WandbMode:
+    """``mode`` if given, else ``$WANDB_MODE``, else offline (nothing leaves the machine by default).
+
+    Raises:
+        InputError: a mode W&B does not have.
+    """
+    value = mode or os.environ.get("WANDB_MODE") or DEFAULT_MODE
+    value = WANDB_ALIASES.get(value, value)
+    if value not in get_args(WandbMode):
+        raise InputError(f"W&B mode {value!r} (mode or $WANDB_MODE): use offline, online or disabled")
+    return cast(WandbMode, value)
 
 
 class WandbLogger(LightningWandbLogger):

@@ -16,6 +16,7 @@ import torch
 from hfgi3d.callbacks.wandb_logging import WandbLogger, resolve_mode
 from hfgi3d.cameras import orbit_c25
 from hfgi3d.cli import main
+from hfgi3d.errors import InputError
 from hfgi3d.generator import open_generator
 from hfgi3d.metrics.evaluation import METRIC_KEYS, evaluate, load_networks
 from tests.ibrnet_checkpoint_writer import write_official_checkpoint
@@ -231,3 +232,11 @@ def test_callbacks_refuse_a_module_that_is_not_an_inversion() -> None:
     with pytest.raises(TypeError, match="need a PseudoViewDataModule, not NoneType"):
         photos_of(L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False))
 
+
+def test_the_wandb_mode_is_one_wandb_has(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert resolve_mode(None) == "offline" and resolve_mode("online") == "online"
+    monkeypatch.setenv("WANDB_MODE", "dryrun")  # wandb's older name of offline
+    assert resolve_mode(None) == "offline"
+    with pytest.raises(InputError, match=r"'sometimes'.*use offline, online or disabled"):
+        resolve_mode("sometimes")
