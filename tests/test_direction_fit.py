@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,11 +20,16 @@ ARGS = ["--generator", "tiny", "--scorer", "mean_luma", "--attribute", "brightne
         "--top", "30", "--chunk", "40", "--batch_size", "20", "--device", "cpu"]  # fmt: skip
 
 
-def test_the_direction_moves_the_score_it_was_fitted_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "luma.pt"
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One run of :data:`ARGS` (its output; the stored scores beside it), shared by the tests that read it."""
+    out = tmp_path_factory.mktemp("luma") / "luma.pt"
     assert main(["directions", "fit", *ARGS, "--output", str(out)]) == 0
-    assert "SVM accuracy" in capsys.readouterr().out
-    direction = load_direction(out)
+    return out
+
+
+def test_the_direction_moves_the_score_it_was_fitted_on(fitted: Path) -> None:
+    direction = load_direction(fitted)
     meta = direction.metadata
     assert meta["attribute"] == "brightness" and meta["scorer"] == "mean_luma" and meta["samples"] == 120
     assert 0.5 < meta["accuracy"] <= 1.0
@@ -41,9 +47,12 @@ def test_the_direction_moves_the_score_it_was_fitted_on(tmp_path: Path, capsys: 
     assert luma[0] < luma[1] < luma[2], luma
 
 
-def test_a_killed_run_resumes_from_its_score_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    out = tmp_path / "luma.pt"
-    assert main(["directions", "fit", *ARGS, "--output", str(out)]) == 0
+def test_a_killed_run_resumes_from_its_score_chunks(
+    fitted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "luma.pt"  # a copy of the fixture's run: its output and stored scores
+    shutil.copy(fitted, out)
+    shutil.copytree(fitted.parent / ".luma.scores", tmp_path / ".luma.scores")
     first = torch.load(out, weights_only=True)
     chunks = sorted((tmp_path / ".luma.scores").glob("chunk*.pt"))
     assert len(chunks) == 3
@@ -58,6 +67,7 @@ def test_a_killed_run_resumes_from_its_score_chunks(tmp_path: Path, monkeypatch:
 
     monkeypatch.setattr(scorers, "mean_luma", counting)
     assert main(["directions", "fit", *ARGS, "--output", str(out)]) == 0
+    assert "SVM accuracy" in capsys.readouterr().out
     assert sum(scored) == 40  # only the missing chunk
     second = torch.load(out, weights_only=True)
     torch.testing.assert_close(second["direction"], first["direction"])
@@ -120,6 +130,10 @@ def test_a_torchscript_classifier_scores_its_chosen_output(tmp_path: Path, capsy
         "1",
         "--classifier_size",
         "32",
+        "--samples",  # a third of ARGS' samples: what is checked here is the scorer, not the direction
+        "40",
+        "--top",
+        "10",
     ]
     # A wrong output index stops the run before its first chunk; the corrected run then starts cleanly.
     wrong = [*ARGS, "--scorer", "classifier", "--classifier", str(model), "--output_index", "5"]
