@@ -7,6 +7,7 @@ without the ``fit`` command (benchmarks, tests); it applies the same :data:`LINK
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -40,19 +41,30 @@ def load_preset(*names: str) -> dict[str, Any]:
     for name in names:
         config = merged(config, yaml.safe_load(preset_path(name).read_text()) or {})
     for source, target in LINKS:
-        *groups, key = target.split(".")
-        node = config
-        for group in groups:
-            node = node.setdefault(group, {})
-        node[key] = _get(config, source)
+        put(config, target, get(config, source))
     return config
 
 
-def _get(config: dict[str, Any], dotted: str) -> Any:
+def get(config: Mapping[str, Any], dotted: str) -> Any:
+    """The value at a dotted key of a nested config (``model.estimate.steps``); ``None`` where it is not set."""
     node: Any = config
     for key in dotted.split("."):
-        node = node.get(key) if isinstance(node, dict) else None
+        node = node.get(key) if isinstance(node, Mapping) else None
     return node
+
+
+def put(config: dict[str, Any], dotted: str, value: Any) -> bool:
+    """Set a dotted key of a nested config, making the groups it needs; ``False`` (nothing set) where
+    the path runs into a value that is not a group (a list of callbacks, a class spec's argument)."""
+    *groups, key = dotted.split(".")
+    node = config
+    for group in groups:
+        child = node.setdefault(group, {})
+        if not isinstance(child, dict):
+            return False
+        node = child
+    node[key] = value
+    return True
 
 
 def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import yaml
 from hfgi3d.data.inputs import SAMPLE, list_photos, load_camera, read_photo, resolve_input
 from hfgi3d.errors import InputError
 from hfgi3d.generator.checkpoint import generator_resolution
+from hfgi3d.presets import get, merged, put
 from hfgi3d.run_folder import RESULT_FILES
 from hfgi3d.stages import FORMER_KEYS, STAGES
 
@@ -54,24 +55,17 @@ class FitInputs:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> FitInputs:
         """From a nested config (the YAML layout, or ``fit``'s parsed namespace as a dict)."""
-
-        def get(dotted: str) -> Any:
-            node: Any = config
-            for key in dotted.split("."):
-                node = node.get(key) if isinstance(node, Mapping) else None
-            return node
-
         return cls(
-            generator=get("model.generator"),
-            image=get("data.image"),
-            camera=get("data.camera"),
-            images=get("data.images"),
-            batch_size=get("data.batch_size") or 1,
-            batch_index=get("data.batch_index"),
-            output_dir=get("output_dir") or get("outputs.output_dir"),
-            overwrite=bool(get("overwrite")),
-            ckpt_path=get("ckpt_path"),
-            counts={key: get(key) for key in COUNT_MINIMUM if get(key) is not None},
+            generator=get(config, "model.generator"),
+            image=get(config, "data.image"),
+            camera=get(config, "data.camera"),
+            images=get(config, "data.images"),
+            batch_size=get(config, "data.batch_size") or 1,
+            batch_index=get(config, "data.batch_index"),
+            output_dir=get(config, "output_dir") or get(config, "outputs.output_dir"),
+            overwrite=bool(get(config, "overwrite")),
+            ckpt_path=get(config, "ckpt_path"),
+            counts={key: get(config, key) for key in COUNT_MINIMUM if get(config, key) is not None},
         )
 
 
@@ -205,8 +199,6 @@ def config_from_argv(args: Sequence[str]) -> dict[str, Any]:
     Raises:
         InputError: a config file is missing or not YAML.
     """
-    from hfgi3d.presets import merged
-
     config: dict[str, Any] = {}
     overrides: dict[str, str] = {}
     tokens = list(args)
@@ -230,16 +222,8 @@ def config_from_argv(args: Sequence[str]) -> dict[str, Any]:
             config = merged(config, content)
         else:
             overrides[key] = value
-    for key, value in overrides.items():
-        *groups, name = key.split(".")
-        node = config
-        for group in groups:
-            child = node.get(group)
-            if child is not None and not isinstance(child, dict):
-                break  # inside a list (an appended callback's `--trainer.callbacks.<arg>`): nothing checked here
-            node = node.setdefault(group, {}) if child is None else child
-        else:
-            node[name] = _yaml_value(value)
+    for key, value in overrides.items():  # an appended callback's `--trainer.callbacks.<arg>` is not set here
+        put(config, key, _yaml_value(value))
     if "no_overwrite" in overrides:
         config["overwrite"] = False
     elif "overwrite" in overrides and overrides["overwrite"] == "":

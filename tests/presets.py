@@ -17,7 +17,7 @@ from hfgi3d.data.pseudo_views import PseudoViewConfig
 from hfgi3d.generator import open_generator
 from hfgi3d.inversion import InversionModule
 from hfgi3d.metrics.evaluation import EvaluationConfig
-from hfgi3d.presets import load_preset, merged, preset_path
+from hfgi3d.presets import load_preset, merged, preset_path, put
 
 PAPER = ("hfgi3d.yaml",)
 OFFICIAL = ("hfgi3d.yaml", "hfgi3d_official.yaml")
@@ -27,11 +27,7 @@ def with_overrides(config: dict[str, Any], **overrides: Any) -> dict[str, Any]:
     """``config`` with ``overrides`` merged in; ``group__field`` names a nested key (``loss__lambda_lpips=0``)."""
     nested: dict[str, Any] = {}
     for name, value in overrides.items():
-        *groups, key = name.split("__")
-        node = nested
-        for group in groups:
-            node = node.setdefault(group, {})
-        node[key] = value
+        put(nested, name.replace("__", "."), value)
     return merged(config, nested)
 
 

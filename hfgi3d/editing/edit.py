@@ -65,15 +65,13 @@ class Run:
     def setting(self, dotted: str, default: Any = None) -> Any:
         """A config value by its dotted name (``outputs.orbit_frames``), or ``default``. A linked
         value (:data:`hfgi3d.presets.LINKS`: saved configs hold only the source) is read at its source."""
-        from hfgi3d.presets import LINKS
+        from hfgi3d.presets import LINKS, get
 
-        node: Any = self.config
-        for key in dotted.split("."):
-            if not isinstance(node, dict) or key not in node:
-                source = next((source for source, target in LINKS if target == dotted), None)
-                return default if source is None else self.setting(source, default)
-            node = node[key]
-        return default if node is None else node
+        value = get(self.config, dotted)
+        source = next((source for source, target in LINKS if target == dotted), None)
+        if value is None and source is not None:
+            value = get(self.config, source)
+        return default if value is None else value
 
     def required(self, dotted: str) -> Any:
         """:meth:`setting`, which the config must hold."""
