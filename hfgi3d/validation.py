@@ -9,7 +9,6 @@ anything (the authority, should a value come in a form this fast reader does not
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,15 +232,21 @@ def config_from_argv(args: Sequence[str]) -> dict[str, Any]:
     return config
 
 
+END_OF_DOCUMENT = "\n...\n"
+"""What ``yaml.safe_dump`` ends a lone scalar with."""
+
+
 def given_values(config: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """``--key value`` lines of a nested config, one per leaf (lists and class specs as JSON)."""
+    """``--key value`` lines of a nested config, one per leaf, each value as the command line takes it
+    (YAML; lists and class specs in flow style)."""
     lines = []
     for key, value in config.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping) and value and "class_path" not in value:
             lines += given_values(value, f"{name}.")
         else:
-            lines.append(f"--{name} {json.dumps(value, default=str)}")
+            text = yaml.safe_dump(value, default_flow_style=True, width=float("inf"), sort_keys=False)
+            lines.append(f"--{name} {text.removesuffix(END_OF_DOCUMENT).strip()}")
     return lines
 
 
