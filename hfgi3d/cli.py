@@ -74,6 +74,7 @@ def _run(argv: list[str]) -> int:
     if argv and argv[0] == "fit":
         from hfgi3d.fit_reference import check_option_names, stored_help
         from hfgi3d.validation import (
+            asks_for_help,
             check_fit_inputs,
             check_stage_lengths,
             config_from_argv,
@@ -84,7 +85,7 @@ def _run(argv: list[str]) -> int:
 
         # Answered and checked before Lightning is even imported: a bad input is refused in about a second.
         check_option_names(argv[1:])
-        help_text = stored_help() if any(arg in ("-h", "--help") for arg in argv[1:]) else None
+        help_text = stored_help() if asks_for_help(argv[1:]) else None
         if help_text is not None:
             print(help_text, end="")
             values = given_values(config_from_argv(argv[1:]))

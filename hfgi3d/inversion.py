@@ -71,6 +71,7 @@ from hfgi3d.geometry import difference_mask
 from hfgi3d.losses import LPIPS, LpipsTarget, mse_per_sample
 from hfgi3d.objectives import reconstruction, weighted_sum
 from hfgi3d.stages import (
+    CONFIG_GROUPS,
     ESTIMATE,
     OCCLUDED,
     PSEUDO_MULTIVIEW,
@@ -84,14 +85,6 @@ from hfgi3d.stages import (
     stage_spans,
 )
 
-CONFIG_GROUPS = {
-    "estimate": EstimateConfig,
-    "occluded": OccludedConfig,
-    "pseudo_multiview": PseudoMultiviewConfig,
-    "loss": LossConfig,
-    "camera": CameraConfig,
-}
-"""The module's typed argument groups (``model.<name>.*``) and their dataclasses."""
 CompileMode = Literal["none", "default", "reduce-overhead", "max-autotune"]
 RNG_KEY = "hfgi3d_rng_state"
 """Checkpoint entry with the global RNG state (CPU and CUDA) of the step to run next."""

@@ -141,6 +141,16 @@ class CameraConfig:
     refine_translation: bool = False
 
 
+CONFIG_GROUPS = {
+    "estimate": EstimateConfig,
+    "occluded": OccludedConfig,
+    "pseudo_multiview": PseudoMultiviewConfig,
+    "loss": LossConfig,
+    "camera": CameraConfig,
+}
+"""The typed groups of ``model`` (``model.<name>.*``) and their dataclasses."""
+
+
 def stage_lengths(
     estimate_steps: int, occluded_steps: int, pseudo_multiview_steps: int, use_pseudo_views: bool
 ) -> tuple[int, int, int]:

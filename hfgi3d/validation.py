@@ -176,10 +176,15 @@ def _check_output_dir(folder: Path, overwrite: bool, ckpt_path: str | None) -> N
         )
 
 
+def asks_for_help(args: Sequence[str]) -> bool:
+    """Whether ``fit``'s arguments hold ``--help`` (or ``-h``)."""
+    return any(arg in ("-h", "--help") for arg in args)
+
+
 def only_describes(args: Sequence[str]) -> bool:
     """Whether ``fit``'s arguments ask only for a description (``--help``, ``--print_config``): then
     no input is checked, no photo is needed and nothing runs."""
-    return any(arg in ("-h", "--help") or arg.split("=")[0] == "--print_config" for arg in args)
+    return asks_for_help(args) or any(arg.split("=")[0] == "--print_config" for arg in args)
 
 
 def fit_inputs_from_argv(args: Sequence[str]) -> FitInputs:

@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from hfgi3d import objectives
-from hfgi3d.inversion import CONFIG_GROUPS
 from hfgi3d.presets import load_preset
-from hfgi3d.stages import FORMER_KEYS, LossConfig, stage_spans, total_steps, upgrade_model_config
+from hfgi3d.stages import CONFIG_GROUPS, FORMER_KEYS, LossConfig, stage_spans, total_steps, upgrade_model_config
 
 
 def test_every_former_name_points_at_a_field_of_its_group() -> None:
