@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -304,26 +306,41 @@ def test_fit_runs_every_batch_drops_a_bad_photo_and_resumes_an_interrupted_job(
     assert main([*args, "--ckpt_path", str(tmp_path / "elsewhere.ckpt")]) == 2
     assert "not inside a batch folder" in capsys.readouterr().err
 
-    # Ctrl-C in stage 2 of the second batch: the first batch's results stay, the printed command skips
-    # that batch, resumes the second and ends with the uninterrupted job's results.
+    # SIGTERM (a cluster's pre-emption; Ctrl-C takes the same path, tests/test_cli.py) in stage 2 of the
+    # second batch, in a copy of the finished job without that batch: the first batch's results stay, the
+    # printed command skips that batch, resumes the second and ends with the uninterrupted job's results.
+    cut = tmp_path / "cut"
+    shutil.copytree(whole, cut)
+    for name in ("c", "batch_1"):
+        shutil.rmtree(cut / name)
     signal_config = tmp_path / "signal.yaml"
     signal_config.write_text(
         "trainer:\n  callbacks:\n"
         "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
         "      init_args: {every_n_train_steps: 50, save_last: true}\n"
-        "    - class_path: tests.interruptions.SignalAt\n      init_args: {step: 6, image_id: c}\n"
+        "    - class_path: tests.interruptions.SignalAt\n"
+        f"      init_args: {{step: 6, image_id: c, signum: {int(signal.SIGTERM)}}}\n"
     )
-    cut = tmp_path / "cut"
-    assert main([*base, "--output_dir", str(cut), "--config", str(signal_config)]) == 130
+    assert main([*base, "--output_dir", str(cut), "--config", str(signal_config)]) == 128 + signal.SIGTERM
     err = capsys.readouterr().err
-    assert (cut / "a" / "metrics.json").is_file() and not (cut / "c" / "metrics.json").exists()
+    assert "batch 0 (a, b) already has results: skipped" in err and not (cut / "c" / "metrics.json").exists()
     command = shlex.split(next(line for line in err.splitlines() if line.startswith("resume with: "))[13:])
+    assert command[:3] == ["python", "-m", "hfgi3d"]
     checkpoint = Path(command[command.index("--ckpt_path") + 1])
     assert checkpoint == cut / "batch_1" / "checkpoints" / "interrupted.ckpt" and checkpoint.is_file()
+    assert f"the run is saved in {checkpoint}" in err
+    states = torch.load(checkpoint, weights_only=False)["callbacks"].values()
+    first_segment = next(state["seconds"] for state in states if "seconds" in state)
     assert main(command[3:]) == 0
     assert "batch 0 (a, b) already has results: skipped" in capsys.readouterr().err
+    assert not checkpoint.exists()  # removed once the resumed run finished
     for key in ("ws", "ws_occluded"):
         cut_latent = torch.load(cut / "c" / "latent.pt", weights_only=True)[key]
         torch.testing.assert_close(
             cut_latent, torch.load(whole / "c" / "latent.pt", weights_only=True)[key], rtol=0, atol=0
         )
+    metrics_whole = json.loads((whole / "c" / "metrics.json").read_text())
+    metrics_cut = json.loads((cut / "c" / "metrics.json").read_text())
+    for key in ("psnr", "ssim", "lpips_vgg", "warp_psnr", "steps"):
+        assert metrics_cut[key] == metrics_whole[key], key
+    assert 0 < first_segment < metrics_cut["seconds"]  # both segments count

@@ -27,11 +27,11 @@ from tests.wandb_offline import read_offline_run
 REPO = Path(__file__).resolve().parents[1]
 
 TINY_FIT = shrunk_fit(
-    model__estimate__steps=6,
-    model__pseudo_multiview__steps=6,
+    model__estimate__steps=4,
+    model__pseudo_multiview__steps=4,
     outputs__orbit_frames=4,
     outputs__mesh_resolution=24,
-    evaluation__every_n_steps=4,
+    evaluation__every_n_steps=2,
     evaluation__metrics__pose_accuracy=None,
     trainer__log_every_n_steps=1,
 )
@@ -84,10 +84,10 @@ def test_tiny_fit_logs_metrics_media_and_table_to_an_offline_wandb_run(tmp_path:
     run = read_offline_run(folder)
     assert (run.project, run.group, run.name, run.tags) == ("hfgi3d", "unit-test", "sample_face", ["tiny", "ci"])
     # The resolved config, not only the module's hyperparameters.
-    assert run.config["data"]["num_views"] == 2 and run.config["evaluation"]["every_n_steps"] == 4
+    assert run.config["data"]["num_views"] == 2 and run.config["evaluation"]["every_n_steps"] == 2
     for key in STAGE_KEYS:
         assert run.logged(key), key
-    assert len(run.logged("estimate/psnr")) == 2  # steps 4 and 6 (the end of stage 1)
+    assert len(run.logged("estimate/psnr")) == 2  # steps 2 and 4 (the end of stage 1)
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("psnr", "ssim", "lpips_alex", "lpips_vgg", "warp_psnr", "warp_lpips", "warp_coverage", "seconds"):
         assert run.logged(f"eval/{key}") == [pytest.approx(metrics[key])], key
@@ -106,7 +106,7 @@ def test_tiny_fit_logs_metrics_media_and_table_to_an_offline_wandb_run(tmp_path:
     assert table["columns"][0] == "image_id" and set(METRIC_KEYS) <= set(table["columns"])
     (row,) = table["data"]
     values = dict(zip(table["columns"], row, strict=True))
-    assert values["image_id"] == "sample_face" and values["steps"] == 6 + 2 + 6
+    assert values["image_id"] == "sample_face" and values["steps"] == 4 + 2 + 4
     assert values["psnr"] == pytest.approx(metrics["psnr"]) and values["id_arcface"] is None
 
 
@@ -115,7 +115,7 @@ def test_fit_without_wandb_writes_every_metric_and_the_reasons_for_skips(tmp_pat
     assert main([*TINY_FIT, "--output_dir", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(METRIC_KEYS) <= set(metrics)
-    assert metrics["image_id"] == "sample_face" and metrics["steps"] == 6 + 2 + 6
+    assert metrics["image_id"] == "sample_face" and metrics["steps"] == 4 + 2 + 4
     assert metrics["peak_gpu_memory_mb"] is None  # CPU run
     skipped = metrics["skipped"]
     for key in METRIC_KEYS:

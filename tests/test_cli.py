@@ -222,33 +222,44 @@ def test_the_stored_fit_reference_is_that_of_the_parser() -> None:
 
 @pytest.mark.skipif(fit_reference.stored() is None, reason="the stored fit reference is for other library versions")
 def test_fit_help_and_misspelt_options_are_answered_without_lightning(tmp_path: Path) -> None:
-    """As a user runs them, each in a process of its own: answered before Lightning is imported."""
+    """As a user runs them, in a fresh process: answered before Lightning is imported. One process runs
+    every command in turn (Python keeps what it imported, so nothing may import Lightning on the way)."""
     probe = (
-        "import sys; from hfgi3d.cli import main; code = main(sys.argv[1:]); "
-        "print('imported:', sorted(m for m in ('lightning', 'hfgi3d.fit') if m in sys.modules)); sys.exit(code)"
+        "import contextlib, io, json, sys; from hfgi3d.cli import main\n"
+        "answers = []\n"
+        "for argv in json.loads(sys.argv[1]):\n"
+        "    out, err = io.StringIO(), io.StringIO()\n"
+        "    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):\n"
+        "        code = main(argv)\n"
+        "    imported = sorted(m for m in ('lightning', 'hfgi3d.fit') if m in sys.modules)\n"
+        "    answers.append((code, out.getvalue(), err.getvalue(), imported))\n"
+        "print(json.dumps(answers))\n"
     )
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-c", probe, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
-        )
-
-    shown = run("fit", "--help")
-    assert shown.returncode == 0 and shown.stdout == f"{fit_reference.stored_help()}imported: []\n"
     preset = str(preset_path("hfgi3d.yaml"))
-    with_values = run("fit", "--config", preset, "--model.estimate.steps", "7", "--help")
-    assert with_values.returncode == 0 and with_values.stdout.startswith(str(fit_reference.stored_help()))
-    given = with_values.stdout.split("values given")[1]
-    assert "\n  --model.pseudo_multiview.steps 3000\n" in given and "\n  --model.estimate.steps 7\n" in given
-    assert with_values.stdout.endswith("imported: []\n")
-    for args, message in [
+    refusals = [
         (["--model.estimate.step", "3"], "unknown option --model.estimate.step: did you mean --model.estimate.steps?"),
         (["--data.imge=face.png"], "unknown option --data.imge: did you mean --data.image?"),
         (["--trainer.max_steps", "9"], "--trainer.max_steps cannot be given: fit sets it from --model.estimate.steps"),
-    ]:
-        refused = run("fit", "--config", preset, *args)
-        assert refused.returncode == 2 and refused.stderr.startswith(f"error: {message}"), refused.stderr
-        assert refused.stderr.count("\n") == 1 and refused.stdout == "imported: []\n"
+    ]
+    commands = [
+        ["fit", "--help"],
+        ["fit", "--config", preset, "--model.estimate.steps", "7", "--help"],
+        *(["fit", "--config", preset, *args] for args, _ in refusals),
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", probe, json.dumps(commands)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    answers = json.loads(done.stdout)
+    assert all(imported == [] for *_, imported in answers), answers
+    shown, with_values, *refused = answers
+    assert shown[0] == 0 and shown[1] == fit_reference.stored_help()
+    assert with_values[0] == 0 and with_values[1].startswith(str(fit_reference.stored_help()))
+    given = with_values[1].split("values given")[1]
+    assert "\n  --model.pseudo_multiview.steps 3000\n" in given and "\n  --model.estimate.steps 7\n" in given
+    for (code, out, err, _), (_, message) in zip(refused, refusals, strict=True):
+        assert code == 2 and err.startswith(f"error: {message}") and err.count("\n") == 1 and out == "", err
     assert not any(tmp_path.iterdir())
 
 
@@ -315,11 +326,9 @@ def test_a_bad_option_of_any_command_is_one_line(
     assert not any(tmp_path.iterdir())  # nothing written
 
 
+@pytest.mark.slow  # three fits; `make test` interrupts and resumes a fit by SIGTERM in tests/test_batch.py
 @pytest.mark.usefixtures("interruptible")
-@pytest.mark.parametrize(
-    "signum",
-    [pytest.param(signal.SIGINT, id="SIGINT", marks=pytest.mark.slow), pytest.param(signal.SIGTERM, id="SIGTERM")],
-)  # the same path after the signal: one of them is enough for `make test`
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupted_fit_resumes_to_the_result_of_an_uninterrupted_one(
     signum: int, good: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
