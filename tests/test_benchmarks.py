@@ -325,19 +325,21 @@ def _curves_benchmark(out: Path, profile: Path, images: int) -> list[dict[str, A
     return rows
 
 
-def test_ground_truth_curves_follow_the_fit(tmp_path: Path, profile: Path) -> None:
+def test_ground_truth_curves_follow_the_fit(tmp_path: Path) -> None:
     """``--curves 2``: every run's metrics.csv holds truth/* every 2 steps and at each stage's end; at the
     last step they are the numbers the run is scored with (the same weights, rendered deterministically
     by another path: float32 rounding moves a PSNR by far less than 0.01 dB)."""
+    short = tmp_path / "short.yaml"  # the micro profile with 2 steps per stage
+    short.write_text(MICRO_PROFILE.replace("{steps: 4,", "{steps: 2,"))
     out = tmp_path / "bench"
-    for row in _curves_benchmark(out, profile, images=1):
+    for row in _curves_benchmark(out, short, images=1):
         run = out / "runs" / row["method"] / row["image_id"]
         (metrics_csv,) = run.rglob("metrics.csv")
         with metrics_csv.open() as handle:
             logged = [line for line in csv.DictReader(handle) if line.get("truth/novel_psnr")]
-        # hfgi3d 4 + 2 + 4 steps, pti 4 + 4: every stage ends on an even step
+        # hfgi3d 2 + 2 + 2 steps, pti 2 + 2: every stage ends on an even step
         assert [int(line["step"]) for line in logged] == list(range(2, row["steps"] + 1, 2))
-        assert row["steps"] == (10 if row["method"] == "hfgi3d" else 8)
+        assert row["steps"] == (6 if row["method"] == "hfgi3d" else 4)
         last = logged[-1]
         assert float(last["truth/novel_psnr"]) == pytest.approx(row["novel_psnr"], abs=0.01)
         assert float(last["truth/paint_psnr"]) == pytest.approx(row["paint_psnr"], abs=0.01)

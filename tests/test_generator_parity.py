@@ -153,8 +153,8 @@ def test_the_channel_sums_see_a_departure_the_stored_pixels_miss(monkeypatch: py
 
 @pytest.mark.parametrize(
     "kernels",
-    [
-        {"ATEN_CPU_CAPABILITY": "default"},  # PyTorch's scalar kernels (no SIMD)
+    [  # `make test` runs the second, which also has PyTorch's scalar kernels
+        pytest.param({"ATEN_CPU_CAPABILITY": "default"}, marks=pytest.mark.slow),  # scalar kernels (no SIMD)
         {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41"},
     ],
     ids=["scalar-aten", "scalar-aten+mkl-compatible+onednn-sse41"],
