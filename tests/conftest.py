@@ -16,11 +16,10 @@ import torchvision
 
 def _keep_freed_memory() -> None:
     """glibc's malloc hands every block over 32 MB (a batch of 128² feature maps) back to the kernel
-    when it is freed, so the next one is page-faulted in again, zeroed page by page. Two processes doing
-    that at once on this 2-core machine slowed each other ~5× (a 120-sample ``directions fit``, one per
-    core: 28 s each, 5.7 s with the settings below, 5.4 s alone). Here every block comes from the heap,
-    which keeps up to 1 GiB of freed memory; the processes a test starts get the same through the
-    environment. Elsewhere than glibc this does nothing."""
+    when it is freed, so the next one is page-faulted in again, zeroed page by page; two test workers
+    doing that at once slow each other several times over (docs/reference.md). Here every block comes
+    from the heap, which keeps up to 1 GiB of freed memory; the processes a test starts get the same
+    through the environment. Elsewhere than glibc this does nothing."""
     if platform.system() != "Linux":
         return
     try:
