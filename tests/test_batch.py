@@ -4,7 +4,6 @@ the photo list of ``data.images``; the ``fit`` command over several batches."""
 from __future__ import annotations
 
 import json
-import shlex
 import shutil
 import signal
 from collections.abc import Iterator
@@ -24,7 +23,13 @@ from hfgi3d.editing.edit import open_run
 from hfgi3d.errors import InputError
 from hfgi3d.generator import open_generator
 from hfgi3d.inversion import InversionModule
-from tests.interruptions import Killed, StopAt
+from tests.interruptions import (
+    Killed,
+    StopAt,
+    assert_resumed_like_uninterrupted,
+    printed_resume,
+    write_signal_config,
+)
 from tests.presets import (
     FAST_MODEL,
     FAST_VIEWS,
@@ -313,34 +318,13 @@ def test_fit_runs_every_batch_drops_a_bad_photo_and_resumes_an_interrupted_job(
     shutil.copytree(whole, cut)
     for name in ("c", "batch_1"):
         shutil.rmtree(cut / name)
-    signal_config = tmp_path / "signal.yaml"
-    signal_config.write_text(
-        "trainer:\n  callbacks:\n"
-        "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
-        "      init_args: {every_n_train_steps: 50, save_last: true}\n"
-        "    - class_path: tests.interruptions.SignalAt\n"
-        f"      init_args: {{step: 6, image_id: c, signum: {int(signal.SIGTERM)}}}\n"
-    )
+    signal_config = write_signal_config(tmp_path / "signal.yaml", 6, signal.SIGTERM, image_id="c")
     assert main([*base, "--output_dir", str(cut), "--config", str(signal_config)]) == 128 + signal.SIGTERM
     err = capsys.readouterr().err
     assert "batch 0 (a, b) already has results: skipped" in err and not (cut / "c" / "metrics.json").exists()
-    command = shlex.split(next(line for line in err.splitlines() if line.startswith("resume with: "))[13:])
-    assert command[:3] == ["python", "-m", "hfgi3d"]
-    checkpoint = Path(command[command.index("--ckpt_path") + 1])
-    assert checkpoint == cut / "batch_1" / "checkpoints" / "interrupted.ckpt" and checkpoint.is_file()
-    assert f"the run is saved in {checkpoint}" in err
-    states = torch.load(checkpoint, weights_only=False)["callbacks"].values()
-    first_segment = next(state["seconds"] for state in states if "seconds" in state)
-    assert main(command[3:]) == 0
+    resume = printed_resume(err)
+    assert resume.checkpoint == cut / "batch_1" / "checkpoints" / "interrupted.ckpt"
+    assert main(resume.args) == 0
     assert "batch 0 (a, b) already has results: skipped" in capsys.readouterr().err
-    assert not checkpoint.exists()  # removed once the resumed run finished
-    for key in ("ws", "ws_occluded"):
-        cut_latent = torch.load(cut / "c" / "latent.pt", weights_only=True)[key]
-        torch.testing.assert_close(
-            cut_latent, torch.load(whole / "c" / "latent.pt", weights_only=True)[key], rtol=0, atol=0
-        )
-    metrics_whole = json.loads((whole / "c" / "metrics.json").read_text())
-    metrics_cut = json.loads((cut / "c" / "metrics.json").read_text())
-    for key in ("psnr", "ssim", "lpips_vgg", "warp_psnr", "steps"):
-        assert metrics_cut[key] == metrics_whole[key], key
-    assert 0 < first_segment < metrics_cut["seconds"]  # both segments count
+    assert not resume.checkpoint.exists()  # removed once the resumed run finished
+    assert_resumed_like_uninterrupted(cut / "c", whole / "c", resume.first_segment)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shlex
 import signal
 import subprocess
 import sys
@@ -12,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 import hfgi3d
@@ -22,6 +20,7 @@ from hfgi3d.data.inputs import SAMPLE_CAMERA, SAMPLE_IMAGE
 from hfgi3d.errors import InputError
 from hfgi3d.presets import preset_path
 from hfgi3d.validation import FitInputs, check_fit_inputs, fit_inputs_from_argv
+from tests.interruptions import assert_resumed_like_uninterrupted, printed_resume, write_signal_config
 from tests.presets import shrunk_options
 
 REPO = Path(__file__).resolve().parents[1]
@@ -337,34 +336,14 @@ def test_an_interrupted_fit_resumes_to_the_result_of_an_uninterrupted_one(
     assert main([*_fit_args(*good, whole), *SHRUNK]) == 0
     capsys.readouterr()
 
-    signal_config = tmp_path / "signal.yaml"
-    signal_config.write_text(
-        "trainer:\n  callbacks:\n"
-        "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
-        "      init_args: {every_n_train_steps: 50, save_last: true}\n"
-        f"    - class_path: tests.interruptions.SignalAt\n      init_args: {{step: 7, signum: {int(signum)}}}\n"
-    )
+    signal_config = write_signal_config(tmp_path / "signal.yaml", 7, signum)
     cut = tmp_path / "cut"
     code = main([*_fit_args(*good, cut), *SHRUNK, "--config", str(signal_config)])
     err = capsys.readouterr().err
     assert code == 128 + signum
     assert not (cut / "metrics.json").exists()
-    resume = next(line for line in err.splitlines() if line.startswith("resume with: "))
-    command = shlex.split(resume.removeprefix("resume with: "))
-    assert command[:3] == ["python", "-m", "hfgi3d"]
-    checkpoint = Path(command[command.index("--ckpt_path") + 1])
-    assert checkpoint.is_file() and f"the run is saved in {checkpoint}" in err
-    states = torch.load(checkpoint, weights_only=False)["callbacks"].values()
-    first_segment = next(state["seconds"] for state in states if "seconds" in state)
+    resume = printed_resume(err)
 
-    assert main(command[3:]) == 0
-    assert not checkpoint.exists()  # removed once the resumed run finished
-    latent_whole = torch.load(whole / "latent.pt", weights_only=True)
-    latent_cut = torch.load(cut / "latent.pt", weights_only=True)
-    for key in ("ws", "ws_occluded"):
-        torch.testing.assert_close(latent_cut[key], latent_whole[key], rtol=0, atol=0)
-    metrics_whole = json.loads((whole / "metrics.json").read_text())
-    metrics_cut = json.loads((cut / "metrics.json").read_text())
-    for key in ("psnr", "ssim", "lpips_vgg", "warp_psnr", "steps"):
-        assert metrics_cut[key] == metrics_whole[key], key
-    assert 0 < first_segment < metrics_cut["seconds"]  # both segments count
+    assert main(resume.args) == 0
+    assert not resume.checkpoint.exists()  # removed once the resumed run finished
+    assert_resumed_like_uninterrupted(cut, whole, resume.first_segment)
